@@ -1,0 +1,195 @@
+"""Heartbeat watching of a deployable's assemblies, as pure logic with the clock injected.
+
+Each assembly's guest agent beats every ``interval`` seconds; it is *lost* once it has been
+silent for ``interval × misses``. When most assemblies go silent together (at least two, and
+at least half of those being watched), the likelier cause is the broker or the network, not N
+simultaneous crashes: that is reported once as a *mass loss*, nothing is declared lost, and the
+watch waits for beats to come back. Assemblies still silent one timeout after the others are
+back are then lost individually. After a bus reconnect every deadline gets a grace period, so
+agents have time to reconnect too.
+
+Times are monotonic seconds supplied by the caller.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Liveness(enum.StrEnum):
+    BOOTING = "booting"        # expected, no beat yet
+    ALIVE = "alive"
+    LOST = "lost"              # declared lost (to be fenced by the DPE)
+
+
+class BeatKind(enum.StrEnum):
+    FIRST = "first"            # first beat of a booting or lost assembly: it is online
+    RESTARTED = "restarted"    # the agent restarted (its ``started`` changed)
+    GAP = "gap"                # beats were missed (seq jumped) but not enough to be lost
+    DRIFT = "drift"            # the agent's resource digest changed
+    STALE = "stale"            # out of order or duplicate: ignored
+
+
+@dataclass
+class Watch:
+    """What is known about one assembly's heartbeats."""
+
+    interval: float
+    misses: int
+    boot_timeout: float
+    since: float
+    liveness: Liveness = Liveness.BOOTING
+    last: float | None = None
+    seq: int | None = None
+    started: str | None = None
+    digest: str | None = None
+    gaps: int = 0
+    restarts: int = 0
+    grace_until: float = 0.0
+
+    @property
+    def timeout(self) -> float:
+        return self.interval * self.misses
+
+    def deadline(self) -> float:
+        """When this assembly becomes lost unless it beats."""
+        base = self.since + self.boot_timeout if self.last is None else self.last + self.timeout
+        return max(base, self.grace_until)
+
+
+@dataclass(frozen=True)
+class Beat:
+    """What one heartbeat told about its assembly (zero or more kinds)."""
+
+    assembly: str
+    kinds: frozenset[BeatKind]
+    missed: int = 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Result of a check: assemblies newly lost, and whether a mass loss started or ended."""
+
+    lost: tuple[str, ...] = ()
+    mass_loss_started: tuple[str, ...] = ()
+    mass_loss_ended: bool = False
+
+
+@dataclass
+class HeartbeatTracker:
+    """Heartbeat state of all watched assemblies of one deployable."""
+
+    mass_fraction: float = 0.5
+    mass_minimum: int = 2
+    watches: dict[str, Watch] = field(default_factory=dict)
+    mass_loss: bool = False
+
+    def expect(self, assembly: str, interval: float, misses: int, now: float,
+               boot_timeout: float | None = None) -> None:
+        """Watch an assembly that is booting (or being adopted): it must beat by its deadline."""
+        boot = boot_timeout if boot_timeout is not None else max(30.0, interval * misses)
+        self.watches[assembly] = Watch(interval, misses, boot, since=now)
+
+    def forget(self, assembly: str) -> None:
+        self.watches.pop(assembly, None)
+
+    def liveness(self, assembly: str) -> Liveness | None:
+        watch = self.watches.get(assembly)
+        return watch.liveness if watch else None
+
+    def beat(self, assembly: str, seq: int, started: str, now: float,
+             digest: str | None = None) -> Beat | None:
+        """Record one heartbeat; None when the assembly is not watched."""
+        watch = self.watches.get(assembly)
+        if watch is None:
+            return None
+        kinds: set[BeatKind] = set()
+        missed = 0
+        if watch.started is not None and started != watch.started:
+            watch.restarts += 1
+            kinds.add(BeatKind.RESTARTED)
+        elif watch.seq is not None:
+            if seq <= watch.seq:
+                return Beat(assembly, frozenset({BeatKind.STALE}))
+            missed = seq - watch.seq - 1
+            if missed > 0:
+                watch.gaps += 1
+                kinds.add(BeatKind.GAP)
+        if watch.liveness is not Liveness.ALIVE:
+            kinds.add(BeatKind.FIRST)
+        if digest is not None and watch.digest is not None and digest != watch.digest:
+            kinds.add(BeatKind.DRIFT)
+        watch.liveness = Liveness.ALIVE
+        watch.last, watch.seq, watch.started = now, seq, started
+        if digest is not None:
+            watch.digest = digest
+        return Beat(assembly, frozenset(kinds), missed)
+
+    def grace(self, now: float, seconds: float | None = None) -> None:
+        """Push every deadline out (after a bus reconnect): agents need time to reconnect."""
+        for watch in self.watches.values():
+            watch.grace_until = now + (seconds if seconds is not None else watch.timeout)
+
+    def restart_watch(self, assembly: str, now: float) -> None:
+        """The assembly is being (re)booted: wait for its first beat again."""
+        watch = self.watches.get(assembly)
+        if watch is not None:
+            watch.liveness, watch.since, watch.last = Liveness.BOOTING, now, None
+            watch.seq = watch.started = watch.digest = None
+
+    def _silent(self, watch: Watch, now: float) -> bool:
+        """Silent for longer than one and a half beats: no beat is merely late."""
+        reference = watch.last if watch.last is not None else watch.since
+        return now - reference > watch.interval * 1.5
+
+    def check(self, now: float) -> Verdict:
+        """Declare lost assemblies, or a mass loss; call at :meth:`next_deadline` and on beats."""
+        live = [a for a, w in self.watches.items() if w.liveness is Liveness.ALIVE]
+        if self.mass_loss:
+            silent = [a for a in live if self._silent(self.watches[a], now)]
+            if len(silent) >= self._mass_threshold(len(live)):
+                return Verdict()
+            self.mass_loss = False
+            for assembly in silent:
+                watch = self.watches[assembly]
+                watch.grace_until = max(watch.grace_until, now + watch.timeout)
+            return Verdict(lost=self._expired(now), mass_loss_ended=True)
+        due = [a for a in live if now >= self.watches[a].deadline()]
+        if due:
+            silent = [a for a in live if self._silent(self.watches[a], now)]
+            if len(silent) >= self._mass_threshold(len(live)):
+                self.mass_loss = True
+                return Verdict(mass_loss_started=tuple(sorted(silent)))
+        return Verdict(lost=self._expired(now))
+
+    def _mass_threshold(self, watched: int) -> int:
+        return max(self.mass_minimum, int(watched * self.mass_fraction + 0.999999))
+
+    def _expired(self, now: float) -> tuple[str, ...]:
+        lost = []
+        for assembly, watch in sorted(self.watches.items()):
+            if watch.liveness is not Liveness.LOST and now >= watch.deadline():
+                watch.liveness = Liveness.LOST
+                lost.append(assembly)
+        return tuple(lost)
+
+    def declare_lost(self, assembly: str) -> bool:
+        """Lost for another reason (e.g. its sandbox is gone); False if already lost/unknown."""
+        watch = self.watches.get(assembly)
+        if watch is None or watch.liveness is Liveness.LOST:
+            return False
+        watch.liveness = Liveness.LOST
+        return True
+
+    def next_deadline(self, now: float) -> float | None:
+        """When :meth:`check` should run next (None: nothing to watch).
+
+        During a mass loss the watch re-checks every beat interval: beats coming back end it.
+        """
+        watches = [w for w in self.watches.values() if w.liveness is not Liveness.LOST]
+        if not watches:
+            return None
+        if self.mass_loss:
+            return now + min(w.interval for w in watches)
+        return min(w.deadline() for w in watches)

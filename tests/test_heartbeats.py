@@ -1,0 +1,123 @@
+"""Heartbeat watching: loss, gaps, agent restarts, mass loss, reconnect grace."""
+
+from dpe_agent.heartbeats import BeatKind, HeartbeatTracker, Liveness
+
+STARTED = "2026-11-21T10:00:00.000Z"
+
+
+def tracker(*names: str, now: float = 0.0) -> HeartbeatTracker:
+    t = HeartbeatTracker()
+    for name in names:
+        t.expect(name, interval=1.0, misses=3, now=now, boot_timeout=10)
+    return t
+
+
+def beat_all(t: HeartbeatTracker, now: float, seq: int, names=None) -> None:
+    for name in names or list(t.watches):
+        t.beat(name, seq, STARTED, now)
+
+
+def test_transition_booting_to_alive_on_first_beat():
+    t = tracker("a")
+    assert t.liveness("a") is Liveness.BOOTING
+    assert t.beat("a", 1, STARTED, 0.5).kinds == {BeatKind.FIRST}
+    assert t.liveness("a") is Liveness.ALIVE
+
+
+def test_transition_booting_to_lost_after_boot_timeout():
+    t = tracker("a")
+    assert t.check(9.9).lost == ()
+    assert t.check(10.0).lost == ("a",)
+
+
+def test_transition_alive_to_lost_after_interval_times_misses():
+    t = tracker("a", "b", "c")
+    for s in range(1, 6):
+        beat_all(t, float(s), s)
+    beat_all(t, 6.0, 6, ["b", "c"])
+    beat_all(t, 7.0, 7, ["b", "c"])
+    assert t.check(7.9).lost == ()
+    beat_all(t, 8.0, 8, ["b", "c"])
+    assert t.next_deadline(8.0) == 8.0
+    assert t.check(8.0).lost == ("a",)
+    assert t.liveness("a") is Liveness.LOST
+    assert t.check(9.0).lost == ()            # declared once
+
+
+def test_transition_lost_to_alive_on_first_beat_after_restart():
+    t = tracker("a")
+    t.beat("a", 1, STARTED, 1)
+    t.check(10)
+    t.restart_watch("a", 10)
+    assert t.liveness("a") is Liveness.BOOTING
+    beat = t.beat("a", 1, "2026-11-21T10:01:00.000Z", 11)
+    assert BeatKind.FIRST in beat.kinds and t.liveness("a") is Liveness.ALIVE
+
+
+def test_seq_gap_is_reported_without_loss():
+    t = tracker("a")
+    t.beat("a", 1, STARTED, 1)
+    beat = t.beat("a", 3, STARTED, 3)
+    assert beat.kinds == {BeatKind.GAP} and beat.missed == 1
+
+
+def test_changed_started_means_agent_restarted():
+    t = tracker("a")
+    t.beat("a", 7, STARTED, 1)
+    beat = t.beat("a", 1, "2026-11-21T11:00:00.000Z", 2)
+    assert beat.kinds == {BeatKind.RESTARTED}
+    assert t.watches["a"].restarts == 1
+
+
+def test_duplicate_or_old_beat_is_stale():
+    t = tracker("a")
+    t.beat("a", 5, STARTED, 1)
+    assert t.beat("a", 5, STARTED, 1.1).kinds == {BeatKind.STALE}
+
+
+def test_unwatched_assembly_beat_is_ignored():
+    assert tracker("a").beat("zz", 1, STARTED, 0) is None
+
+
+def test_transition_mass_loss_started_is_not_n_failures():
+    t = tracker("a", "b", "c", "d")
+    beat_all(t, 1.0, 1)
+    beat_all(t, 1.4, 2, ["b", "c"])
+    verdict = t.check(4.0)
+    assert verdict.lost == ()
+    assert verdict.mass_loss_started == ("a", "b", "c", "d")
+    assert t.check(20.0) == type(verdict)()   # still waiting: nothing lost, reported once
+
+
+def test_transition_mass_loss_ended_when_beats_return_and_stragglers_get_a_timeout():
+    t = tracker("a", "b", "c")
+    beat_all(t, 1.0, 1)
+    assert t.check(4.0).mass_loss_started
+    beat_all(t, 30.0, 2, ["a", "b"])
+    verdict = t.check(30.0)
+    assert verdict.mass_loss_ended and verdict.lost == ()
+    beat_all(t, 32.0, 3, ["a", "b"])
+    assert t.check(32.9).lost == ()
+    assert t.check(33.0).lost == ("c",)
+
+
+def test_single_loss_among_two_healthy_is_not_mass_loss():
+    t = tracker("a", "b", "c")
+    beat_all(t, 1.0, 1)
+    beat_all(t, 2.0, 2, ["b", "c"])
+    beat_all(t, 3.0, 3, ["b", "c"])
+    verdict = t.check(4.0)
+    assert verdict.lost == ("a",) and not verdict.mass_loss_started
+
+
+def test_reconnect_grace_postpones_loss():
+    t = tracker("a")
+    t.beat("a", 1, STARTED, 1)
+    t.grace(3.5, 5.0)
+    assert t.check(4.0).lost == ()
+    assert t.check(8.5).lost == ("a",)
+
+
+def test_declare_lost_once():
+    t = tracker("a")
+    assert t.declare_lost("a") and not t.declare_lost("a")
