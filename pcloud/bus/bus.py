@@ -1,0 +1,224 @@
+"""The public Bus: thread-safe messaging, method calls and subscriptions for one process.
+
+See docs/architecture.md. All protocol work happens on the EventLoop's proton thread, all
+user callbacks on the Dispatcher thread; this module only glues them to the callers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from proton import SSLDomain
+
+from pcloud import protocol
+from pcloud.bus.addressing import RabbitMQProfile, profile_for
+from pcloud.bus.dispatcher import Dispatcher
+from pcloud.bus.errors import BusError, BusTimeout
+from pcloud.bus.eventloop import EventLoop, redact
+from pcloud.bus.message import Message, new_id
+from pcloud.bus.rpc import Handler, RecentIds, RequestServer, Waiters
+
+log = logging.getLogger("pcloud.bus")
+
+CLOSE_TIMEOUT = 5.0
+
+
+class Subscription:
+    """A receiver created by ``subscribe``, ``consume`` or ``serve``; ``cancel()`` ends it."""
+
+    def __init__(self, bus: Bus, handle: int, address: str) -> None:
+        self._bus = bus
+        self.handle = handle
+        self.address = address
+
+    def cancel(self) -> None:
+        self._bus._cancel(self.handle)
+
+    def attached(self) -> bool:
+        """True once the broker has attached the link (tests wait on this)."""
+        return self._bus._attached(self.handle)
+
+    def wait_attached(self, timeout: float = 10.0) -> bool:
+        """Wait until the broker attached the link, so nothing published after is missed."""
+        deadline = threading.Event()
+        for _ in range(int(timeout / 0.02)):
+            if self.attached():
+                return True
+            deadline.wait(0.02)
+        return self.attached()
+
+
+class Bus:
+    """One connection to the broker, shared by all threads of a process."""
+
+    def __init__(self, url: str | None = None, name: str | None = None,
+                 profile: RabbitMQProfile | None = None,
+                 ssl_domain: SSLDomain | None = None) -> None:
+        if url is None:
+            from pcloud.config import broker_url
+            url = broker_url()
+        self.url = url
+        self.name = name or f"pcloud-{os.getpid()}"
+        self.profile = profile or profile_for()
+        if ssl_domain is None and url.startswith("amqps://"):
+            from pcloud.bus.tls import client_domain
+            ssl_domain = client_domain()
+        self._ssl_domain = ssl_domain
+        self._loop: EventLoop | None = None
+        self._dispatcher = Dispatcher(self.name)
+        self._waiters = Waiters()
+        self._reply_queue = self.profile.new_reply_queue()
+        self._reconnect_callbacks: list[Callable[[], None]] = []
+        self._closed = False
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> Bus:
+        """Connect; BusError on bad credentials (at once) or no connection within timeout."""
+        if self._loop is not None:
+            raise BusError("bus already started")
+        self._loop = EventLoop(self.url, self.name, self._ssl_domain, self._on_state)
+        self._dispatcher.start()
+        self._loop.start()
+        self._loop.submit(self._loop.add_receiver, self._reply_queue, self._waiters.resolve)
+        waited = threading.Event()
+        step = 0.01
+        remaining = timeout
+        while remaining > 0:
+            if self._loop.connected.wait(step):
+                return self
+            if self._loop.start_failed.is_set():
+                break
+            remaining -= step
+            step = min(step * 2, 0.1)
+            waited.clear()
+        error = self._loop.start_error or "no answer"
+        self.close()
+        if "unauthorized" in error or "SASL" in error:
+            raise BusError(f"broker {redact(self.url)} refused the credentials ({error})")
+        raise BusError(f"cannot connect to broker {redact(self.url)} within {timeout:g} s "
+                       f"({error})")
+
+    def close(self) -> None:
+        """Close the connection and end both threads; pending calls fail with BusError."""
+        if self._closed:
+            return
+        self._closed = True
+        self._waiters.fail_all(BusError("the bus was closed"))
+        if self._loop is not None:
+            self._loop.stop(CLOSE_TIMEOUT)
+        self._dispatcher.stop(CLOSE_TIMEOUT)
+
+    def __enter__(self) -> Bus:
+        return self.start() if self._loop is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._loop and self._loop.connected.is_set())
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` on the dispatcher thread after each reconnect."""
+        self._reconnect_callbacks.append(callback)
+
+    # ---- sending -------------------------------------------------------------------
+
+    def send(self, queue: str, message: Message) -> None:
+        """Send to a queue; returns at once, delivery is retried across reconnects."""
+        self._send_to(self.profile.queue(queue), message)
+
+    def publish(self, topic_key: str, message: Message) -> None:
+        """Publish on a topic key (e.g. ``pcloud.event.dep1.web.httpd``)."""
+        self._send_to(self.profile.topic(topic_key), message)
+
+    def call(self, queue: str, method: str, body: Any = "", timeout: float = 10.0,
+             properties: Mapping[str, Any] | None = None):
+        """Call a method and return the result element of the response (or None).
+
+        Raises MethodError for an error response, BusTimeout when no response in time.
+        """
+        address = self.profile.queue(queue)
+        correlation_id = new_id()
+        request = Message(body=body, subject=method, opcode="method_request",
+                          reply_to=self._reply_queue, correlation_id=correlation_id,
+                          properties=dict(properties or {}))
+        future = self._waiters.add(correlation_id, address, request)
+        try:
+            self._send_to(address, request)
+            response = future.result(timeout)
+        except FutureTimeout:
+            raise BusTimeout(f"no response to {method!r} from queue {queue!r} within "
+                             f"{timeout:g} s (is its server running?)") from None
+        finally:
+            self._waiters.remove(correlation_id)
+        return protocol.parse_response(response.body)
+
+    def _send_to(self, address: str, message: Message) -> None:
+        loop = self._running()
+        loop.submit(loop.send, address, message.to_proton())
+
+    # ---- receiving -----------------------------------------------------------------
+
+    def subscribe(self, topic_key: str, callback: Callable[[Message], None]) -> Subscription:
+        """Receive events/heartbeats matching a key with ``*``/``#``; duplicates dropped."""
+        return self._receive(self.profile.topic(topic_key), callback)
+
+    def consume(self, queue: str, callback: Callable[[Message], None]) -> Subscription:
+        """Receive from a shared queue (competing consumers); duplicates dropped."""
+        return self._receive(self.profile.queue(queue), callback)
+
+    def serve(self, queue: str, handlers: Mapping[str, Handler]) -> Subscription:
+        """Answer method requests on a queue with ``handlers[subject](body, msg)``."""
+        server = RequestServer(queue, handlers, self._reply)
+        return self._receive(self.profile.queue(queue), server.handle, dedup=False)
+
+    def _receive(self, address: str, callback: Callable[[Message], None],
+                 dedup: bool = True) -> Subscription:
+        loop = self._running()
+        recent = RecentIds() if dedup else None
+
+        def on_message(message: Message) -> None:
+            if recent is not None and recent.seen(message.id):
+                log.debug("dropping duplicate message %s on %s", message.id, address)
+                return
+            self._dispatcher.put(callback, message)
+
+        handle = loop.submit(loop.add_receiver, address, on_message).result(CLOSE_TIMEOUT)
+        return Subscription(self, handle, address)
+
+    def _reply(self, reply_to: str, response: Message) -> None:
+        loop = self._running()
+        loop.submit(loop.send, reply_to, response.to_proton())
+
+    def _cancel(self, handle: int) -> None:
+        if self._loop is not None and not self._closed:
+            self._loop.submit(self._loop.remove_receiver, handle).result(CLOSE_TIMEOUT)
+
+    def _attached(self, handle: int) -> bool:
+        loop = self._running()
+        return bool(loop.submit(loop.is_attached, handle).result(CLOSE_TIMEOUT))
+
+    def _running(self) -> EventLoop:
+        if self._loop is None:
+            raise BusError("the bus is not started: call start() first")
+        if self._closed:
+            raise BusError("the bus is closed")
+        return self._loop
+
+    # ---- proton thread hooks -------------------------------------------------------
+
+    def _on_state(self, state: str) -> None:
+        """Runs on the proton thread: resend pending calls, then tell the application."""
+        if state != "reconnected" or self._loop is None:
+            return
+        for address, request in self._waiters.pending_requests():
+            self._loop.send(address, request.to_proton())
+        for callback in self._reconnect_callbacks:
+            self._dispatcher.put(callback)

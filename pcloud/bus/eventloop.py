@@ -1,0 +1,429 @@
+"""The proton thread of a Bus: it alone owns the container, connection, links and deliveries.
+
+Other threads never touch proton objects: they queue a task with ``submit`` (an
+``EventInjector`` wakes the container) and, when they need a result, wait on the returned
+future with a deadline. Everything named ``_on_loop_*`` or called from a proton event runs on
+this thread only.
+
+Recovery (see docs/rabbitmq-amqp1 facts): proton reconnects with back-off; after a kill -9 or
+heartbeat timeout it re-attaches the links that are still locally open, after a clean broker
+stop the broker ends the sessions and we close them locally. So a link is recreated exactly
+when it is locally closed, never unconditionally. Deliveries not settled by the broker when
+the connection drops are sent again (receivers drop duplicates by message id).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+from proton import Delivery, Endpoint, Link, SSLDomain
+from proton import Message as ProtonMessage
+from proton.handlers import EndpointStateHandler, MessagingHandler
+from proton.reactor import ApplicationEvent, Backoff, Container, EventInjector
+
+from pcloud.bus.errors import BusError
+from pcloud.bus.message import Message
+
+log = logging.getLogger("pcloud.bus")
+
+HEARTBEAT = 4.0
+PREFETCH = 200
+MAX_IDLE_SENDERS = 64
+RELINK_DELAY = 1.0
+
+
+class ResettingBackoff(Backoff):
+    """Capped exponential back-off that starts again from zero after each success.
+
+    proton's own ``Backoff`` hands out one shared iterator, so after a first outage every
+    later one would start at the maximum delay.
+    """
+
+    def __init__(self, initial: float = 0.1, factor: float = 2.0, max_delay: float = 2.0) -> None:
+        super().__init__(initial=initial, factor=factor, max_delay=max_delay)
+
+    def __iter__(self) -> Iterator[float]:
+        yield 0.0
+        delay = self.kwargs["initial"]
+        while True:
+            yield delay
+            delay = min(self.kwargs["max_delay"], delay * self.kwargs["factor"])
+
+
+class LinkSpec:
+    """A link the bus wants to exist; ``link`` is the current proton link, if any."""
+
+    def __init__(self, address: str, receiver: bool,
+                 on_message: Callable[[Message], None] | None = None) -> None:
+        self.address = address
+        self.receiver = receiver
+        self.on_message = on_message
+        self.link: Link | None = None
+        self.outbox: deque[ProtonMessage] = deque()
+        self.inflight = 0
+
+    def alive(self) -> bool:
+        """True while proton will keep (or re-attach) this link by itself."""
+        link = self.link
+        if link is None or link.state & Endpoint.LOCAL_CLOSED:
+            return False
+        return not link.session.state & Endpoint.LOCAL_CLOSED
+
+
+class _Timer:
+    """Adapter so ``Container.schedule`` can call a plain function."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+
+    def on_timer_task(self, event: Any) -> None:
+        self.fn()
+
+
+class _Endpoints(EndpointStateHandler):
+    """proton's endpoint handler, except that a broker closing the connection never makes us
+    close it locally (that would stop reconnecting) unless the bus itself is closing."""
+
+    def __init__(self, loop: EventLoop) -> None:
+        super().__init__(False, loop)
+        self._loop = loop
+
+    def on_connection_remote_close(self, event: Any) -> None:
+        if self._loop.closing:
+            super().on_connection_remote_close(event)
+            return
+        cond = event.connection.remote_condition
+        log.warning("broker closed the connection (%s); reconnecting",
+                    f"{cond.name}: {cond.description}" if cond else "no error given")
+
+
+class EventLoop(MessagingHandler):
+    """Runs one proton Container on its own thread for one Bus."""
+
+    def __init__(self, url: str, name: str, ssl_domain: SSLDomain | None,
+                 on_state: Callable[[str], None]) -> None:
+        super().__init__(prefetch=PREFETCH, auto_accept=True, auto_settle=True)
+        self.handlers = [_Endpoints(self) if isinstance(h, EndpointStateHandler) else h
+                         for h in self.handlers]
+        self.url = url
+        self.name = name
+        self.closing = False
+        self.connected = threading.Event()
+        self.start_failed = threading.Event()
+        self.start_error: str | None = None
+        self._ssl_domain = ssl_domain
+        self._on_state = on_state
+        self._container = Container(self)
+        self._container.container_id = f"{name}-{uuid.uuid4().hex[:8]}"
+        self._injector = EventInjector()
+        self._container.selectable(self._injector)
+        self._lock = threading.Lock()
+        self._tasks: deque[tuple[Future, Callable[..., Any], tuple]] = deque()
+        self._wake_pending = False
+        self._stopped = False
+        self._conn: Any = None
+        self._session: Any = None
+        self._senders: OrderedDict[str, LinkSpec] = OrderedDict()
+        self._receivers: dict[int, LinkSpec] = {}
+        self._by_link: dict[str, LinkSpec] = {}
+        self._unsettled: dict[Delivery, tuple[LinkSpec, ProtonMessage]] = {}
+        self._ids = itertools.count(1)
+        self._ever_connected = False
+        self._outage_logged = False
+        self._thread = threading.Thread(target=self._run, name=f"bus-{name}", daemon=True)
+
+    # ---- thread-safe API -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the proton thread and begin connecting."""
+        self._thread.start()
+        self.submit(self._on_loop_connect)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` on the proton thread; the future holds its result."""
+        future: Future = Future()
+        with self._lock:
+            if self._stopped:
+                raise BusError("the bus is closed")
+            self._tasks.append((future, fn, args))
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            self._injector.trigger(ApplicationEvent("pcloud_tasks"))
+        return future
+
+    def stop(self, timeout: float) -> None:
+        """Close the connection and end the proton thread (waits up to ``timeout``)."""
+        try:
+            self.submit(self._on_loop_shutdown)
+        except BusError:
+            pass
+        with self._lock:
+            self._stopped = True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("bus %s: proton thread did not stop within %.1f s", self.name, timeout)
+
+    # ---- tasks (proton thread) -----------------------------------------------------------
+
+    def on_pcloud_tasks(self, event: Any) -> None:
+        with self._lock:
+            tasks = list(self._tasks)
+            self._tasks.clear()
+            self._wake_pending = False
+        for future, fn, args in tasks:
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the waiting thread
+                future.set_exception(exc)
+
+    def _run(self) -> None:
+        try:
+            self._container.run()
+        except Exception:
+            log.exception("bus %s: proton thread crashed", self.name)
+        finally:
+            with self._lock:
+                self._stopped = True
+                pending = list(self._tasks)
+                self._tasks.clear()
+            for future, _fn, _args in pending:
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(BusError("the bus is closed"))
+
+    def _on_loop_connect(self) -> None:
+        self._conn = self._container.connect(
+            self.url, reconnect=ResettingBackoff(), heartbeat=HEARTBEAT,
+            allowed_mechs="PLAIN", allow_insecure_mechs=True, ssl_domain=self._ssl_domain)
+
+    def _on_loop_shutdown(self) -> None:
+        self.closing = True
+        if self._conn is not None:
+            self._conn.close()
+        self._injector.close()
+        self._container.stop()
+
+    def send(self, address: str, message: ProtonMessage) -> None:
+        """Queue one message to an address and send it as soon as there is credit."""
+        spec = self._senders.get(address)
+        if spec is None:
+            spec = LinkSpec(address, receiver=False)
+            self._senders[address] = spec
+            self._evict_idle_senders()
+        else:
+            self._senders.move_to_end(address)
+        if not spec.alive():
+            self._attach(spec)
+        spec.outbox.append(message)
+        self._flush(spec)
+
+    def add_receiver(self, address: str, on_message: Callable[[Message], None]) -> int:
+        """Start receiving from an address; returns a handle for ``remove_receiver``."""
+        handle = next(self._ids)
+        spec = LinkSpec(address, receiver=True, on_message=on_message)
+        self._receivers[handle] = spec
+        self._attach(spec)
+        return handle
+
+    def remove_receiver(self, handle: int) -> None:
+        """Stop receiving; messages already prefetched are dropped (released by the broker)."""
+        spec = self._receivers.pop(handle, None)
+        if spec is not None and spec.link is not None:
+            self._by_link.pop(spec.link.name, None)
+            if spec.alive():
+                spec.link.close()
+
+    def is_attached(self, handle: int) -> bool:
+        """True when the receiver's link is attached at both ends (useful in tests)."""
+        spec = self._receivers.get(handle)
+        return bool(spec and spec.alive() and spec.link.state & Endpoint.REMOTE_ACTIVE)
+
+    # ---- links ---------------------------------------------------------------------
+
+    def _attach(self, spec: LinkSpec) -> None:
+        if self._conn is None or self.closing:
+            return
+        if self._session is None or self._session.state & Endpoint.LOCAL_CLOSED:
+            self._session = self._conn.session()
+            self._session.open()
+        name = f"{self._container.container_id}-{next(self._ids)}-{spec.address}"
+        if spec.receiver:
+            link = self._session.receiver(name)
+            link.source.address = spec.address
+        else:
+            link = self._session.sender(name)
+            link.target.address = spec.address
+        if spec.link is not None:
+            self._by_link.pop(spec.link.name, None)
+            if spec.link.state & Endpoint.LOCAL_ACTIVE:
+                spec.link.close()
+        spec.link = link
+        self._by_link[name] = spec
+        link.open()
+
+    def _relink(self) -> None:
+        """Recreate every link that is locally closed; proton keeps the others itself."""
+        if self._conn is None or self.closing:
+            return
+        for spec in itertools.chain(list(self._senders.values()), list(self._receivers.values())):
+            if not spec.alive():
+                self._attach(spec)
+
+    def _evict_idle_senders(self) -> None:
+        """Close the least recently used sender links (e.g. to expired reply queues)."""
+        while len(self._senders) > MAX_IDLE_SENDERS:
+            for address, spec in self._senders.items():
+                if not spec.outbox and not spec.inflight:
+                    del self._senders[address]
+                    if spec.link is not None:
+                        self._by_link.pop(spec.link.name, None)
+                        if spec.alive():
+                            spec.link.close()
+                    break
+            else:
+                return
+
+    def _flush(self, spec: LinkSpec) -> None:
+        link = spec.link
+        if link is None or not self.connected.is_set() or not spec.alive():
+            return
+        while spec.outbox and link.credit > 0:
+            message = spec.outbox.popleft()
+            delivery = link.send(message)
+            spec.inflight += 1
+            self._unsettled[delivery] = (spec, message)
+
+    def _flush_all(self) -> None:
+        for spec in list(self._senders.values()):
+            self._flush(spec)
+
+    def _requeue(self, delivery: Delivery) -> None:
+        entry = self._unsettled.pop(delivery, None)
+        if entry is not None:
+            spec, message = entry
+            spec.inflight -= 1
+            spec.outbox.appendleft(message)
+
+    # ---- proton events -----------------------------------------------------------------
+
+    def on_connection_opened(self, event: Any) -> None:
+        first = not self._ever_connected
+        self._ever_connected = True
+        self._outage_logged = False
+        self.connected.set()
+        self._relink()
+        self._flush_all()
+        log.info("bus %s: %s to %s", self.name, "connected" if first else "reconnected",
+                 redact(self.url))
+        self._on_state("connected" if first else "reconnected")
+
+    def on_disconnected(self, event: Any) -> None:
+        if self.closing:
+            return
+        self.connected.clear()
+        for delivery in reversed(list(self._unsettled)):
+            self._requeue(delivery)
+            delivery.settle()
+        if not self._outage_logged:
+            log.warning("bus %s: lost the broker connection; reconnecting", self.name)
+            self._outage_logged = True
+        self._on_state("disconnected")
+
+    def on_transport_error(self, event: Any) -> None:
+        cond = event.transport.condition
+        text = f"{cond.name}: {cond.description}" if cond else "transport error"
+        if self.closing:
+            return
+        if not self._ever_connected and cond and (
+                cond.name == "amqp:unauthorized-access" or "SASL" in (cond.description or "")):
+            self.start_error = text
+            self.start_failed.set()
+            event.connection.close()
+            return
+        if not self._ever_connected:
+            self.start_error = text
+        if not self._outage_logged:
+            log.warning("bus %s: %s", self.name, text)
+            self._outage_logged = True
+
+    def on_sendable(self, event: Any) -> None:
+        spec = self._by_link.get(event.sender.name)
+        if spec is not None:
+            self._flush(spec)
+
+    def on_accepted(self, event: Any) -> None:
+        entry = self._unsettled.pop(event.delivery, None)
+        if entry is not None:
+            entry[0].inflight -= 1
+
+    def on_rejected(self, event: Any) -> None:
+        entry = self._unsettled.pop(event.delivery, None)
+        if entry is not None:
+            entry[0].inflight -= 1
+            cond = event.delivery.remote.condition
+            log.error("bus %s: broker rejected a message to %s: %s", self.name,
+                      entry[0].address, cond.description if cond else "no reason given")
+
+    def on_released(self, event: Any) -> None:
+        self._requeue(event.delivery)
+        spec = self._by_link.get(event.link.name)
+        if spec is not None:
+            self._container.schedule(RELINK_DELAY, _Timer(lambda: self._flush(spec)))
+
+    def on_settled(self, event: Any) -> None:
+        entry = self._unsettled.pop(event.delivery, None)
+        if entry is not None:
+            entry[0].inflight -= 1
+
+    def on_message(self, event: Any) -> None:
+        spec = self._by_link.get(event.receiver.name)
+        if spec is None or spec.on_message is None:
+            return
+        spec.on_message(Message.from_proton(event.message, spec.address))
+
+    def _link_lost(self, what: str, endpoint: Any) -> None:
+        if self.closing:
+            return
+        cond = endpoint.remote_condition
+        log.warning("bus %s: broker ended a %s (%s); recreating it", self.name, what,
+                    f"{cond.name}: {cond.description}" if cond else "no error given")
+        self._container.schedule(RELINK_DELAY, _Timer(self._relink_and_flush))
+
+    def _relink_and_flush(self) -> None:
+        self._relink()
+        self._flush_all()
+
+    def on_link_error(self, event: Any) -> None:
+        self._link_lost("link", event.link)
+
+    def on_link_closing(self, event: Any) -> None:
+        if event.link.name in self._by_link:
+            self._link_lost("link", event.link)
+
+    def on_session_error(self, event: Any) -> None:
+        self._link_lost("session", event.session)
+
+    def on_session_closing(self, event: Any) -> None:
+        self._link_lost("session", event.session)
+
+    def on_connection_error(self, event: Any) -> None:
+        EndpointStateHandler.print_error(event.connection, "connection")
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

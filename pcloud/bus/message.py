@@ -1,0 +1,75 @@
+"""The pcloud message envelope (DESIGN §3) and its mapping onto proton messages."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from lxml import etree
+from proton import Message as ProtonMessage
+
+OPCODE = "pcloud.opcode"
+CONTENT_TYPE = "application/xml"
+
+
+def new_id() -> str:
+    """A fresh message or correlation id."""
+    return str(uuid.uuid4())
+
+
+@dataclass
+class Message:
+    """One bus message: an XML body plus the envelope fields pcloud uses.
+
+    ``body`` may be given as an lxml Element; it is serialised at once so the message is
+    immutable in practice once handed to the bus. ``address`` is filled in on receipt.
+    """
+
+    body: str | Any = ""
+    subject: str | None = None
+    opcode: str | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    id: str | None = field(default_factory=new_id)
+    properties: dict[str, Any] = field(default_factory=dict)
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.body, etree._Element):
+            self.body = etree.tostring(self.body, encoding="unicode")
+        elif isinstance(self.body, bytes | bytearray | memoryview):
+            self.body = bytes(self.body).decode("utf-8", errors="replace")
+        elif self.body is None:
+            self.body = ""
+
+    def to_proton(self) -> ProtonMessage:
+        """Build the proton message carrying this envelope."""
+        props = dict(self.properties)
+        if self.opcode is not None:
+            props[OPCODE] = self.opcode
+        return ProtonMessage(
+            body=self.body,
+            id=self.id,
+            subject=self.subject,
+            reply_to=self.reply_to,
+            correlation_id=self.correlation_id,
+            content_type=CONTENT_TYPE,
+            properties=props or None,
+        )
+
+    @classmethod
+    def from_proton(cls, pm: ProtonMessage, address: str | None = None) -> Message:
+        """Read a received proton message; foreign senders may omit any field."""
+        props = dict(pm.properties or {})
+        opcode = props.pop(OPCODE, None)
+        return cls(
+            body=pm.body,
+            subject=pm.subject,
+            opcode=None if opcode is None else str(opcode),
+            reply_to=pm.reply_to,
+            correlation_id=None if pm.correlation_id is None else str(pm.correlation_id),
+            id=None if pm.id is None else str(pm.id),
+            properties=props,
+            address=address,
+        )

@@ -1,0 +1,75 @@
+"""Where pcloud finds its broker and its state.
+
+Order for the broker URL: ``PCLOUD_BROKER_URL``; the config file (``$PCLOUD_CONFIG`` or
+``/etc/pcloud/pcloud.conf``, section ``[bus]``, key ``url``); the private broker started by
+``pcloud-broker`` in the state dir, if running; else ``amqp://127.0.0.1:5672``.
+
+TLS options for ``amqps://`` URLs come from ``[bus]`` keys ``ca``, ``cert``, ``key``,
+``verify`` (``true``/``false``) or the environment ``PCLOUD_TLS_CA``, ``PCLOUD_TLS_CERT``,
+``PCLOUD_TLS_KEY``, ``PCLOUD_TLS_VERIFY``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CONFIG = "/etc/pcloud/pcloud.conf"
+DEFAULT_STATE_DIR = "/var/lib/pcloud"
+DEFAULT_BROKER_URL = "amqp://127.0.0.1:5672"
+
+
+def config_path() -> Path:
+    """The configuration file in use (it need not exist)."""
+    return Path(os.environ.get("PCLOUD_CONFIG") or DEFAULT_CONFIG)
+
+
+def _bus_section() -> dict[str, str]:
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(config_path(), encoding="utf-8")
+    except (OSError, configparser.Error):
+        return {}
+    return dict(parser["bus"]) if parser.has_section("bus") else {}
+
+
+def state_dir() -> Path:
+    """Directory of pcloud's own files (CPE store, DPE state, private broker)."""
+    return Path(os.environ.get("PCLOUD_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def broker_url() -> str:
+    """The broker URL to use, see the module docstring for the order."""
+    url = os.environ.get("PCLOUD_BROKER_URL")
+    if url:
+        return url
+    url = _bus_section().get("url")
+    if url:
+        return url
+    from pcloud import broker
+
+    url = broker.running_url(state_dir())
+    return url or DEFAULT_BROKER_URL
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    """Client TLS settings for ``amqps://``; ``verify`` checks certificate and peer name."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    verify: bool = True
+
+
+def tls_options() -> TLSOptions:
+    """TLS settings from the environment, then the config file."""
+    section = _bus_section()
+
+    def pick(name: str) -> str | None:
+        return os.environ.get(f"PCLOUD_TLS_{name.upper()}") or section.get(name) or None
+
+    verify = (pick("verify") or "true").strip().lower() not in ("0", "false", "no", "off")
+    return TLSOptions(ca=pick("ca"), cert=pick("cert"), key=pick("key"), verify=verify)
