@@ -1,0 +1,201 @@
+"""The libvirt infrastructure driver: each assembly is a libvirt domain booted from its image.
+
+Domains are persistent, named ``pcloud-<deployable>-<assembly>``, software-emulated
+(``type='qemu'``, TCG) and boot the JEOS kernel directly. libvirt's own ``<interface
+type='user'>`` cannot express ``restrict=on`` or ``guestfwd``, so the VM's only network card is
+passed to QEMU verbatim through ``<qemu:commandline>`` (see ``vmboot``): the guest reaches the
+broker and nothing else. The libvirt-python bindings are imported only when a driver is made.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+from types import ModuleType
+from typing import Any
+
+from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
+from dpe_agent.drivers.vmboot import KERNEL_CMDLINE, load_vm_image, netdev_option, nic_option
+
+DEFAULT_URI = "qemu:///system"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+POLL_INTERVAL = 0.2
+
+
+def import_libvirt() -> ModuleType:
+    """Import libvirt-python, or say what to install."""
+    try:
+        import libvirt
+    except ImportError as exc:
+        raise DriverError("the libvirt driver needs libvirt-python: pip install libvirt-python "
+                          "(building it needs the Debian packages libvirt-dev and pkg-config)"
+                          ) from exc
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
+def domain_name(spec: AssemblySpec) -> str:
+    """The libvirt domain name of an assembly."""
+    return f"pcloud-{spec.deployable}-{spec.name}"
+
+
+def _valid_uuid(text: str) -> str | None:
+    try:
+        return str(uuidlib.UUID(text))
+    except ValueError:
+        return None
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    element = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        element.text = text
+    return element
+
+
+def domain_xml(spec: AssemblySpec) -> str:
+    """The domain definition of an assembly: TCG, direct kernel boot, virtio disk, one NIC."""
+    image = load_vm_image(spec)
+    ET.register_namespace("qemu", QEMU_NS)
+    domain = ET.Element("domain", {"type": "qemu"})
+    _sub(domain, "name", domain_name(spec))
+    if uuid := _valid_uuid(spec.uuid):
+        _sub(domain, "uuid", uuid)
+    _sub(domain, "description", f"pcloud assembly {spec.name} of deployable {spec.deployable}")
+    _sub(domain, "memory", str(image.memory_mib), unit="MiB")
+    _sub(domain, "vcpu", str(image.vcpus))
+    os_el = _sub(domain, "os")
+    _sub(os_el, "type", "hvm", arch="x86_64", machine="pc")
+    _sub(os_el, "kernel", str(image.kernel))
+    _sub(os_el, "initrd", str(image.initrd))
+    _sub(os_el, "cmdline", KERNEL_CMDLINE)
+    _sub(_sub(domain, "features"), "acpi")
+    _sub(domain, "on_poweroff", "destroy")
+    _sub(domain, "on_reboot", "restart")
+    _sub(domain, "on_crash", "destroy")
+    devices = _sub(domain, "devices")
+    disk = _sub(devices, "disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu", type="qcow2")
+    _sub(disk, "source", file=str(image.disk))
+    _sub(disk, "target", dev="vda", bus="virtio")
+    _sub(devices, "serial", type="pty")
+    _sub(devices, "console", type="pty")
+    commandline = _sub(domain, f"{{{QEMU_NS}}}commandline")
+    for arg in ("-netdev", netdev_option(image, spec.broker_url),
+                "-device", nic_option(image)):
+        _sub(commandline, f"{{{QEMU_NS}}}arg", value=arg)
+    return ET.tostring(domain, encoding="unicode")
+
+
+class LibvirtDriver:
+    """Runs assemblies as libvirt domains on the URI of ``extra["libvirt_uri"]`` or a default."""
+
+    name = "libvirt"
+
+    def __init__(self, uri: str | None = None) -> None:
+        self._libvirt = import_libvirt()
+        self._default_uri = uri or DEFAULT_URI
+        self._conns: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _uri(self, spec: AssemblySpec) -> str:
+        return spec.extra.get("libvirt_uri") or self._default_uri
+
+    def _conn(self, spec: AssemblySpec) -> Any:
+        uri = self._uri(spec)
+        with self._lock:
+            conn = self._conns.get(uri)
+            if conn is not None and conn.isAlive():
+                return conn
+            try:
+                conn = self._libvirt.open(uri)
+            except self._libvirt.libvirtError as exc:
+                raise DriverError(f"cannot connect to libvirt at {uri}: {exc}") from exc
+            self._conns[uri] = conn
+            return conn
+
+    def _lookup(self, spec: AssemblySpec) -> Any | None:
+        try:
+            return self._conn(spec).lookupByName(domain_name(spec))
+        except self._libvirt.libvirtError as exc:
+            if exc.get_error_code() == self._libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise DriverError(f"libvirt lookup of {domain_name(spec)} failed: {exc}") from exc
+
+    def _call(self, what: str, spec: AssemblySpec, func: Any, *args: Any) -> Any:
+        try:
+            return func(*args)
+        except self._libvirt.libvirtError as exc:
+            raise DriverError(f"libvirt {what} of {domain_name(spec)} failed: {exc}") from exc
+
+    def define(self, spec: AssemblySpec) -> Any:
+        """Define (or redefine, when powered off) the assembly's domain; returns it."""
+        xml = domain_xml(spec)
+        existing = self._lookup(spec)
+        if existing is not None and not existing.isActive():
+            stored_uuid = existing.UUIDString()
+            if _valid_uuid(spec.uuid) not in (None, stored_uuid):
+                self._call("undefine", spec, existing.undefine)
+        return self._call("define", spec, self._conn(spec).defineXML, xml)
+
+    def start(self, assembly: AssemblySpec) -> None:
+        """Boot the domain; a domain already running is left alone."""
+        dom = self._lookup(assembly)
+        if dom is not None and dom.isActive():
+            return
+        dom = self.define(assembly)
+        self._call("start", assembly, dom.create)
+
+    def stop(self, assembly: AssemblySpec, timeout: float) -> None:
+        """ACPI shutdown, then destroy if the guest is still running after ``timeout``."""
+        dom = self._lookup(assembly)
+        if dom is None or not dom.isActive():
+            return
+        self._call("shutdown", assembly, dom.shutdown)
+        deadline = time.monotonic() + timeout
+        while dom.isActive() and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL)
+        if dom.isActive():
+            self.fence(assembly)
+
+    def fence(self, assembly: AssemblySpec) -> None:
+        """Destroy (power off) the domain at once; nothing to do if it is not running."""
+        dom = self._lookup(assembly)
+        if dom is None:
+            return
+        try:
+            dom.destroy()
+        except self._libvirt.libvirtError as exc:
+            if dom.isActive():
+                raise DriverError(f"libvirt destroy of {domain_name(assembly)} failed: {exc}"
+                                  ) from exc
+
+    def status(self, assembly: AssemblySpec) -> PowerState:
+        """RUNNING or STOPPED (also when not defined); UNKNOWN when libvirt cannot be asked."""
+        try:
+            dom = self._lookup(assembly)
+            if dom is None:
+                return PowerState.STOPPED
+            return PowerState.RUNNING if dom.isActive() else PowerState.STOPPED
+        except (DriverError, self._libvirt.libvirtError):
+            return PowerState.UNKNOWN
+
+    def undefine(self, assembly: AssemblySpec) -> None:
+        """Power the domain off and remove its definition (the image stays)."""
+        dom = self._lookup(assembly)
+        if dom is None:
+            return
+        self.fence(assembly)
+        self._call("undefine", assembly, dom.undefine)
+
+    def close(self) -> None:
+        """Close the libvirt connections."""
+        with self._lock:
+            for conn in self._conns.values():
+                try:
+                    conn.close()
+                except self._libvirt.libvirtError:
+                    continue
+            self._conns.clear()

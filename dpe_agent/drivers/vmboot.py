@@ -1,0 +1,99 @@
+"""How an assembly image boots as a VM: the files it needs and its network, for every VM driver.
+
+``pcloudsh.images`` writes an assembly as a folder holding ``disk.qcow2`` (an overlay on its
+JEOS image) and ``assembly.json`` (kernel, initrd, MAC address, the broker port the guest agent
+was configured with). The VMs boot the JEOS kernel directly and reach exactly one host service,
+the broker: user-mode networking with ``restrict=on`` cuts the guest off from the host and the
+outside, and one ``guestfwd`` rule turns connections to ``GUEST_BROKER_ADDR:port`` into a
+``nc`` to the broker the DPE itself uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dpe_agent.drivers.base import AssemblySpec, DriverError
+
+GUEST_BROKER_ADDR = "10.0.2.100"
+ASSEMBLY_META = "assembly.json"
+DISK_NAME = "disk.qcow2"
+KERNEL_CMDLINE = "root=/dev/vda rw console=ttyS0"
+DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
+
+
+@dataclass(frozen=True)
+class VmImage:
+    """The files and identity one assembly VM boots from."""
+
+    disk: Path
+    kernel: Path
+    initrd: Path
+    mac: str
+    guest_broker_port: int
+    memory_mib: int = 1024
+    vcpus: int = 1
+
+
+def broker_endpoint(url: str) -> tuple[str, int]:
+    """Return the (host, port) of a broker URL as the host sees it."""
+    parts = urlsplit(url)
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise DriverError(f"broker URL {url!r} is not amqp://host[:port] or amqps://host[:port]")
+    return parts.hostname, parts.port or DEFAULT_PORTS[parts.scheme]
+
+
+def _resolve_dir(image: str, catalogue_dir: str | None) -> Path:
+    path = Path(image)
+    if path.is_file():
+        return path.parent
+    if path.is_dir():
+        return path
+    if catalogue_dir and "/" not in image:
+        candidate = Path(catalogue_dir) / "assemblies" / image
+        if candidate.is_dir():
+            return candidate
+    raise DriverError(f"assembly image {image!r} not found (a path to an assembly folder or its "
+                      f"disk, or an assembly name in the catalogue {catalogue_dir or '(none)'})")
+
+
+def load_vm_image(spec: AssemblySpec) -> VmImage:
+    """Find the assembly image of ``spec`` and read what booting it needs.
+
+    ``spec.image`` is an assembly folder, its disk, or an assembly name looked up in
+    ``spec.extra["catalogue_dir"]`` (default ``$PCLOUD_STATE_DIR/catalogue``).
+    ``extra["memory_mib"]`` and ``extra["vcpus"]`` size the VM.
+    """
+    if not spec.image:
+        raise DriverError(f"assembly {spec.deployable}/{spec.name} has no image")
+    catalogue = spec.extra.get("catalogue_dir") or str(
+        Path(os.environ.get("PCLOUD_STATE_DIR", "/var/lib/pcloud")) / "catalogue")
+    folder = _resolve_dir(spec.image, catalogue)
+    try:
+        meta = json.loads((folder / ASSEMBLY_META).read_text())
+        disk = folder / meta.get("disk", DISK_NAME)
+        image = VmImage(disk=disk, kernel=Path(meta["kernel"]), initrd=Path(meta["initrd"]),
+                        mac=meta["mac"], guest_broker_port=int(meta["guest_broker_port"]),
+                        memory_mib=int(spec.extra.get("memory_mib", 1024)),
+                        vcpus=int(spec.extra.get("vcpus", 1)))
+    except (OSError, ValueError, KeyError) as exc:
+        raise DriverError(f"assembly image {folder} has no usable {ASSEMBLY_META}: {exc}") from exc
+    for needed in (image.disk, image.kernel, image.initrd):
+        if not needed.is_file():
+            raise DriverError(f"assembly image {folder}: {needed} is missing")
+    return image
+
+
+def netdev_option(image: VmImage, broker_url: str, netdev_id: str = "pcloudnet") -> str:
+    """The ``-netdev`` value: isolated user networking with one forward, to the broker."""
+    host, port = broker_endpoint(broker_url)
+    forward = f"tcp:{GUEST_BROKER_ADDR}:{image.guest_broker_port}-cmd:nc {host} {port}"
+    return f"user,id={netdev_id},restrict=on,guestfwd={forward}"
+
+
+def nic_option(image: VmImage, netdev_id: str = "pcloudnet") -> str:
+    """The ``-device`` value of the VM's one network card, with the MAC the image records."""
+    return f"virtio-net-pci,netdev={netdev_id},mac={image.mac}"
