@@ -1,0 +1,363 @@
+"""One DPE process per deployable: spawn it, watch it, restart it, re-adopt it.
+
+The supervisor's loop compares what the store wants (deployables whose desired state is
+``running``) with what runs. A DPE is watched two ways: its process (``waitpid`` for our own
+children, ``/proc`` for DPEs adopted after a CPE restart) and its heartbeats on
+``pcloud.heartbeat.<dep>.-``. A dead or silent DPE is killed and started again with capped
+exponential back-off. DPEs run in their own session so they outlive the CPE; a restarted CPE
+finds them again through their pid file and their heartbeats.
+
+The clock is injected (``tick(now)``) so that the loop is testable without real time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cpe_agent.store import DESIRED_RUNNING, Store, StoredEvent, write_atomic
+from dpe_agent.store import DpeStore
+
+log = logging.getLogger("pcloud.cpe.supervisor")
+
+FIRST_HEARTBEAT_GRACE = 20.0
+HEARTBEAT_MISSES = 3
+BACKOFF_CAP = 30.0
+STABLE_AFTER = 30.0
+STOP_RESEND = 5.0
+
+
+def default_dped_command() -> list[str]:
+    """``dped`` beside this interpreter (a virtualenv), on PATH, or run as a module."""
+    beside = Path(sys.executable).parent / "dped"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("dped")
+    return [found] if found else [sys.executable, "-m", "dpe_agent.cli"]
+
+
+def dpe_dir(state_dir: Path, name: str) -> Path:
+    return state_dir / "dpe" / name
+
+
+def backoff(failures: int) -> float:
+    """Delay before the next start after ``failures`` consecutive deaths: 0, 1, 2, 4 … 30 s."""
+    if failures <= 1:
+        return 0.0
+    return min(BACKOFF_CAP, 2.0 ** (failures - 2))
+
+
+def _proc_alive(pid: int) -> bool:
+    """Whether ``pid`` runs and is not a zombie (works for processes we did not start)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
+def _is_dped_of(pid: int, name: str) -> bool:
+    """Whether ``pid`` is a live DPE managing deployable ``name`` (pids get reused)."""
+    if not _proc_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().decode("utf-8", errors="replace").split("\0")
+    except OSError:
+        return False
+    joined = " ".join(argv)
+    return ("dped" in joined or "dpe_agent" in joined) and f"/dpe/{name}/" in joined
+
+
+@dataclass
+class DpeProcess:
+    """What the supervisor knows of one deployable's DPE."""
+
+    name: str
+    pid: int | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    since: float = 0.0
+    last_heartbeat: float | None = None
+    heartbeat_interval: float = 1.0
+    started_stamp: str | None = None
+    failures: int = 0
+    not_before: float = 0.0
+    last_stop_request: float = 0.0
+    restarts: int = 0
+
+    def alive(self) -> bool:
+        if self.pid is None:
+            return False
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return _proc_alive(self.pid)
+
+
+class Supervisor:
+    """Keeps one DPE per running deployable; thread-safe, driven by ``tick``."""
+
+    def __init__(self, store: Store, state_dir: Path, broker_url: str,
+                 dped_command: list[str] | None = None,
+                 request_stop: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.state_dir = state_dir
+        self.broker_url = broker_url
+        self.dped_command = dped_command or default_dped_command()
+        self.request_stop = request_stop
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._dpes: dict[str, DpeProcess] = {}
+        self._heartbeat_watch_from = clock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- files -------------------------------------------------------------------------
+
+    def document_path(self, name: str) -> Path:
+        return dpe_dir(self.state_dir, name) / "deployable.xml"
+
+    def write_document(self, name: str, document: str) -> None:
+        """Hand a (new) document to the DPE through its file, atomically."""
+        write_atomic(self.document_path(name), document)
+
+    def _pid_from_file(self, name: str) -> int | None:
+        try:
+            text = (dpe_dir(self.state_dir, name) / "dped.pid").read_text().strip()
+            return int(text.split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    # --- event numbering ---------------------------------------------------------------
+
+    def number_event(self, name: str, build: Callable[[int], StoredEvent]) -> StoredEvent:
+        """Number and persist an event the CPE raises while no DPE can number it.
+
+        ``seq`` is one sequence per deployable whoever numbers it: above both logs here, and
+        the DPE's counter is raised past the CPE's before the DPE is started again.
+        """
+        with self._lock:
+            return self.store.add_event_next_seq(name, build, floor=self._dpe_seq(name))
+
+    def _dpe_db(self, name: str) -> Path:
+        return dpe_dir(self.state_dir, name) / "dpe.sqlite"
+
+    def _dpe_seq(self, name: str) -> int:
+        if not self._dpe_db(name).exists():
+            return 0
+        db = DpeStore(self._dpe_db(name))
+        try:
+            return db.last_seq()
+        finally:
+            db.close()
+
+    def _seed_dpe_seq(self, name: str) -> None:
+        ours = self.store.max_seq(name)
+        if ours <= self._dpe_seq(name):
+            return
+        db = DpeStore(self._dpe_db(name))
+        try:
+            db.set("seq", str(ours))
+        finally:
+            db.close()
+
+    # --- inputs from the bus -----------------------------------------------------------
+
+    def heartbeat(self, name: str, interval: float, started: str | None) -> bool:
+        """A DPE heartbeat arrived (dispatcher thread); True for a DPE's first one."""
+        with self._lock:
+            dpe = self._dpes.get(name)
+            if dpe is None:
+                return False
+            first = dpe.last_heartbeat is None or (started is not None
+                                                   and started != dpe.started_stamp)
+            dpe.started_stamp = started or dpe.started_stamp
+            dpe.last_heartbeat = self.clock()
+            if interval > 0:
+                dpe.heartbeat_interval = interval
+            return first
+
+    def bus_reconnected(self) -> None:
+        """Heartbeats missed while the bus was down say nothing about the DPEs: start over."""
+        with self._lock:
+            self._heartbeat_watch_from = self.clock()
+            for dpe in self._dpes.values():
+                dpe.last_heartbeat = None
+                dpe.since = max(dpe.since, self._heartbeat_watch_from)
+
+    def is_running(self, name: str) -> bool:
+        with self._lock:
+            dpe = self._dpes.get(name)
+            return dpe is not None and dpe.alive()
+
+    def is_answering(self, name: str) -> bool:
+        """Alive and heartbeating: worth a method call."""
+        with self._lock:
+            dpe = self._dpes.get(name)
+            return dpe is not None and dpe.alive() and dpe.last_heartbeat is not None
+
+    def pid(self, name: str) -> int | None:
+        with self._lock:
+            dpe = self._dpes.get(name)
+            return dpe.pid if dpe is not None and dpe.alive() else None
+
+    def stop_requested(self, name: str) -> None:
+        with self._lock:
+            dpe = self._dpes.get(name)
+            if dpe is not None:
+                dpe.last_stop_request = self.clock()
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def start(self, period: float = 0.2) -> None:
+        self.adopt_all()
+        self._thread = threading.Thread(target=self._run, args=(period,), name="supervisor",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop watching; the DPEs keep running (they are the deployables' keepers)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def _run(self, period: float) -> None:
+        while not self._stop.wait(period):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("supervisor tick failed")
+
+    def adopt_all(self) -> None:
+        """After a CPE (re)start: find the DPEs that still run, before starting any."""
+        with self._lock:
+            for stored in self.store.list():
+                pid = self._pid_from_file(stored.name)
+                if pid is not None and _is_dped_of(pid, stored.name):
+                    log.info("re-adopting the DPE of %s (pid %d)", stored.name, pid)
+                    self._dpes[stored.name] = DpeProcess(stored.name, pid=pid,
+                                                         since=self.clock())
+
+    def tick(self, now: float | None = None) -> None:
+        """Bring what runs in line with what the store wants."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            wanted = {d.name: d for d in self.store.list()}
+            for name, stored in wanted.items():
+                dpe = self._dpes.setdefault(name, DpeProcess(name))
+                if stored.desired == DESIRED_RUNNING:
+                    self._keep_running(dpe, now)
+                else:
+                    self._let_stop(dpe, stored.state, now)
+            for name in [n for n in self._dpes if n not in wanted]:
+                del self._dpes[name]
+
+    def _keep_running(self, dpe: DpeProcess, now: float) -> None:
+        if dpe.pid is not None and not dpe.alive():
+            code = dpe.popen.returncode if dpe.popen is not None else None
+            log.warning("DPE of %s (pid %d) died (exit %s)", dpe.name, dpe.pid, code)
+            self._forget(dpe, now)
+        elif dpe.pid is not None and self._silent(dpe, now):
+            log.warning("DPE of %s (pid %d) stopped heartbeating: killing it", dpe.name,
+                        dpe.pid)
+            self._kill(dpe)
+            self._forget(dpe, now)
+        if dpe.pid is None and now >= dpe.not_before:
+            pid = self._pid_from_file(dpe.name)
+            if pid is not None and _is_dped_of(pid, dpe.name):
+                dpe.pid, dpe.popen, dpe.since = pid, None, now
+                return
+            self._spawn(dpe, now)
+        elif (dpe.pid is not None and dpe.failures and dpe.last_heartbeat is not None
+              and now - dpe.since > STABLE_AFTER):
+            dpe.failures = 0
+
+    def _let_stop(self, dpe: DpeProcess, state: str, now: float) -> None:
+        if dpe.pid is None:
+            if state != "stopped":
+                self.store.set_state(dpe.name, "stopped")
+            return
+        if not dpe.alive():
+            log.info("DPE of %s exited after stopping", dpe.name)
+            dpe.pid = dpe.popen = None
+            dpe.last_heartbeat = None
+            self.store.set_state(dpe.name, "stopped")
+        elif self.request_stop is not None and now - dpe.last_stop_request > STOP_RESEND:
+            dpe.last_stop_request = now
+            threading.Thread(target=self._safe_request_stop, args=(dpe.name,),
+                             daemon=True).start()
+
+    def _safe_request_stop(self, name: str) -> None:
+        try:
+            assert self.request_stop is not None
+            self.request_stop(name)
+        except Exception as exc:
+            log.warning("stop request to the DPE of %s failed: %s", name, exc)
+
+    def _silent(self, dpe: DpeProcess, now: float) -> bool:
+        limit = dpe.heartbeat_interval * HEARTBEAT_MISSES + 0.5
+        if dpe.last_heartbeat is None:
+            return now - max(dpe.since, self._heartbeat_watch_from) > FIRST_HEARTBEAT_GRACE
+        return now - dpe.last_heartbeat > limit and now - self._heartbeat_watch_from > limit
+
+    def _forget(self, dpe: DpeProcess, now: float) -> None:
+        dpe.pid = None
+        dpe.popen = None
+        dpe.last_heartbeat = None
+        dpe.started_stamp = None
+        dpe.failures += 1
+        dpe.not_before = now + backoff(dpe.failures)
+        if dpe.failures > 1:
+            log.info("next start of the DPE of %s in %.0f s", dpe.name, backoff(dpe.failures))
+
+    def _kill(self, dpe: DpeProcess) -> None:
+        if dpe.pid is None:
+            return
+        try:
+            os.kill(dpe.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if dpe.popen is not None:
+            try:
+                dpe.popen.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                log.error("DPE pid %d does not die", dpe.pid)
+
+    def _spawn(self, dpe: DpeProcess, now: float) -> None:
+        stored = self.store.get(dpe.name)
+        if stored is None:
+            return
+        directory = dpe_dir(self.state_dir, dpe.name)
+        path = self.document_path(dpe.name)
+        if not path.exists() or path.read_text(encoding="utf-8") != stored.document:
+            self.write_document(dpe.name, stored.document)
+        self._seed_dpe_seq(dpe.name)
+        argv = [*self.dped_command, "--deployable", str(path),
+                "--state-dir", str(self.state_dir), "--managed"]
+        env = dict(os.environ, PCLOUD_BROKER_URL=self.broker_url,
+                   PCLOUD_STATE_DIR=str(self.state_dir))
+        with open(directory / "dped.log", "ab") as logfile:
+            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfile,
+                                     stderr=subprocess.STDOUT, env=env, close_fds=True,
+                                     start_new_session=True)
+        dpe.pid, dpe.popen, dpe.since = popen.pid, popen, now
+        dpe.last_heartbeat = None
+        dpe.restarts += 1
+        log.info("started the DPE of %s (pid %d)", dpe.name, popen.pid)
+
+    def reap(self) -> None:
+        """Collect exited children so no zombie outlives a stop."""
+        with self._lock:
+            for dpe in self._dpes.values():
+                if dpe.popen is not None:
+                    dpe.popen.poll()
