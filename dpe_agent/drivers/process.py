@@ -1,0 +1,285 @@
+"""The ``process`` infrastructure: each assembly is a sandbox of processes on this host.
+
+A sandbox is ``pcloud-agent --foreground`` and everything it starts, kept in one process tree
+so that stopping or fencing it is like powering off a VM:
+
+- as root, in its own PID namespace (``unshare --pid --fork --kill-child --mount-proc``): the
+  agent is PID 1 there and reaps; killing it makes the kernel kill everything in the namespace,
+  and ``--kill-child`` kills it if the ``unshare`` process itself is killed;
+- otherwise in its own session and process group, the agent being a child subreaper so
+  orphans stay in its tree; fencing freezes and kills the whole tree and the group.
+
+The sandbox's directory (``spec.state_dir``: ``<state>/dpe/<dep>/assemblies/<asm>``) holds the
+agent's own state, its log and ``sandbox.pid`` (pid, kernel start time, mode), through which a
+restarted DPE re-adopts a sandbox that is still running.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
+
+log = logging.getLogger(__name__)
+
+PID_FILE = "sandbox.pid"
+LOG_FILE = "agent.log"
+TOKEN_VAR = "PCLOUD_SANDBOX"
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state is [0], ppid [1])."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def _start_time(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _alive(pid: int, start: int | None) -> bool:
+    """The process exists, is not a zombie, and is the one started at ``start``."""
+    fields = _stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return start is None or int(fields[19]) == start
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _descendants(root: int) -> list[int]:
+    """All processes below ``root`` (by parent pid), found with one scan of /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields:
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _with_token(token: str) -> list[int]:
+    """Processes whose environment holds ``PCLOUD_SANDBOX=<token>``."""
+    needle = f"{TOKEN_VAR}={token}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                environ = Path(f"/proc/{entry}/environ").read_bytes()
+            except OSError:
+                continue
+            if needle in environ.split(b"\0"):
+                found.append(int(entry))
+    return found
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def agent_command() -> list[str]:
+    """How to run the guest agent: the script beside this interpreter, on PATH, or -m."""
+    beside = Path(sys.executable).with_name("pcloud-agent")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("pcloud-agent")
+    return [found] if found else [sys.executable, "-m", "guest_agent.cli"]
+
+
+class ProcessDriver:
+    """Sandboxes on this host; one instance per DPE, safe to call from several threads."""
+
+    name = "process"
+
+    def __init__(self, use_pid_namespace: bool | None = None,
+                 agent_argv: list[str] | None = None) -> None:
+        if use_pid_namespace is None:
+            use_pid_namespace = os.geteuid() == 0 and shutil.which("unshare") is not None
+        self.use_pid_namespace = use_pid_namespace
+        self.agent_argv = agent_argv or agent_command()
+        self._children: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    def _pid_file(self, spec: AssemblySpec) -> Path:
+        return Path(spec.state_dir) / PID_FILE
+
+    def _read(self, spec: AssemblySpec) -> dict | None:
+        try:
+            return json.loads(self._pid_file(spec).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _reap(self, spec: AssemblySpec) -> None:
+        """Collect our own exited sandbox process so it does not linger as a zombie."""
+        with self._lock:
+            child = self._children.get(spec.state_dir.as_posix())
+            if child is not None and child.poll() is not None:
+                del self._children[spec.state_dir.as_posix()]
+
+    def sandbox_pid(self, spec: AssemblySpec) -> int | None:
+        """The pid of the running sandbox's top process, or None."""
+        self._reap(spec)
+        info = self._read(spec)
+        if info and _alive(int(info["pid"]), info.get("start")):
+            return int(info["pid"])
+        return None
+
+    def agent_pid(self, spec: AssemblySpec) -> int | None:
+        """The pid of the guest agent (the namespace's init in PID-namespace mode)."""
+        pid = self.sandbox_pid(spec)
+        info = self._read(spec)
+        if pid is None or not info:
+            return None
+        if info.get("mode") == "pidns":
+            children = _children(pid)
+            return children[0] if children else None
+        return pid
+
+    def status(self, spec: AssemblySpec) -> PowerState:
+        return PowerState.RUNNING if self.sandbox_pid(spec) else PowerState.STOPPED
+
+    def start(self, spec: AssemblySpec) -> None:
+        """Spawn the sandbox in a new session; a sandbox already running is left alone."""
+        if self.sandbox_pid(spec):
+            return
+        folder = Path(spec.state_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        agent = [*self.agent_argv, "--foreground", "--deployable", spec.deployable,
+                 "--assembly", spec.name, "--uuid", spec.uuid, "--state-dir", str(folder),
+                 "--heartbeat-interval", f"{spec.heartbeat_interval:g}"]
+        argv = agent
+        mode = "pgroup"
+        if self.use_pid_namespace:
+            argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", *agent]
+            mode = "pidns"
+        token = uuid.uuid4().hex
+        env = dict(os.environ, PCLOUD_BROKER_URL=spec.broker_url, PCLOUD_STATE_DIR=str(folder))
+        env[TOKEN_VAR] = token
+        with open(folder / LOG_FILE, "ab") as out:
+            try:
+                child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                         start_new_session=True, close_fds=True, env=env,
+                                         cwd=str(folder))
+            except OSError as exc:
+                raise DriverError(f"cannot start sandbox {spec.deployable}/{spec.name}: "
+                                  f"{exc}") from exc
+        info = {"pid": child.pid, "start": _start_time(child.pid), "mode": mode, "token": token}
+        tmp = folder / (PID_FILE + ".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(self._pid_file(spec))
+        with self._lock:
+            self._children[folder.as_posix()] = child
+        log.info("sandbox %s/%s started (pid %d, %s)", spec.deployable, spec.name, child.pid,
+                 mode)
+
+    def _wait_gone(self, spec: AssemblySpec, pid: int, start: int | None, timeout: float) -> bool:
+        with self._lock:
+            child = self._children.get(spec.state_dir.as_posix())
+        if child is not None and child.pid == pid:
+            try:
+                child.wait(timeout=max(0.0, timeout))
+            except subprocess.TimeoutExpired:
+                return False
+            self._reap(spec)
+            return True
+        deadline = time.monotonic() + timeout
+        while _alive(pid, start):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def stop(self, spec: AssemblySpec, timeout: float) -> None:
+        """SIGTERM the agent (it stops its resources), then fence whatever is left."""
+        info = self._read(spec)
+        pid = self.sandbox_pid(spec)
+        if pid is None or info is None:
+            self._pid_file(spec).unlink(missing_ok=True)
+            return
+        agent = self.agent_pid(spec) or pid
+        _kill(agent, signal.SIGTERM)
+        if not self._wait_gone(spec, pid, info.get("start"), timeout):
+            log.warning("sandbox %s/%s did not stop within %.1fs: killing it", spec.deployable,
+                        spec.name, timeout)
+        self.fence(spec)
+
+    def fence(self, spec: AssemblySpec) -> None:
+        """Kill the whole sandbox at once; returns when nothing of it runs any more."""
+        info = self._read(spec)
+        pid = self.sandbox_pid(spec)
+        if pid is not None and info is not None:
+            start = info.get("start")
+            inits: list[tuple[int, int | None]] = []
+            if info.get("mode") == "pidns":
+                inits = [(init, _start_time(init)) for init in _children(pid)]
+                for init, _ in inits:
+                    _kill(init, signal.SIGKILL)
+                _kill(pid, signal.SIGKILL)
+            else:
+                tree = _descendants(pid)
+                for member in [pid, *tree]:
+                    _kill(member, signal.SIGSTOP)
+                for member in [pid, *_descendants(pid), *tree]:
+                    _kill(member, signal.SIGKILL)
+            _killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10.0
+            for init, init_start in inits:
+                while _alive(init, init_start) and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            if not self._wait_gone(spec, pid, start, deadline - time.monotonic()):
+                raise DriverError(f"sandbox {spec.deployable}/{spec.name} (pid {pid}) "
+                                  "survived SIGKILL")
+            log.info("sandbox %s/%s fenced (pid %d)", spec.deployable, spec.name, pid)
+        if info is not None and info.get("mode") == "pgroup":
+            self._kill_orphans(int(info["pid"]), info.get("token"))
+        self._pid_file(spec).unlink(missing_ok=True)
+
+    @staticmethod
+    def _kill_orphans(pgid: int, token: str | None) -> None:
+        """Kill what is left of a group-mode sandbox whose agent is gone.
+
+        The kernel never hands out a pid still in use as a process group id, so if the
+        sandbox's leader is gone and its group still has members, they are the sandbox's.
+        Descendants that left the group (``setsid``) still carry the sandbox's token in their
+        environment.
+        """
+        if _stat(pgid) is None:
+            _killpg(pgid, signal.SIGKILL)
+        if token:
+            for pid in _with_token(token):
+                _kill(pid, signal.SIGKILL)

@@ -1,0 +1,145 @@
+"""The process driver with a stand-in agent: a process tree that forks and daemonizes.
+
+The stand-in ignores the agent's flags, starts a child and a double-forked grandchild (as OCF
+agents do) writing their pids to files, and exits on SIGTERM after stopping them.
+"""
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dpe_agent.drivers import DriverError, get_driver
+from dpe_agent.drivers.base import AssemblySpec, PowerState
+from dpe_agent.drivers.process import ProcessDriver, _alive
+
+FAKE_AGENT = r'''
+import ctypes, os, signal, subprocess, sys, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # child subreaper, as the real agent
+here = os.environ["PCLOUD_STATE_DIR"]
+child = subprocess.Popen(["sleep", "1000"])
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        open(os.path.join(here, "daemon.pid"), "w").write(str(os.getpid()))
+        time.sleep(1000)
+    os._exit(0)
+open(os.path.join(here, "child.pid"), "w").write(str(child.pid))
+def term(*_):
+    if os.environ.get("IGNORE_TERM"):
+        return
+    child.kill()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+open(os.path.join(here, "ready"), "w").write("1")
+while True:
+    time.sleep(1)
+'''
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="PID namespaces need root")
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+@pytest.fixture(params=[pytest.param(True, marks=needs_root), False], ids=["pidns", "pgroup"])
+def setup(request, tmp_path):
+    script = tmp_path / "fake_agent.py"
+    script.write_text(FAKE_AGENT)
+    driver = ProcessDriver(use_pid_namespace=request.param,
+                           agent_argv=[sys.executable, str(script)])
+    spec = AssemblySpec(deployable="d", name="a", uuid="u", broker_url="amqp://x",
+                        state_dir=tmp_path / "sandbox")
+    yield driver, spec
+    driver.fence(spec)
+
+
+def tree_pids(spec):
+    folder = Path(spec.state_dir)
+    wait_for(lambda: (folder / "daemon.pid").exists() and (folder / "child.pid").exists())
+    return [int((folder / n).read_text()) for n in ("child.pid", "daemon.pid")
+            if (folder / n).read_text().strip().isdigit()]
+
+
+def host_pids(driver, spec, inner):
+    """Inside a PID namespace the files hold namespace pids: use the sandbox's pid list."""
+    if not driver.use_pid_namespace:
+        return inner
+    from dpe_agent.drivers.process import _descendants
+    return _descendants(driver.sandbox_pid(spec))
+
+
+def test_start_records_pid_and_reports_running(setup):
+    driver, spec = setup
+    driver.start(spec)
+    assert driver.status(spec) is PowerState.RUNNING
+    assert (Path(spec.state_dir) / "sandbox.pid").exists()
+    pid = driver.sandbox_pid(spec)
+    driver.start(spec)                      # idempotent
+    assert driver.sandbox_pid(spec) == pid
+
+
+def test_fence_kills_whole_tree_including_daemonized(setup):
+    driver, spec = setup
+    driver.start(spec)
+    pids = host_pids(driver, spec, tree_pids(spec))
+    assert len(pids) >= 2
+    driver.fence(spec)
+    assert driver.status(spec) is PowerState.STOPPED
+    wait_for(lambda: not any(_alive(p, None) for p in pids), timeout=3)
+
+
+def test_stop_is_graceful_then_forced(setup):
+    driver, spec = setup
+    driver.start(spec)
+    pids = host_pids(driver, spec, tree_pids(spec))
+    wait_for(lambda: (Path(spec.state_dir) / "ready").exists())
+    driver.stop(spec, timeout=5)
+    assert driver.status(spec) is PowerState.STOPPED
+    wait_for(lambda: not any(_alive(p, None) for p in pids), timeout=3)
+
+
+def test_sandbox_killed_from_outside_is_seen_stopped(setup):
+    driver, spec = setup
+    driver.start(spec)
+    tree_pids(spec)
+    pids = host_pids(driver, spec, tree_pids(spec))
+    os.kill(driver.sandbox_pid(spec), signal.SIGKILL)
+    wait_for(lambda: driver.status(spec) is PowerState.STOPPED)
+    driver.fence(spec)
+    wait_for(lambda: not any(_alive(p, None) for p in pids), timeout=3)
+
+
+def test_new_driver_instance_readopts_running_sandbox(setup):
+    driver, spec = setup
+    driver.start(spec)
+    pid = driver.sandbox_pid(spec)
+    other = ProcessDriver(use_pid_namespace=driver.use_pid_namespace,
+                          agent_argv=driver.agent_argv)
+    assert other.status(spec) is PowerState.RUNNING and other.sandbox_pid(spec) == pid
+    other.fence(spec)
+    assert driver.status(spec) is PowerState.STOPPED
+
+
+def test_stale_pid_file_is_not_ours(setup):
+    driver, spec = setup
+    Path(spec.state_dir).mkdir(parents=True)
+    (Path(spec.state_dir) / "sandbox.pid").write_text(
+        f'{{"pid": {os.getpid()}, "start": 1, "mode": "pgroup"}}')
+    assert driver.status(spec) is PowerState.STOPPED
+    driver.fence(spec)
+    assert _alive(os.getpid(), None)
+
+
+def test_registry_knows_process_and_rejects_unknown():
+    assert get_driver("process").name == "process"
+    with pytest.raises(DriverError):
+        get_driver("cardboard")
