@@ -22,7 +22,8 @@ __all__ = ["AssemblySpec", "DriverError", "InfrastructureDriver", "PowerState", 
 
 DRIVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "process": ("dpe_agent.drivers.process", ("ProcessDriver",)),
-    "libvirt": ("dpe_agent.drivers.libvirt", ("LibvirtDriver", "Driver")),
+    "libvirt": ("dpe_agent.drivers.libvirt", ("LibvirtDriver",)),
+    "qemu": ("dpe_agent.drivers.qemu", ("QemuDriver",)),
     "openstack": ("dpe_agent.drivers.openstack", ("OpenStackDriver", "Driver")),
 }
 
