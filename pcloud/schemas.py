@@ -115,23 +115,27 @@ def validate(root: etree._Element, name: str | None = None, source: str | None =
 
 def load(path_or_text: str | bytes | Path, source: str | None = None
          ) -> tuple[str, etree._Element]:
-    """Parse, detect and validate a document given as a path or as XML text.
+    """Parse, detect and validate a document given as XML text or as a path.
 
-    Returns ``(schema name, root element)``; raises XMLError (also for an unreadable file).
+    A ``str`` that does not start with ``<`` is taken as a path. Returns
+    ``(schema name, root element)``; raises XMLError (also for an unreadable file).
     """
     if isinstance(path_or_text, Path) or (
             isinstance(path_or_text, str) and not path_or_text.lstrip().startswith("<")):
-        path = Path(path_or_text)
-        source = source or str(path)
-        try:
-            text: str | bytes = path.read_bytes()
-        except OSError as exc:
-            raise XMLError(f"cannot read file: {exc.strerror or exc}", None, source) from None
-    else:
-        text = path_or_text
-    root = xmlsafe.parse(text, source=source)
-    name = validate(root, None, source)
-    return name, root
+        return load_file(path_or_text, source)
+    root = xmlsafe.parse(path_or_text, source=source)
+    return validate(root, None, source), root
+
+
+def load_file(path: str | Path, source: str | None = None) -> tuple[str, etree._Element]:
+    """``load`` for a file; a missing or unreadable file is an XMLError without a line."""
+    source = source or str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise XMLError(f"cannot read file: {exc.strerror or exc}", None, source) from None
+    root = xmlsafe.parse(data, source=source)
+    return validate(root, None, source), root
 
 
 def _source_of(root: etree._Element) -> str | None:
