@@ -53,6 +53,7 @@ class ProbeSpec:
     target: str
     failures: int = 1
     grace: float = 5.0
+    expect_status: int | None = None
 
 
 @dataclass(frozen=True)

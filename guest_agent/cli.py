@@ -1,0 +1,149 @@
+"""``pcloud-agent``: the guest agent's command line, daemonization and main loop."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+
+from guest_agent import __version__
+from guest_agent.config import DEFAULT_CONFIG, AgentConfig, ConfigError, load
+from guest_agent.reaper import become_subreaper
+
+log = logging.getLogger("guest_agent")
+EXIT_CONFIG = 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="pcloud-agent",
+        description="pcloud guest agent: runs and monitors the resources of one assembly, "
+                    "heartbeats and reports over the AMQP 1.0 bus.")
+    p.add_argument("--config", metavar="PATH",
+                   help=f"INI file with an [agent] section (default {DEFAULT_CONFIG}, "
+                        "optional when every setting is given as a flag)")
+    p.add_argument("--deployable", help="deployable name (overrides the config file)")
+    p.add_argument("--assembly", help="assembly name")
+    p.add_argument("--uuid", help="assembly uuid (default: generated once, kept in state dir)")
+    p.add_argument("--broker-url", help="amqp[s]://user:password@host:port "
+                                        "(default: config, then PCLOUD_BROKER_URL)")
+    p.add_argument("--state-dir", help="directory for logs, pids and known resources")
+    p.add_argument("--heartbeat-interval", help="seconds between heartbeats (default 1)")
+    p.add_argument("--pidfile", help="pid file when daemonized")
+    p.add_argument("--foreground", action="store_true", help="stay attached (no daemon)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"pcloud-agent {__version__}")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {"deployable": args.deployable, "assembly": args.assembly, "uuid": args.uuid,
+                 "broker_url": args.broker_url, "state_dir": args.state_dir,
+                 "heartbeat_interval": args.heartbeat_interval, "pidfile": args.pidfile}
+    try:
+        config = load(args.config, overrides)
+    except ConfigError as exc:
+        print(f"pcloud-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    from pcloud.log import setup_logging
+
+    if not args.foreground:
+        context = _daemon_context(config)
+        context.open()
+    setup_logging("pcloud-agent", args.verbose)
+    return run(config)
+
+
+def _daemon_context(config: AgentConfig):
+    """python-daemon's context: detach, pid file, output to <state>/agent.log."""
+    import daemon
+    import daemon.pidfile
+
+    pidfile = config.pidfile or os.path.join(config.state_dir, "pcloud-agent.pid")
+    log_file = open(os.path.join(config.state_dir, "agent.log"), "a", buffering=1)
+    return daemon.DaemonContext(working_directory="/", umask=0o022, stdout=log_file,
+                                stderr=log_file,
+                                pidfile=daemon.pidfile.TimeoutPIDLockFile(pidfile, 5),
+                                signal_map={})
+
+
+def run(config: AgentConfig) -> int:
+    """Reap, resume resources, connect (retrying), serve and heartbeat until SIGTERM/SIGINT."""
+    from guest_agent.agent import Agent
+    from guest_agent.heartbeat import Heartbeater
+    from guest_agent.server import AgentServer
+    from pcloud.bus import Bus, BusError
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+    if os.getpid() == 1:
+        log.info("running as PID 1 of the sandbox: reaping every process")
+    elif become_subreaper():
+        log.info("child subreaper: daemonized resources stay our children")
+    agent = Agent(config)
+    agent.start()
+    bus = None
+    delay = 0.2
+    while not stop.is_set():
+        bus = Bus(url=config.broker_url, name=f"pcloud-agent-{config.deployable}-"
+                                              f"{config.assembly}")
+        try:
+            bus.start(timeout=5.0)
+            break
+        except BusError as exc:
+            log.error("%s; retrying in %.1f s", exc, delay)
+            bus = None
+            stop.wait(delay)
+            delay = min(delay * 2, 5.0)
+    if bus is None:
+        agent.stop()
+        return 0
+    agent.publish_fn = bus.publish
+    attrs = {"deployable": config.deployable, "assembly": config.assembly, "uuid": config.uuid,
+             "started": agent.started, "pid": str(os.getpid())}
+    from guest_agent.requests import iso_now
+
+    beats = Heartbeater(bus.publish, config.heartbeat_key, attrs, config.heartbeat_interval,
+                        agent.states, iso_now)
+    server = AgentServer(bus, config.agent_queue, agent.handle)
+    bus.on_reconnect(agent.on_reconnect)
+    bus.on_reconnect(beats.beat)
+    server.start()
+    beats.start()
+    agent.on_reconnect()
+    log.info("agent %s/%s (%s) serving %s", config.deployable, config.assembly, config.uuid,
+             config.agent_queue)
+    _sd_notify("READY=1")
+    while not stop.wait(3600):
+        pass
+    log.info("shutting down (resources keep running)")
+    _sd_notify("STOPPING=1")
+    beats.stop()
+    server.close()
+    bus.close()
+    agent.stop()
+    return 0
+
+
+def _sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) we are ready; nothing when not run by systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), path)
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

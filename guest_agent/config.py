@@ -1,0 +1,152 @@
+"""The agent's identity and settings: an INI file (``[agent]``) with command-line overrides.
+
+Example ``/etc/pcloud/agent.conf``::
+
+    [agent]
+    deployable = dep1
+    assembly = web
+    uuid = 5b0c...            ; optional: generated once and kept in the state dir
+    broker_url = amqp://pcloud.example:5672
+    broker_user = pcloud      ; optional, put into the URL
+    broker_password = secret
+    state_dir = /var/lib/pcloud-agent
+    heartbeat_interval = 1
+    pidfile = /run/pcloud-agent.pid
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import urllib.parse
+import uuid
+from dataclasses import dataclass
+
+DEFAULT_CONFIG = "/etc/pcloud/agent.conf"
+DEFAULT_STATE_DIR = "/var/lib/pcloud-agent"
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_UUID = re.compile(r"^\S{1,64}$")
+KEYS = ("deployable", "assembly", "uuid", "broker_url", "broker_user", "broker_password",
+        "state_dir", "heartbeat_interval", "pidfile")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    deployable: str
+    assembly: str
+    uuid: str
+    broker_url: str
+    state_dir: str
+    heartbeat_interval: float
+    pidfile: str | None = None
+
+    @property
+    def agent_queue(self) -> str:
+        return f"pcloud.agent.{self.deployable}.{self.assembly}"
+
+    @property
+    def heartbeat_key(self) -> str:
+        return f"pcloud.heartbeat.{self.deployable}.{self.assembly}"
+
+    @property
+    def report_key(self) -> str:
+        return f"pcloud.report.{self.deployable}.{self.assembly}"
+
+
+def read_file(path: str, required: bool) -> dict[str, str]:
+    """The ``[agent]`` section of an INI file; {} when the default file is simply absent."""
+    if not os.path.exists(path):
+        if required:
+            raise ConfigError(f"config file {path} does not exist")
+        return {}
+    parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"))
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except configparser.Error as exc:
+        raise ConfigError(f"config file {path} is not valid INI: "
+                          f"{str(exc).splitlines()[0]}") from None
+    if not parser.has_section("agent"):
+        raise ConfigError(f"config file {path} has no [agent] section")
+    values = dict(parser["agent"])
+    unknown = sorted(set(values) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} in [agent] "
+                          f"(known: {', '.join(KEYS)})")
+    return values
+
+
+def load(path: str | None, overrides: dict[str, str | None]) -> AgentConfig:
+    """Merge file and flags (flags win), check every value, fill defaults."""
+    values = read_file(path or DEFAULT_CONFIG, required=path is not None)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    where = f"config {path or DEFAULT_CONFIG}"
+    for key in ("deployable", "assembly"):
+        value = values.get(key, "").strip()
+        if not value:
+            raise ConfigError(f"{where}: {key} is missing (set it in [agent] or pass --{key})")
+        if not _NAME.match(value):
+            raise ConfigError(f"{where}: {key} {value!r} must be 1-64 letters, digits, _ or -")
+    try:
+        interval = float(values.get("heartbeat_interval") or 1)
+    except ValueError:
+        raise ConfigError(f"{where}: heartbeat_interval "
+                          f"{values['heartbeat_interval']!r} is not a number") from None
+    if not 0.05 <= interval <= 3600:
+        raise ConfigError(f"{where}: heartbeat_interval must be between 0.05 and 3600 seconds")
+    state_dir = os.path.abspath(values.get("state_dir") or DEFAULT_STATE_DIR)
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot create state_dir {state_dir}: {exc}") from None
+    ident = values.get("uuid", "").strip() or _stored_uuid(state_dir)
+    if not _UUID.match(ident):
+        raise ConfigError(f"{where}: uuid {ident!r} must be 1-64 characters without blanks")
+    url = _broker_url(values, where)
+    return AgentConfig(deployable=values["deployable"].strip(),
+                       assembly=values["assembly"].strip(), uuid=ident, broker_url=url,
+                       state_dir=state_dir, heartbeat_interval=interval,
+                       pidfile=values.get("pidfile") or None)
+
+
+def _broker_url(values: dict[str, str], where: str) -> str:
+    url = values.get("broker_url") or os.environ.get("PCLOUD_BROKER_URL") or ""
+    if not url:
+        from pcloud.config import broker_url
+
+        url = broker_url()
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ConfigError(f"{where}: broker_url {url!r} is not amqp://host:port or amqps://…")
+    user, password = values.get("broker_user"), values.get("broker_password")
+    if user:
+        auth = urllib.parse.quote(user, safe="")
+        if password:
+            auth += ":" + urllib.parse.quote(password, safe="")
+        host = parts.netloc.rpartition("@")[2]
+        url = urllib.parse.urlunsplit(parts._replace(netloc=f"{auth}@{host}"))
+    return url
+
+
+def _stored_uuid(state_dir: str) -> str:
+    """A uuid generated on first start and kept, so the identity survives restarts."""
+    path = os.path.join(state_dir, "agent.uuid")
+    try:
+        with open(path, encoding="ascii") as f:
+            value = f.read().strip()
+        if value:
+            return value
+    except OSError:
+        pass
+    value = str(uuid.uuid4())
+    with open(path, "w", encoding="ascii") as f:
+        f.write(value + "\n")
+    return value
+
