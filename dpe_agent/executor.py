@@ -1,0 +1,217 @@
+"""Transition graph execution: which actions may run now, and how one action is run.
+
+:class:`GraphRun` is the bookkeeping of one graph (pure, no threads): an action is launched
+once every action it waits for is done; pseudo events complete at once; a failed action, or
+new information from outside (:meth:`GraphRun.abort`), stops new launches while running
+actions finish, after which the DPE computes a new graph. Running actions in parallel is the
+caller's business: it hands ``launch`` a function that queues the action on a thread pool.
+
+:class:`ActionRunner` runs one action (blocking, on a pool thread): resource operations are
+method calls on the assembly's guest agent, ``stonith`` fences through the infrastructure
+driver, ``clear_failcount`` and ``delete`` only touch the observed state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from dpe_agent.cib import split_rsc_id
+from dpe_agent.drivers.base import AssemblySpec, DriverError
+from dpe_agent.graph import Action, TransitionGraph
+from pcloud.bus import BusError, BusTimeout, MethodError
+
+log = logging.getLogger(__name__)
+
+# Pacemaker op-status values.
+OP_DONE = 0
+OP_TIMEOUT = 2
+OP_ERROR = 4
+
+RC_OK = 0
+RC_ERROR = 1
+RC_NOT_RUNNING = 7
+BUS_SLACK = 2.0          # seconds a call may take beyond the operation's own timeout
+
+
+@dataclass
+class ActionResult:
+    """What one action did. ``rc`` is an OCF code; ``op_status`` Pacemaker's."""
+
+    rc: int
+    op_status: int = OP_DONE
+    reason: str | None = None
+    output: str | None = None
+    started: float = 0.0
+    finished: float = 0.0
+
+    def succeeded(self, action: Action) -> bool:
+        """As expected: the target rc, and for probes also 0 (found running: adopted)."""
+        if self.op_status != OP_DONE:
+            return False
+        if action.is_probe:
+            return self.rc in (RC_OK, RC_NOT_RUNNING)
+        return self.rc == action.target_rc
+
+    def as_expected(self, action: Action) -> bool:
+        """Exactly what the graph assumed; anything else means the graph is stale."""
+        return self.op_status == OP_DONE and self.rc == action.target_rc
+
+
+@dataclass
+class GraphRun:
+    """Progress of one transition graph."""
+
+    graph: TransitionGraph
+    transition_id: int
+    launch: Callable[[Action], None]
+    hold: Callable[[Action], bool] = lambda action: False
+    done: set[int] = field(default_factory=set)
+    running: set[int] = field(default_factory=set)
+    held: set[int] = field(default_factory=set)
+    aborted: str | None = None
+
+    def start(self) -> None:
+        self._advance()
+
+    def _advance(self) -> None:
+        """Launch every ready action; pseudo events complete here, so loop until stable."""
+        progressed = True
+        while progressed and not self.aborted:
+            progressed = False
+            for action in self.graph.ready(self.done):
+                if action.id in self.running or action.id in self.held:
+                    continue
+                if action.kind == "pseudo_event":
+                    self.done.add(action.id)
+                    progressed = True
+                elif self.hold(action):
+                    self.held.add(action.id)
+                else:
+                    self.running.add(action.id)
+                    self.launch(action)
+
+    def complete(self, action: Action, ok: bool) -> None:
+        """An action finished; a failure aborts the rest of the graph."""
+        self.running.discard(action.id)
+        self.done.add(action.id)
+        if not ok:
+            self.abort(f"{action.name} failed")
+        self._advance()
+
+    def abort(self, reason: str) -> None:
+        """Launch nothing more; what runs finishes, then a new graph is computed."""
+        if not self.aborted:
+            self.aborted = reason
+
+    @property
+    def finished(self) -> bool:
+        """Nothing runs and nothing more will be launched."""
+        if self.running:
+            return False
+        if self.aborted:
+            return True
+        return all(a.id in self.held for a in self.graph.ready(self.done))
+
+    @property
+    def completed(self) -> bool:
+        """Every action ran (none held, none aborted)."""
+        return not self.aborted and len(self.done) == len(self.graph)
+
+
+def resource_op_body(operation: str, interval_ms: int, timeout_ms: int, name: str,
+                     rsc_class: str, provider: str | None, rsc_type: str | None,
+                     params: dict[str, str]) -> str:
+    """The ``<resource_op>`` document of a guest agent method call."""
+    root = etree.Element("resource_op", operation=operation, interval=str(interval_ms),
+                         timeout=str(max(1, timeout_ms)))
+    attrs = {"name": name, "class": rsc_class}
+    if provider:
+        attrs["provider"] = provider
+    if rsc_type:
+        attrs["type"] = rsc_type
+    rsc = etree.SubElement(root, "resource", attrs)
+    if params:
+        plist = etree.SubElement(rsc, "parameters")
+        for key in sorted(params):
+            etree.SubElement(plist, "parameter", name=key, value=params[key])
+    return etree.tostring(root, encoding="unicode")
+
+
+def agent_class(rsc_class: str | None, provider: str | None, rsc_type: str | None
+                ) -> tuple[str, str | None, str | None]:
+    """CIB class back to the agent's: ``ocf:pcloud:process`` is the ``process`` class."""
+    if rsc_class == "ocf" and provider == "pcloud" and rsc_type == "process":
+        return "process", None, None
+    return rsc_class or "ocf", provider, rsc_type
+
+
+class ActionRunner:
+    """Runs single graph actions against agents (bus) and the infrastructure (driver)."""
+
+    def __init__(self, bus, deployable: str, driver, spec_of: Callable[[str], AssemblySpec],
+                 node_of_uuid: Callable[[str], str | None]) -> None:
+        self.bus = bus
+        self.deployable = deployable
+        self.driver = driver
+        self.spec_of = spec_of
+        self.node_of_uuid = node_of_uuid
+
+    def run(self, action: Action) -> ActionResult:
+        started = time.time()
+        try:
+            if action.kind == "rsc_op":
+                result = self._rsc_op(action)
+            elif action.kind == "crm_event" and action.operation == "stonith":
+                result = self._fence(action)
+            else:
+                result = ActionResult(RC_OK)
+        except Exception as exc:           # an action never takes the DPE down
+            log.exception("action %s crashed", action.name)
+            result = ActionResult(RC_ERROR, OP_ERROR, reason=f"internal error: {exc}")
+        result.started, result.finished = started, time.time()
+        return result
+
+    def _rsc_op(self, action: Action) -> ActionResult:
+        if action.operation == "delete":
+            return ActionResult(RC_OK)
+        assembly, service = split_rsc_id(action.resource or "")
+        rsc_class, provider, rsc_type = agent_class(action.rsc_class, action.provider,
+                                                    action.rsc_type)
+        body = resource_op_body(action.operation, action.interval_ms, action.timeout_ms,
+                                service, rsc_class, provider, rsc_type, action.parameters)
+        queue = f"pcloud.agent.{self.deployable}.{action.node or assembly}"
+        timeout = action.timeout_ms / 1000.0 + BUS_SLACK
+        try:
+            result = self.bus.call(queue, f"resource_{action.operation}", body, timeout=timeout)
+        except BusTimeout as exc:
+            return ActionResult(RC_ERROR, OP_TIMEOUT, reason=str(exc))
+        except MethodError as exc:
+            return ActionResult(RC_ERROR, OP_ERROR, reason=f"{exc.code}: {exc.message}")
+        except BusError as exc:
+            return ActionResult(RC_ERROR, OP_ERROR, reason=str(exc))
+        if result is None or result.tag != "op_result":
+            return ActionResult(RC_ERROR, OP_ERROR, reason="agent answered without op_result")
+        status = {"done": OP_DONE, "timeout": OP_TIMEOUT}.get(result.get("status", "done"),
+                                                              OP_ERROR)
+        output = result.findtext("output")
+        try:
+            rc = int(result.get("rc", "1"))
+        except ValueError:
+            rc = RC_ERROR
+        return ActionResult(rc, status, reason=result.get("reason"), output=output)
+
+    def _fence(self, action: Action) -> ActionResult:
+        nodes = [self.node_of_uuid(uuid) for uuid in action.downed] or [action.node]
+        for node in nodes:
+            if node is None:
+                continue
+            try:
+                self.driver.fence(self.spec_of(node))
+            except DriverError as exc:
+                return ActionResult(RC_ERROR, OP_ERROR, reason=f"fencing {node} failed: {exc}")
+        return ActionResult(RC_OK)

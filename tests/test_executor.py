@@ -1,0 +1,103 @@
+"""Graph execution bookkeeping: ordering, parallelism, pseudo events, abort, holds."""
+
+from dpe_agent.executor import (
+    OP_TIMEOUT,
+    ActionResult,
+    GraphRun,
+    agent_class,
+    resource_op_body,
+)
+from dpe_agent.graph import Action, Synapse, TransitionGraph
+from pcloud import xmlsafe
+
+
+def op(aid, operation, rsc="web.httpd", node="web", interval=0, kind="rsc_op", target=None):
+    attrs = {"CRM_meta_interval": str(interval), "CRM_meta_timeout": "20000", "port": "80"}
+    if target is not None:
+        attrs["CRM_meta_op_target_rc"] = str(target)
+    return Action(aid, kind, operation, f"{rsc}_{operation}_{interval}", rsc, node,
+                  rsc_class="ocf", provider="pcloud", rsc_type="process", attributes=attrs)
+
+
+def graph(*edges_and_actions):
+    actions, edges = edges_and_actions
+    return TransitionGraph(Synapse(i, a, edges.get(a.id, [])) for i, a in enumerate(actions))
+
+
+def chain():
+    """stop(1) -> pseudo(2) -> start(3) -> monitor(4); probe(5) independent."""
+    actions = [op(1, "stop"), op(2, "all_stopped", kind="pseudo_event"), op(3, "start"),
+               op(4, "monitor", interval=5000), op(5, "monitor", rsc="db.mysqld", node="db",
+                                                   target=7)]
+    return graph(actions, {2: [1], 3: [2], 4: [3]})
+
+
+def test_ready_actions_launch_in_parallel_and_dependents_wait():
+    launched = []
+    run = GraphRun(chain(), 1, launched.append)
+    run.start()
+    assert sorted(a.id for a in launched) == [1, 5]
+    run.complete(launched[0], ok=True)           # stop done: pseudo completes, start launches
+    assert [a.id for a in launched] == [1, 5, 3]
+    assert 2 in run.done
+
+
+def test_graph_completes_when_all_actions_done():
+    launched = []
+    run = GraphRun(chain(), 1, launched.append)
+    run.start()
+    while not run.finished:
+        run.complete(next(a for a in launched if a.id in run.running), ok=True)
+    assert run.completed
+
+
+def test_failed_action_aborts_new_launches_but_running_ones_finish():
+    launched = []
+    run = GraphRun(chain(), 1, launched.append)
+    run.start()
+    stop, probe = launched
+    run.complete(stop, ok=False)
+    assert run.aborted and not run.finished      # the probe still runs
+    run.complete(probe, ok=True)
+    assert run.finished and not run.completed
+    assert [a.id for a in launched] == [1, 5]
+
+
+def test_external_abort_stops_launches():
+    launched = []
+    run = GraphRun(chain(), 1, launched.append)
+    run.start()
+    run.abort("new report")
+    run.complete(launched[0], ok=True)
+    assert [a.id for a in launched] == [1, 5]
+
+
+def test_held_action_is_not_launched_and_graph_finishes():
+    launched = []
+    run = GraphRun(chain(), 1, launched.append, hold=lambda a: a.operation == "start")
+    run.start()
+    for action in list(launched):
+        run.complete(action, ok=True)
+    assert run.held == {3} and run.finished and not run.completed
+
+
+def test_probe_finding_resource_running_succeeds_but_is_unexpected():
+    probe = op(5, "monitor", target=7)
+    assert ActionResult(0).succeeded(probe) and not ActionResult(0).as_expected(probe)
+    assert ActionResult(7).as_expected(probe)
+    assert not ActionResult(0, OP_TIMEOUT).succeeded(op(1, "start"))
+
+
+def test_resource_op_body_names_the_whole_resource():
+    body = resource_op_body("start", 0, 20000, "httpd", "process", None, None,
+                            {"command": "sleep 100"})
+    root = xmlsafe.parse(body)
+    assert root.get("operation") == "start" and root.get("timeout") == "20000"
+    rsc = root.find("resource")
+    assert rsc.get("name") == "httpd" and rsc.get("class") == "process"
+    assert rsc.find("parameters/parameter").get("value") == "sleep 100"
+
+
+def test_agent_class_maps_pcloud_process_back():
+    assert agent_class("ocf", "pcloud", "process") == ("process", None, None)
+    assert agent_class("ocf", "heartbeat", "Dummy") == ("ocf", "heartbeat", "Dummy")
