@@ -1,0 +1,108 @@
+"""The CPE process: store, bus, supervisor and method handlers wired together.
+
+Start order matters: the store first (the truth), then the bus subscriptions that feed the
+supervisor (heartbeats, events), then re-adoption of running DPEs, and only then the public
+queue, so no request is answered from a half-started CPE. On shutdown the DPEs keep running:
+they keep the deployables alive and the next CPE re-adopts them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import IO
+
+from cpe_agent.service import CPE_QUEUE, DPE_HEARTBEATS, EVENT_TOPICS, CpeService
+from cpe_agent.store import Store
+from cpe_agent.supervisor import Supervisor
+from pcloud.bus import Bus, BusError
+
+log = logging.getLogger("pcloud.cpe")
+
+CONNECT_BACKOFF_CAP = 10.0
+
+
+class AlreadyRunning(Exception):
+    """Another CPE holds this state directory."""
+
+
+class Cped:
+    """One CPE on one state directory; ``run`` blocks until ``stop`` is called."""
+
+    def __init__(self, state_dir: Path, broker_url: str,
+                 dped_command: list[str] | None = None) -> None:
+        self.state_dir = state_dir
+        self.broker_url = broker_url
+        self.dped_command = dped_command
+        self._stop = threading.Event()
+        self._lock_file: IO[str] | None = None
+
+    def stop(self) -> None:
+        """Ask ``run`` to return (safe from a signal handler: it only sets a flag)."""
+        self._stop.set()
+
+    def _lock(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.state_dir / "cped.lock", "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise AlreadyRunning(f"another cped runs on {self.state_dir}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock_file = handle
+
+    def _connect(self) -> Bus | None:
+        """Connect, retrying with back-off: a CPE started before its broker waits for it."""
+        delay = 0.5
+        while not self._stop.is_set():
+            bus = Bus(url=self.broker_url, name="cped")
+            try:
+                return bus.start(timeout=10.0)
+            except BusError as exc:
+                bus.close()
+                log.warning("broker not reachable (%s); retrying in %.1f s", exc, delay)
+                self._stop.wait(delay)
+                delay = min(CONNECT_BACKOFF_CAP, delay * 2)
+        return None
+
+    def run(self) -> None:
+        self._lock()
+        store = Store(self.state_dir / "cpe.sqlite")
+        bus = self._connect()
+        if bus is None:
+            store.close()
+            return
+        supervisor = Supervisor(store, self.state_dir, self.broker_url, self.dped_command)
+        service = CpeService(store, supervisor, bus)
+        supervisor.request_stop = service.request_stop
+        try:
+            subs = [bus.subscribe(EVENT_TOPICS, service.on_event),
+                    bus.subscribe(DPE_HEARTBEATS, service.on_heartbeat)]
+            for sub in subs:
+                sub.wait_attached(timeout=10.0)
+            bus.on_reconnect(supervisor.bus_reconnected)
+            supervisor.start()
+            served = bus.serve(CPE_QUEUE, service.handlers())
+            if not served.wait_attached(timeout=10.0):
+                log.warning("queue %s not attached yet; the bus keeps trying", CPE_QUEUE)
+            (self.state_dir / "cped.pid").write_text(f"{os.getpid()}\n")
+            log.info("CPE ready on %s (state %s, %d deployables stored)",
+                     CPE_QUEUE, self.state_dir, len(store.list()))
+            while not self._stop.wait(1.0):
+                supervisor.reap()
+            log.info("CPE stopping; DPEs keep running")
+        finally:
+            supervisor.close()
+            bus.close()
+            store.close()
+            try:
+                (self.state_dir / "cped.pid").unlink()
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,349 @@
+"""The CPE's public methods (DESIGN §3) and what it does with events and DPE heartbeats.
+
+Every handler checks its whole input before it changes anything, so a refused request leaves
+the store and the running DPEs exactly as they were. A refusal that names a deployable also
+becomes a ``config_error`` event: numbered by the deployable's DPE when it runs (so ``seq``
+stays one sequence), else numbered and persisted by the CPE itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable
+
+from lxml import etree
+
+from cpe_agent.store import (
+    DESIRED_RUNNING,
+    DESIRED_STOPPED,
+    Store,
+    StoredDeployable,
+    StoredEvent,
+    StoreError,
+    now_iso,
+)
+from cpe_agent.supervisor import Supervisor
+from pcloud import schemas, xmlsafe
+from pcloud.bus import Bus, BusError, Message, MethodError
+from pcloud.deployable import Deployable, DeployableError, diff
+from pcloud.events import Event, format_time
+
+log = logging.getLogger("pcloud.cpe")
+
+CPE_QUEUE = "pcloud.cpe"
+EVENT_TOPICS = "pcloud.event.#"
+DPE_HEARTBEATS = "pcloud.heartbeat.*.-"
+DPE_CALL_TIMEOUT = 5.0
+STATUS_TIMEOUT = 3.0
+BACKFILL_PAGE = 500
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+Handler = Callable[[etree._Element, Message], etree._Element]
+
+
+def dpe_queue(name: str) -> str:
+    return f"pcloud.dpe.{name}"
+
+
+def _result(name: str, state: str, reason: str | None = None) -> etree._Element:
+    element = etree.Element("deployable", name=name, state=state)
+    if reason:
+        element.set("reason", reason[:4096])
+    return element
+
+
+def _check(root: etree._Element, schema: str, what: str) -> None:
+    """Validate a request body; a wrong one is the caller's error, not ours."""
+    try:
+        schemas.validate(root, schema)
+    except xmlsafe.XMLError as exc:
+        raise MethodError("invalid_request", f"{what}: {exc.message}") from None
+
+
+class CpeService:
+    """Method handlers on ``pcloud.cpe``, plus event persistence and DPE liveness input."""
+
+    def __init__(self, store: Store, supervisor: Supervisor, bus: Bus) -> None:
+        self.store = store
+        self.supervisor = supervisor
+        self.bus = bus
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "deployable_start": self.deployable_start,
+            "deployable_stop": self.deployable_stop,
+            "deployable_reload": self.deployable_reload,
+            "deployable_status": self.deployable_status,
+            "deployables_list": self.deployables_list,
+            "events_query": self.events_query,
+        }
+
+    # --- methods -----------------------------------------------------------------------
+
+    def deployable_start(self, body: etree._Element, msg: Message) -> etree._Element:
+        dep = self._parse_deployable(body, "deployable_start")
+        assert dep.uuid is not None
+        other = self.store.find_uuid(dep.uuid)
+        if other is not None and other.name != dep.name:
+            self._refuse(dep.name, "duplicate_uuid",
+                         f"uuid {dep.uuid} already belongs to deployable {other.name!r}")
+        try:
+            self.store.start(dep.name, dep.uuid, dep.to_xml(), "starting")
+        except StoreError as exc:
+            self._refuse(dep.name, "duplicate_deployable", str(exc))
+        self.supervisor.write_document(dep.name, dep.to_xml())
+        self.supervisor.tick()
+        log.info("deployable %s accepted: starting its DPE", dep.name)
+        return _result(dep.name, "starting")
+
+    def deployable_stop(self, body: etree._Element, msg: Message) -> etree._Element:
+        stored = self._named(body, "deployable_stop")
+        if stored.desired == DESIRED_STOPPED:
+            return _result(stored.name, stored.state)
+        self.store.set_desired(stored.name, DESIRED_STOPPED, "stopping")
+        self.supervisor.stop_requested(stored.name)
+        if self.supervisor.is_running(stored.name):
+            try:
+                self.request_stop(stored.name)
+            except (BusError, MethodError) as exc:
+                log.warning("DPE of %s did not take the stop yet (%s): will retry",
+                            stored.name, exc)
+        log.info("deployable %s stopping", stored.name)
+        return _result(stored.name, "stopping")
+
+    def request_stop(self, name: str) -> None:
+        """Ask a DPE to stop its deployable (it exits once everything is stopped)."""
+        ref = etree.tostring(etree.Element("deployable", name=name), encoding="unicode")
+        self.bus.call(dpe_queue(name), "deployable_stop", ref, timeout=DPE_CALL_TIMEOUT)
+
+    def deployable_reload(self, body: etree._Element, msg: Message) -> etree._Element:
+        name = body.get("name") if body.tag == "deployable" else None
+        stored = self.store.get(name) if name else None
+        if name and _NAME.match(name) and stored is None:
+            self._refuse(name, "unknown_deployable",
+                         f"no deployable named {name!r}: start it before reloading it")
+        dep = self._parse_deployable(body, "deployable_reload", assign_uuids=False)
+        assert stored is not None
+        if dep.uuid is not None and dep.uuid != stored.uuid:
+            other = self.store.find_uuid(dep.uuid)
+            owner = f"deployable {other.name!r}" if other is not None else "no deployable"
+            self._refuse(dep.name, "name_mismatch",
+                         f"document has uuid {dep.uuid} ({owner}) but deployable "
+                         f"{dep.name!r} has uuid {stored.uuid}: a reload cannot rename or "
+                         "replace a deployable")
+        old = Deployable.from_xml(stored.document, source="stored document")
+        new = dep.adopt_uuids(old).with_uuids()
+        if not diff(old, new):
+            return _result(dep.name, stored.state, "unchanged")
+        document = new.to_xml()
+        if self.supervisor.is_answering(dep.name) and stored.desired == DESIRED_RUNNING:
+            try:
+                self.bus.call(dpe_queue(dep.name), "deployable_reload", document,
+                              timeout=DPE_CALL_TIMEOUT)
+            except MethodError as exc:
+                self._refuse(dep.name, exc.code, f"the DPE refused the reload: {exc.message}")
+            except BusError as exc:
+                log.warning("DPE of %s did not answer the reload (%s): it reads the new "
+                            "document when it restarts", dep.name, exc)
+        self.store.replace_document(dep.name, document)
+        self.supervisor.write_document(dep.name, document)
+        log.info("deployable %s reloaded", dep.name)
+        current = self.store.get(dep.name)
+        return _result(dep.name, current.state if current else stored.state)
+
+    def deployable_status(self, body: etree._Element, msg: Message) -> etree._Element:
+        stored = self._named(body, "deployable_status")
+        if self.supervisor.is_running(stored.name):
+            try:
+                result = self.bus.call(dpe_queue(stored.name), "deployable_status",
+                                       etree.tostring(body, encoding="unicode"),
+                                       timeout=STATUS_TIMEOUT)
+                if result is not None and result.tag == "deployable":
+                    self.store.set_last_status(stored.name,
+                                               etree.tostring(result, encoding="unicode"))
+                    return result
+            except (BusError, MethodError) as exc:
+                log.info("DPE of %s not answering status (%s): last known state",
+                         stored.name, exc)
+        return self._last_known_status(stored)
+
+    def deployables_list(self, body: etree._Element, msg: Message) -> etree._Element:
+        if body.tag != "deployables" or len(body):
+            raise MethodError("invalid_request", "deployables_list takes <deployables/>")
+        result = etree.Element("deployables")
+        for stored in self.store.list():
+            etree.SubElement(result, "deployable", name=stored.name, state=stored.state,
+                             uuid=stored.uuid)
+        return result
+
+    def events_query(self, body: etree._Element, msg: Message) -> etree._Element:
+        if body.tag != "events" or len(body):
+            raise MethodError("invalid_request",
+                              'events_query takes <events deployable="…" since_seq="…" '
+                              'limit="…"/>')
+        _check(body, "events", "events_query")
+        name = body.get("deployable")
+        since = int(body.get("since_seq", "0"))
+        limit = int(body.get("limit", "100"))
+        if name and self.store.get(name) is None and not self.store.max_seq(name):
+            raise MethodError("unknown_deployable", f"no deployable named {name!r}")
+        result = etree.Element("events")
+        for event in self.store.events(name, since, limit):
+            result.append(xmlsafe.parse(event.xml, source="stored event"))
+        return result
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _parse_deployable(self, body: etree._Element, method: str,
+                          assign_uuids: bool = True) -> Deployable:
+        if body.tag != "deployable":
+            raise MethodError("invalid_request",
+                              f"{method} takes a <deployable> document, not <{body.tag}>")
+        try:
+            return Deployable.from_xml(body, source=method, assign_uuids=assign_uuids)
+        except (DeployableError, xmlsafe.XMLError) as exc:
+            name = body.get("name")
+            message = f"invalid deployable: {exc}"
+            if name and _NAME.match(name):
+                self._refuse(name, "invalid_deployable", message)
+            raise MethodError("invalid_deployable", message) from None
+
+    def _named(self, body: etree._Element, method: str) -> StoredDeployable:
+        """The stored deployable a ``<deployable name="…"/>`` request refers to."""
+        _check(body, "deployable_ref", method)
+        name = body.get("name", "")
+        stored = self.store.get(name)
+        if stored is None:
+            self._refuse(name, "unknown_deployable", f"no deployable named {name!r}")
+        assert stored is not None
+        return stored
+
+    def _refuse(self, name: str, code: str, message: str) -> None:
+        """Answer with an error, after telling everyone with a config_error event."""
+        try:
+            self.raise_config_error(name, f"{code}: {message}")
+        except Exception:
+            log.exception("could not raise the config_error event of %s", name)
+        raise MethodError(code, message)
+
+    def raise_config_error(self, name: str, reason: str) -> None:
+        reason = reason[:4096]
+        if self.supervisor.is_running(name):
+            request = etree.Element("event", type="config_error", deployable=name,
+                                    reason=reason)
+            try:
+                raised = self.bus.call(dpe_queue(name), "event_raise",
+                                       etree.tostring(request, encoding="unicode"),
+                                       timeout=DPE_CALL_TIMEOUT)
+                if raised is not None:
+                    self._persist(raised)
+                    return
+            except (BusError, MethodError) as exc:
+                log.info("DPE of %s could not raise the config_error (%s)", name, exc)
+        stored = self.supervisor.number_event(
+            name, lambda seq: self._stored(Event(seq, now_iso(), "config_error", name,
+                                                 reason=reason)))
+        self.bus.publish(_topic_of(stored), Message(body=stored.xml, subject="config_error",
+                                                    opcode="event"))
+
+    def _last_known_status(self, stored: StoredDeployable) -> etree._Element:
+        reason = ("last known state: the DPE is not answering"
+                  if stored.desired == DESIRED_RUNNING else None)
+        if stored.last_status and stored.desired == DESIRED_RUNNING:
+            result = xmlsafe.parse(stored.last_status, source="last status")
+            result.set("state", stored.state)
+            if reason:
+                result.set("reason", reason)
+            return result
+        result = _result(stored.name, stored.state, reason)
+        idle = "stopped" if stored.state == "stopped" else "pending"
+        document = xmlsafe.parse(stored.document, source="stored document")
+        for assembly in document.iter("assembly"):
+            element = etree.SubElement(result, "assembly", name=assembly.get("name", ""),
+                                       state=idle)
+            for service in assembly.iter("service"):
+                etree.SubElement(element, "resource", name=service.get("name", ""),
+                                 state=idle, fail_count="0")
+        return result
+
+    # --- bus input ---------------------------------------------------------------------
+
+    def on_event(self, msg: Message) -> None:
+        """Persist an event seen on ``pcloud.event.#`` once per (deployable, seq)."""
+        try:
+            root = xmlsafe.parse(msg.body, source="event")
+            schemas.validate(root, "event")
+        except xmlsafe.XMLError as exc:
+            log.warning("dropped an invalid event from %s: %s", msg.address, exc)
+            return
+        self._persist(root)
+
+    def _persist(self, root: etree._Element) -> None:
+        event = Event.from_xml(root)
+        if event.seq is None:
+            raise xmlsafe.XMLError("event has no seq")
+        if self.store.add_event(self._stored(event)):
+            if event.type == "deployable_state_change" and event.assembly in (None, "-") \
+                    and event.state:
+                self.store.set_state(event.deployable, event.state)
+
+    @staticmethod
+    def _stored(event: Event) -> StoredEvent:
+        assert event.seq is not None
+        return StoredEvent(event.deployable, event.seq, event.type.value,
+                           format_time(event.time), event.to_xml())
+
+    def on_heartbeat(self, msg: Message) -> None:
+        """A DPE heartbeat: liveness for the supervisor, state for the store."""
+        try:
+            root = xmlsafe.parse(msg.body, source="heartbeat")
+        except xmlsafe.XMLError:
+            return
+        name = root.get("deployable", "")
+        if root.tag != "heartbeat" or root.get("assembly") != "-" or not _NAME.match(name):
+            return
+        try:
+            interval = float(root.get("interval", "1"))
+        except ValueError:
+            interval = 1.0
+        first = self.supervisor.heartbeat(name, interval, root.get("started"))
+        stored = self.store.get(name)
+        state = root.get("state")
+        if stored is not None and state and stored.desired == DESIRED_RUNNING:
+            self.store.set_state(name, state)
+        if first:
+            threading.Thread(target=self.backfill, args=(name,), name=f"backfill-{name}",
+                             daemon=True).start()
+
+    def backfill(self, name: str) -> None:
+        """Fetch the events a DPE published while this CPE was not listening."""
+        since = self.store.contiguous_seq(name)
+        while True:
+            query = etree.Element("events", since_seq=str(since), limit=str(BACKFILL_PAGE))
+            try:
+                result = self.bus.call(dpe_queue(name), "events_query",
+                                       etree.tostring(query, encoding="unicode"),
+                                       timeout=DPE_CALL_TIMEOUT)
+            except (BusError, MethodError) as exc:
+                log.info("back-fill of %s's events failed: %s", name, exc)
+                return
+            events = [] if result is None else list(result.iter("event"))
+            added = 0
+            for element in events:
+                try:
+                    self._persist(element)
+                    added += 1
+                except Exception as exc:
+                    log.warning("skipped a bad back-filled event of %s: %s", name, exc)
+            if added:
+                log.info("back-filled %d events of %s", added, name)
+            if len(events) < BACKFILL_PAGE:
+                return
+            since = max(int(e.get("seq", "0")) for e in events)
+
+
+def _topic_of(event: StoredEvent) -> str:
+    root = xmlsafe.parse(event.xml, source="event")
+    return Event.from_xml(root).topic_key()

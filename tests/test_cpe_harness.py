@@ -1,0 +1,272 @@
+"""A plain AMQP 1.0 client and a cped runner for the CPE tests.
+
+The client speaks only the public contract (DESIGN §3) with qpid-proton's blocking API, none of
+pcloud's own bus code, so the tests check what any other program would see. Cleanup kills
+only processes that name the test's own state directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from lxml import etree
+from proton import Message
+from proton.utils import BlockingConnection
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+EXAMPLES = ROOT / "xml" / "examples"
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str,
+               step: float = 0.1) -> object:
+    """Poll ``predicate`` until it returns something true; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(step)
+
+
+class AmqpClient:
+    """Request/response on plain queues, the way DESIGN §3 describes it for RabbitMQ."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = BlockingConnection(url, timeout=15, allowed_mechs="PLAIN")
+        self.reply_to = f"pcloud.reply.{uuid.uuid4()}"
+        self.receiver = self.conn.create_receiver(self.reply_to)
+        self.senders: dict[str, object] = {}
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self.conn.close()
+
+    def send_raw(self, queue: str, subject: str | None, body: object,
+                 opcode: str = "method_request") -> str:
+        sender = self.senders.get(queue)
+        if sender is None:
+            sender = self.senders[queue] = self.conn.create_sender(queue)
+        cid = str(uuid.uuid4())
+        sender.send(Message(body=body, subject=subject, reply_to=self.reply_to,
+                            correlation_id=cid, id=cid, content_type="application/xml",
+                            properties={"pcloud.opcode": opcode}))
+        return cid
+
+    def request(self, queue: str, method: str | None, body: object,
+                timeout: float = 15.0) -> etree._Element:
+        """Send one request and return the ``<response>`` root element."""
+        cid = self.send_raw(queue, method, body)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no response to {method} within {timeout} s")
+            msg = self.receiver.receive(timeout=remaining)
+            self.receiver.accept()
+            if str(msg.correlation_id) == cid:
+                assert msg.subject == method
+                assert msg.properties["pcloud.opcode"] == "method_response"
+                return etree.fromstring(msg.body.encode())
+
+    def call(self, method: str, body: object, queue: str = "pcloud.cpe",
+             timeout: float = 15.0) -> etree._Element:
+        """A CPE method that must succeed: return the result element (or None)."""
+        response = self.request(queue, method, body, timeout)
+        assert response.get("rc") == "0", etree.tostring(response, encoding="unicode")
+        return response[0] if len(response) else None
+
+    def error(self, method: str | None, body: object, queue: str = "pcloud.cpe"
+              ) -> tuple[str, str]:
+        """A request that must fail: return its (code, message)."""
+        response = self.request(queue, method, body)
+        assert response.get("rc") != "0", etree.tostring(response, encoding="unicode")
+        error = response.find("error")
+        assert error is not None
+        return error.get("code"), error.get("message")
+
+    def status(self, name: str) -> etree._Element:
+        return self.call("deployable_status", f'<deployable name="{name}"/>')
+
+    def listing(self) -> dict[str, str]:
+        result = self.call("deployables_list", "<deployables/>")
+        return {d.get("name"): d.get("state") for d in result}
+
+    def events(self, name: str | None = None, since: int = 0) -> list[etree._Element]:
+        attrs = f' deployable="{name}"' if name else ""
+        return list(self.call("events_query", f'<events{attrs} since_seq="{since}"/>'))
+
+
+class EventWatcher:
+    """Receives events on ``/topic/pcloud.event.#`` on a connection of its own."""
+
+    def __init__(self, url: str, key: str = "pcloud.event.#") -> None:
+        self.conn = BlockingConnection(url, timeout=15, allowed_mechs="PLAIN")
+        self.receiver = self.conn.create_receiver(f"/topic/{key}")
+        self.seen: list[etree._Element] = []
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self.conn.close()
+
+    def wait_for(self, predicate: Callable[[etree._Element], bool], timeout: float,
+                 what: str) -> etree._Element:
+        for event in self.seen:
+            if predicate(event):
+                return event
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = self.receiver.receive(timeout=max(0.05, deadline - time.monotonic()))
+            except Exception:
+                continue
+            self.receiver.accept()
+            event = etree.fromstring(msg.body.encode())
+            self.seen.append(event)
+            if predicate(event):
+                return event
+        raise AssertionError(f"no event {what} within {timeout:.0f} s; saw "
+                             f"{[dict(e.attrib) for e in self.seen][-10:]}")
+
+
+def processes_using(marker: str) -> list[int]:
+    """Pids whose command line or environment names ``marker`` (a test's state dir)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        for part in ("cmdline", "environ"):
+            with suppress(OSError):
+                if marker.encode() in Path(f"/proc/{entry}/{part}").read_bytes():
+                    found.append(int(entry))
+                    break
+    return found
+
+
+def kill_all_using(marker: str) -> None:
+    for pid in processes_using(marker):
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not [p for p in processes_using(marker) if not _zombie(p)], 10,
+               f"processes of {marker} to die")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class CpedProcess:
+    """``cped --foreground`` on a private state directory."""
+
+    def __init__(self, state_dir: Path, url: str) -> None:
+        self.state_dir = state_dir
+        self.url = url
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = state_dir / "cped-test.log"
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, PCLOUD_BROKER_URL=self.url, PCLOUD_STATE_DIR=str(self.state_dir),
+                    PCLOUD_LOG_LEVEL="DEBUG")
+
+    def start(self, client: AmqpClient) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([str(BIN / "cped"), "--foreground", "--state-dir",
+                                          str(self.state_dir)], stdout=log, stderr=log,
+                                         env=self.env())
+        wait_until(lambda: self._answers(client), 30, "cped to answer deployables_list")
+
+    def _answers(self, client: AmqpClient) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"cped exited {self.proc.returncode}: {self.log.read_text()}")
+        try:
+            client.request("pcloud.cpe", "deployables_list", "<deployables/>", timeout=3)
+            return True
+        except AssertionError:
+            return False
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def broker_url_for_tests(request: object) -> str:
+    """The session broker of conftest when it exists, else PCLOUD_BROKER_URL."""
+    try:
+        broker = request.getfixturevalue("broker")  # type: ignore[attr-defined]
+        return broker.url
+    except Exception:
+        url = os.environ.get("PCLOUD_BROKER_URL")
+        assert url, "no broker: run under tests/conftest.py or set PCLOUD_BROKER_URL"
+        return url
+
+
+@contextmanager
+def running_cped(state_dir: Path, url: str) -> Iterator[tuple[CpedProcess, AmqpClient]]:
+    """A cped and a client; afterwards every deployable is stopped and nothing is left."""
+    client = AmqpClient(url)
+    cped = CpedProcess(state_dir, url)
+    try:
+        cped.start(client)
+        yield cped, client
+    finally:
+        try:
+            if cped.proc is not None and cped.proc.poll() is None:
+                for name, state in client.listing().items():
+                    if state != "stopped":
+                        client.request("pcloud.cpe", "deployable_stop",
+                                       f'<deployable name="{name}"/>')
+                wait_until(lambda: all(s == "stopped" for s in client.listing().values()), 30,
+                           "every deployable to stop")
+        finally:
+            cped.terminate()
+            client.close()
+            kill_all_using(str(state_dir))
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def deployable_xml(name: str, services: dict[str, list[str]] | None = None,
+                   dependency: tuple[str, str] | None = None) -> str:
+    """A small ``process`` deployable; each service runs ``sleep``."""
+    services = services or {"a1": ["s1"]}
+    parts = [f'<deployable name="{name}" infrastructure="process"><assemblies>']
+    for asm, svcs in services.items():
+        parts.append(f'<assembly name="{asm}" heartbeat_interval="0.5"><services>')
+        for svc in svcs:
+            parts.append(f'<service name="{svc}" class="process" monitor_interval="1">'
+                         '<parameters><parameter name="command" value="sleep 3600"/>'
+                         '</parameters></service>')
+        parts.append("</services></assembly>")
+    parts.append("</assemblies>")
+    if dependency:
+        parts.append(f'<constraints><service_dependency id="d1" first="{dependency[0]}" '
+                     f'then="{dependency[1]}"/></constraints>')
+    parts.append("</deployable>")
+    return "".join(parts)
