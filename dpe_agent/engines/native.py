@@ -1,0 +1,217 @@
+"""The native transition computer: Pacemaker's decisions for pcloud's CIB subset, in-process.
+
+It reads the same CIB as crm_simulate and produces a graph with the same actions and
+orderings for pinned primitives (see tests/scenarios for the cases, each checked against
+crm_simulate). Everything is computed in a few linear passes over resources and orders, so
+it stays fast at thousands of resources.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from datetime import datetime
+
+from lxml import etree
+
+from dpe_agent.digest import op_digest
+from dpe_agent.engines.native_graph import GraphBuilder
+from dpe_agent.engines.native_history import Instance, effective_failures, read_instance
+from dpe_agent.engines.native_model import Cluster, Node, Primitive, natural_key, read_cluster
+from dpe_agent.graph import TransitionGraph
+
+
+class NativeEngine:
+    name = "native"
+
+    def compute(self, cib: etree._Element, now: datetime) -> TransitionGraph:
+        return Scheduler(read_cluster(cib), int(now.timestamp())).run()
+
+
+class Scheduler:
+    """One scheduling run over a parsed cluster."""
+
+    def __init__(self, cluster: Cluster, now: int) -> None:
+        self.cluster = cluster
+        self.now = now
+        self.graph = GraphBuilder(cluster)
+        self.instances: dict[str, list[Instance]] = defaultdict(list)
+        self.recheck: int | None = None
+
+    # -- phase 1: what is where ---------------------------------------------------------
+    def _read_history(self) -> set[str]:
+        """Read every lrm_resource; return the unames of nodes that must be fenced."""
+        fence = set()
+        prims = self.cluster.primitives
+        for node in self.cluster.nodes.values():
+            if node.lost and self.cluster.stonith_enabled:
+                fence.add(node.uname)
+            for lrm in node.resources.values():
+                prim = prims.get(lrm.id)
+                inst = read_instance(node, lrm, prim, self.now)
+                self.instances[lrm.id].append(inst)
+                if inst.fence and self.cluster.stonith_enabled:
+                    fence.add(node.uname)
+                self._note_recheck(node, prim)
+        return fence
+
+    def _note_recheck(self, node: Node, prim: Primitive | None) -> None:
+        if prim is None or prim.failure_timeout <= 0:
+            return
+        count, last = effective_failures(node, prim, self.now)
+        if count > 0 and last > 0:
+            when = last + prim.failure_timeout + 1
+            if when > self.now and (self.recheck is None or when < self.recheck):
+                self.recheck = when
+
+    def _usable(self, node: Node | None) -> bool:
+        return node is not None and node.online and node.uname not in self.fence
+
+    # -- phase 2: what should run -----------------------------------------------------
+    def _topological(self) -> list[str]:
+        """Resources with every order's ``first`` before its ``then`` (cycles appended)."""
+        prims = self.cluster.primitives
+        indegree = dict.fromkeys(prims, 0)
+        for order in self.cluster.orders:
+            indegree[order.then] += 1
+        queue = deque(r for r, d in indegree.items() if d == 0)
+        result = []
+        while queue:
+            rid = queue.popleft()
+            result.append(rid)
+            for order in self.after[rid]:
+                indegree[order.then] -= 1
+                if indegree[order.then] == 0:
+                    queue.append(order.then)
+        seen = set(result)
+        return result + [r for r in prims if r not in seen]
+
+    def _plan(self) -> None:
+        prims = self.cluster.primitives
+        self.will_run: dict[str, bool] = {}
+        self.needs_start: dict[str, bool] = {}
+        for rid in self._topological():
+            prim = prims[rid]
+            home = self.cluster.nodes.get(prim.home) if prim.home else None
+            allowed = self._usable(home)
+            if allowed:
+                failures, _ = effective_failures(home, prim, self.now)
+                allowed = failures < prim.migration_threshold
+            firsts = [o.first for o in self.before[rid] if o.mandatory]
+            run = allowed and all(self.will_run.get(f, False) for f in firsts)
+            self.will_run[rid] = run
+            inst = self._home_instance(prim)
+            restart = inst is not None and inst.active and (
+                inst.role == "failed" or inst.run_digest != op_digest(prim.params)
+                or any(self.needs_start.get(f, False) for f in firsts))
+            self.needs_start[rid] = run and (inst is None or not inst.active or restart)
+
+    def _home_instance(self, prim: Primitive) -> Instance | None:
+        for inst in self.instances.get(prim.id, ()):
+            if inst.node.uname == prim.home:
+                return inst
+        return None
+
+    # -- phase 3: actions -------------------------------------------------------------
+    def run(self) -> TransitionGraph:
+        cluster = self.cluster
+        self.after = defaultdict(list)
+        self.before = defaultdict(list)
+        for order in cluster.orders:
+            self.after[order.first].append(order)
+            self.before[order.then].append(order)
+        self.fence = self._read_history()
+        self._plan()
+        g = self.graph
+        fenced_nodes = sorted(self.fence, key=natural_key)
+        previous = None
+        for uname in fenced_nodes:
+            action = g.stonith(cluster.nodes[uname])
+            if previous is not None:
+                g.order(previous, action)
+            previous = action
+        for prim in cluster.primitives.values():
+            self._resource_actions(prim)
+        for rid, insts in self.instances.items():
+            if rid not in cluster.primitives:
+                self._orphan_actions(rid, insts)
+        self._order_constraints()
+        for start in g.starts.values():
+            for uname in fenced_nodes:
+                g.order(g.stoniths[uname], start)
+        return g.build(recheck_by=self.recheck)
+
+    def _stop(self, rid: str, inst: Instance):
+        node = inst.node
+        if node.uname in self.fence:
+            action = self.graph.pseudo_stop(rid, node)
+            self.graph.order(self.graph.stoniths[node.uname], action)
+            return action
+        if not node.online:
+            return None
+        return self.graph.rsc_op(rid, self.cluster.primitives.get(rid, inst.lrm), node, "stop")
+
+    def _resource_actions(self, prim: Primitive) -> None:
+        g, rid = self.graph, prim.id
+        home = self.cluster.nodes.get(prim.home) if prim.home else None
+        home_inst = None
+        for inst in self.instances.get(rid, ()):
+            if inst.clear_failcount and self._usable(inst.node):
+                g.clear_failcount(rid, inst.node)
+            if inst.node is home:
+                home_inst = inst
+            if not inst.active:
+                continue
+            if inst.node is not home or not self.will_run[rid] or self.needs_start[rid]:
+                stop = self._stop(rid, inst)
+                if stop is not None:
+                    g.stops.setdefault(rid, stop)
+        probe = None
+        if home is not None and self._usable(home) and home_inst is None:
+            probe = g.rsc_op(rid, prim, home, "monitor", probe=True)
+            g.probes[rid] = probe
+        if not self.will_run[rid]:
+            return
+        start = None
+        if self.needs_start[rid]:
+            start = g.rsc_op(rid, prim, home, "start")
+            g.starts[rid] = start
+            if probe is not None:
+                g.order(probe, start)
+            if rid in g.stops:
+                g.order(g.stops[rid], start)
+        active = {} if start is not None or home_inst is None else home_inst.monitors
+        expired = set() if home_inst is None else home_inst.expired_monitors
+        for interval, timeout in sorted(prim.monitors.items()):
+            wanted = op_digest(prim.params, interval_ms=interval, timeout_ms=timeout)
+            if interval in active and active[interval] == wanted and interval not in expired:
+                continue
+            monitor = g.rsc_op(rid, prim, home, "monitor", interval_ms=interval,
+                               timeout_ms=timeout)
+            if start is not None:
+                g.order(start, monitor)
+        if start is None and home_inst is not None:
+            for interval in sorted(active):
+                if interval not in prim.monitors:
+                    g.cancel(rid, prim, home, interval, home_inst.lrm)
+
+    def _orphan_actions(self, rid: str, insts: list[Instance]) -> None:
+        for inst in insts:
+            stop = self._stop(rid, inst) if inst.active else None
+            if self._usable(inst.node):
+                delete = self.graph.rsc_op(rid, inst.lrm, inst.node, "delete")
+                if stop is not None:
+                    self.graph.order(stop, delete)
+
+    def _order_constraints(self) -> None:
+        g = self.graph
+        for order in self.cluster.orders:
+            first, then = order.first, order.then
+            if first in g.starts and then in g.starts:
+                g.order(g.starts[first], g.starts[then])
+            if then in g.stops and first in g.stops:
+                g.order(g.stops[then], g.stops[first])
+            if order.mandatory:
+                if first in g.probes and then in g.stops:
+                    g.order(g.probes[first], g.stops[then])
+                if then in g.probes and first in g.stops:
+                    g.order(g.probes[then], g.stops[first])

@@ -1,0 +1,115 @@
+"""Reading one resource's operation history the way Pacemaker's scheduler does.
+
+The outcome is the resource's role on one node, the digests it runs with, its active
+recurring monitors, and whether expired failures should be cleared. Failures older than
+``failure-timeout`` are ignored once the fail count has expired too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dpe_agent.digest import op_digest
+from dpe_agent.engines.native_model import HistOp, LrmResource, Node, Primitive
+
+UNKNOWN, STOPPED, RUNNING, FAILED = "unknown", "stopped", "running", "failed"
+
+
+@dataclass
+class Instance:
+    """A resource's state on one node, from its history there."""
+
+    node: Node
+    lrm: LrmResource
+    role: str = STOPPED
+    run_digest: str | None = None          # digest of the start (or probe) it runs with
+    monitors: dict[int, str | None] = field(default_factory=dict)
+    expired_monitors: set[int] = field(default_factory=set)
+    fence: bool = False                    # a stop failed: the node must be fenced
+    clear_failcount: bool = False
+    last_change: int = 0                   # call id of the op that set the role
+
+    @property
+    def active(self) -> bool:
+        return self.role in (RUNNING, FAILED)
+
+
+def effective_failures(node: Node, prim: Primitive | None, now: int) -> tuple[int, int]:
+    """(fail count not yet expired, latest last-failure epoch) of a resource on a node."""
+    entries = node.fail_counts.get(prim.id if prim else "", [])
+    total = 0
+    latest = max((last for _, last in entries), default=0)
+    timeout = prim.failure_timeout if prim else 0
+    if timeout > 0 and latest > 0 and now > latest + timeout:
+        return 0, latest
+    for count, _ in entries:
+        total += count
+    return total, latest
+
+
+def _is_probe(op: HistOp) -> bool:
+    return op.operation == "monitor" and op.interval_ms == 0
+
+
+def _probe_ok(op: HistOp) -> bool:
+    return _is_probe(op) and op.op_status == 0 and op.rc in (0, 7)
+
+
+def read_instance(node: Node, lrm: LrmResource, prim: Primitive | None,
+                  now: int) -> Instance:
+    inst = Instance(node, lrm)
+    timeout = prim.failure_timeout if prim else 0
+    failures, _ = effective_failures(node, prim, now)
+    for op in lrm.ops:
+        if op.operation in ("cancel", "delete", "notify"):
+            continue
+        failed = op.failed and not _probe_ok(op)
+        if failed and timeout > 0 and op.last_rc_change is not None \
+                and now >= op.last_rc_change + timeout:
+            if failures == 0:
+                inst.clear_failcount = True
+                if op.interval_ms > 0:
+                    inst.expired_monitors.add(op.interval_ms)
+                continue
+        elif failed and op.is_last_failure and prim is not None \
+                and op.operation in ("start", "monitor"):
+            wanted = op_digest(prim.params, interval_ms=op.interval_ms,
+                               timeout_ms=prim.monitors.get(op.interval_ms, 20000))
+            if op.digest is not None and op.digest != wanted:
+                inst.clear_failcount = True
+        _apply(inst, op, failed)
+    return inst
+
+
+def _apply(inst: Instance, op: HistOp, failed: bool) -> None:
+    if _is_probe(op):
+        if not failed:
+            inst.role = RUNNING if op.rc == 0 else STOPPED
+            inst.run_digest = op.digest if op.rc == 0 else None
+            inst.monitors.clear()
+        else:
+            inst.role = FAILED
+    elif op.operation == "start":
+        inst.monitors.clear()
+        inst.role = FAILED if failed else RUNNING
+        inst.run_digest = op.digest
+    elif op.operation == "stop":
+        inst.monitors.clear()
+        if failed:
+            inst.role = FAILED
+            inst.fence = True
+        else:
+            inst.role = STOPPED
+            inst.run_digest = None
+    elif op.operation == "monitor":
+        if failed:
+            inst.role = FAILED
+            inst.monitors.pop(op.interval_ms, None)
+        elif inst.role == RUNNING:
+            inst.monitors[op.interval_ms] = op.digest
+        elif inst.role in (STOPPED, UNKNOWN) and op.rc == 0:
+            inst.role = RUNNING
+            inst.monitors[op.interval_ms] = op.digest
+    else:
+        return
+    inst.last_change = op.call_id

@@ -1,0 +1,224 @@
+"""The native engine's view of a CIB: plain data read once from the XML.
+
+Only the subset pcloud generates is understood (pinned primitives, orders, the placeholder
+fence device, node_state / lrm history / fail-count attributes); everything is indexed so
+the scheduler stays linear in the number of resources.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from dpe_agent.digest import DEFAULT_OP_TIMEOUT_MS
+
+INFINITY = 1000000
+_INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|msec|s|sec|m|min|h|hr)?\s*$", re.I)
+_UNIT_MS = {None: 1000, "ms": 1, "msec": 1, "s": 1000, "sec": 1000, "m": 60000,
+            "min": 60000, "h": 3600000, "hr": 3600000}
+
+
+def parse_ms(text: str | None, default: int = 0) -> int:
+    """A Pacemaker interval/timeout ("5000ms", "5s", "5", "1min") in milliseconds."""
+    if text is None:
+        return default
+    match = _INTERVAL.match(text)
+    if not match:
+        return default
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(float(match.group(1)) * _UNIT_MS[unit])
+
+
+def parse_score(text: str | None) -> int:
+    if text is None:
+        return 0
+    text = text.strip().upper()
+    if text in ("INFINITY", "+INFINITY"):
+        return INFINITY
+    if text == "-INFINITY":
+        return -INFINITY
+    try:
+        return max(-INFINITY, min(INFINITY, int(text)))
+    except ValueError:
+        return 0
+
+
+def natural_key(name: str) -> list:
+    """Pacemaker sorts node names naturally ("n2" before "n10")."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower())
+            for part in re.findall(r"\d+|\D+", name)]
+
+
+@dataclass
+class Primitive:
+    id: str
+    rsc_class: str
+    provider: str | None
+    rsc_type: str
+    params: dict[str, str]
+    monitors: dict[int, int]           # interval ms -> timeout ms
+    migration_threshold: int = INFINITY
+    failure_timeout: int = 0           # seconds
+    home: str | None = None            # node uname with a positive location score
+
+
+@dataclass
+class Order:
+    first: str
+    then: str
+    mandatory: bool
+
+
+@dataclass
+class HistOp:
+    """One lrm_rsc_op entry."""
+
+    operation: str
+    interval_ms: int
+    rc: int
+    expected_rc: int
+    op_status: int
+    call_id: int
+    digest: str | None
+    last_rc_change: int | None
+    is_last_failure: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return self.rc != self.expected_rc or self.op_status != 0
+
+
+@dataclass
+class LrmResource:
+    id: str
+    rsc_class: str
+    provider: str | None
+    rsc_type: str
+    ops: list[HistOp]
+
+
+@dataclass
+class Node:
+    uuid: str
+    uname: str
+    has_state: bool = False
+    online: bool = False
+    expected_down: bool = False
+    resources: dict[str, LrmResource] = field(default_factory=dict)
+    fail_counts: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # rsc id -> [(count, last_failure_epoch)]
+
+    @property
+    def lost(self) -> bool:
+        """Not online and not known down: Pacemaker fences it (also when never seen)."""
+        return not self.online and not self.expected_down
+
+
+@dataclass
+class Cluster:
+    options: dict[str, str]
+    nodes: dict[str, Node]              # by uname
+    primitives: dict[str, Primitive]
+    orders: list[Order]
+
+    @property
+    def stonith_enabled(self) -> bool:
+        return self.options.get("stonith-enabled", "true").lower() in ("true", "yes", "1", "on")
+
+
+def _nvpairs(parent: etree._Element | None, path: str) -> dict[str, str]:
+    if parent is None:
+        return {}
+    return {nv.get("name"): nv.get("value", "") for nv in parent.iterfind(path)}
+
+
+def read_cluster(cib: etree._Element) -> Cluster:
+    """Read the configuration and status sections of a CIB."""
+    config = cib.find("configuration")
+    if config is None:
+        raise ValueError("CIB has no configuration section")
+    options = _nvpairs(config.find("crm_config"), "cluster_property_set/nvpair")
+    nodes = {}
+    by_uuid = {}
+    for elem in config.iterfind("nodes/node"):
+        node = Node(elem.get("id"), elem.get("uname") or elem.get("id"))
+        nodes[node.uname] = node
+        by_uuid[node.uuid] = node
+    primitives = {}
+    for elem in config.iterfind("resources/primitive"):
+        if elem.get("class") == "stonith":
+            continue
+        meta = _nvpairs(elem, "meta_attributes/nvpair")
+        monitors = {}
+        for op in elem.iterfind("operations/op"):
+            interval = parse_ms(op.get("interval"))
+            if op.get("name") == "monitor" and interval > 0:
+                monitors[interval] = parse_ms(op.get("timeout"), DEFAULT_OP_TIMEOUT_MS)
+        threshold = parse_score(meta.get("migration-threshold", "INFINITY"))
+        primitives[elem.get("id")] = Primitive(
+            elem.get("id"), elem.get("class", ""), elem.get("provider"), elem.get("type", ""),
+            _nvpairs(elem, "instance_attributes/nvpair"), monitors,
+            threshold if threshold > 0 else INFINITY,
+            parse_ms(meta.get("failure-timeout"), 0) // 1000)
+    for loc in config.iterfind("constraints/rsc_location"):
+        prim = primitives.get(loc.get("rsc"))
+        if prim is not None and loc.get("node") and parse_score(loc.get("score")) > 0:
+            prim.home = loc.get("node")
+    orders = []
+    for elem in config.iterfind("constraints/rsc_order"):
+        kind = elem.get("kind")
+        if kind is None:
+            mandatory = elem.get("score") is None or parse_score(elem.get("score")) > 0
+        else:
+            mandatory = kind == "Mandatory"
+        if elem.get("first") in primitives and elem.get("then") in primitives:
+            orders.append(Order(elem.get("first"), elem.get("then"), mandatory))
+    status = cib.find("status")
+    if status is not None:
+        for state in status.iterfind("node_state"):
+            node = by_uuid.get(state.get("id"))
+            if node is not None:
+                _read_node_state(node, state)
+    return Cluster(options, nodes, primitives, orders)
+
+
+def _read_node_state(node: Node, state: etree._Element) -> None:
+    node.has_state = True
+    node.online = (state.get("in_ccm") == "true" and state.get("crmd") == "online")
+    node.expected_down = state.get("expected") == "down" or (
+        state.get("join") == "down" and state.get("expected") is None)
+    attrs = _nvpairs(state, "transient_attributes/instance_attributes/nvpair")
+    for name, value in attrs.items():
+        if name.startswith("fail-count-"):
+            suffix = name[len("fail-count-"):]
+            rsc = suffix.partition("#")[0]
+            last = _int(attrs.get(f"last-failure-{suffix}")) or 0
+            node.fail_counts.setdefault(rsc, []).append((parse_score(value), last))
+    for elem in state.iterfind("lrm/lrm_resources/lrm_resource"):
+        ops = []
+        for op in elem.iterfind("lrm_rsc_op"):
+            key = op.get("transition-key") or ""
+            parts = key.split(":")
+            expected = _int(parts[2]) if len(parts) >= 4 else None
+            ops.append(HistOp(
+                op.get("operation", ""), _int(op.get("interval")) or 0,
+                _int(op.get("rc-code")) or 0,
+                expected if expected is not None else 0,
+                _int(op.get("op-status")) or 0, _int(op.get("call-id")) or 0,
+                op.get("op-digest"), _int(op.get("last-rc-change")),
+                (op.get("id") or "").endswith("_last_failure_0")))
+        ops.sort(key=lambda o: o.call_id)
+        node.resources[elem.get("id")] = LrmResource(
+            elem.get("id"), elem.get("class", ""), elem.get("provider"), elem.get("type", ""),
+            ops)
+
+
+def _int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
