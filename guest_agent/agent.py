@@ -21,9 +21,9 @@ from dataclasses import asdict
 from lxml import etree
 
 from guest_agent import __version__
+from guest_agent import reaper as reaping
 from guest_agent.config import AgentConfig
 from guest_agent.monitors import Job, ProbeState, Scheduler, check_probe
-from guest_agent.reaper import Reaper
 from guest_agent.requests import iso_now, op_result, parse_op, report
 from guest_agent.resources import make_resource
 from guest_agent.resources.base import (
@@ -70,7 +70,7 @@ class Agent:
         self.config = config
         self.publish_fn = publish
         self.started = iso_now()
-        self.reaper = Reaper()
+        self.reaper = reaping.shared()
         self.scheduler = Scheduler()
         self._entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
@@ -81,7 +81,6 @@ class Agent:
 
     def start(self) -> None:
         """Start reaping and resume what a previous agent knew (monitors, probes)."""
-        self.reaper.start()
         os.makedirs(self._specs_dir, exist_ok=True)
         for path in sorted(os.listdir(self._specs_dir)):
             if path.endswith(".json"):

@@ -238,3 +238,17 @@ class Reaper:
             callback = self._watchers.pop(pid, None)
         if callback is not None:
             self._safe(callback, pid, None)
+
+
+_shared: Reaper | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> Reaper:
+    """The process's one reaper, started: two would steal each other's exit statuses."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Reaper()
+            _shared.start()
+        return _shared

@@ -1,0 +1,147 @@
+"""process resources with real processes: start, exit seen at once, daemons, stop escalation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from guest_agent.reaper import become_subreaper, shared
+from guest_agent.resources import make_resource
+from guest_agent.resources.base import ResourceError, ResourceSpec
+
+
+def wait_for(predicate, timeout: float = 10.0, step: float = 0.005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def ignores_sigterm(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(line for line in f if line.startswith("SigIgn:")).split()[1]
+    return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.fixture(scope="module")
+def reaper():
+    become_subreaper()
+    return shared()
+
+
+@pytest.fixture
+def make(reaper, tmp_path):
+    made = []
+
+    def build(name: str, **params: str):
+        res = make_resource(ResourceSpec(name, "process", params=params), reaper, str(tmp_path))
+        failures: list[str] = []
+        event = threading.Event()
+
+        def on_failure(reason: str, output: str) -> None:
+            failures.append(reason)
+            event.set()
+
+        res.on_failure = on_failure
+        res.failures, res.failed = failures, event
+        made.append(res)
+        return res
+
+    yield build
+    for res in made:
+        res.stop(2.0)
+
+
+def test_start_monitor_stop(make):
+    res = make("sleeper", command="sleep 60")
+    assert res.start(5).rc == 0
+    pid = res.running_pid()
+    assert pid and os.getpgid(pid) == pid
+    assert res.monitor(5).rc == 0
+    assert res.stop(5).rc == 0
+    assert res.monitor(5).rc == 7
+    assert not res.failures
+
+
+def test_sigkill_seen_at_once(make):
+    res = make("victim", command="sleep 60")
+    assert res.start(5).rc == 0
+    os.kill(res.running_pid(), signal.SIGKILL)
+    assert res.failed.wait(5)
+    assert res.failures == ["process exited with signal 9"]
+    result = res.monitor(5)
+    assert (result.rc, result.reason) == (7, "process exited with signal 9")
+
+
+def test_exit_status_and_output(make):
+    res = make("quitter", command="echo bye; exit 3", shell="true", start_wait="5")
+    result = res.start(10)
+    assert (result.rc, result.reason) == (1, "process exited with status 3")
+    assert "bye" in result.output
+
+
+def test_environment_and_cwd(make, tmp_path):
+    res = make("env", command="sh -c 'echo $A:$B:$PWD; sleep 60'", environment="A='x y'",
+               env_B="2", cwd=str(tmp_path))
+    assert res.start(5).rc == 0
+    wait_for(lambda: f"x y:2:{tmp_path}" in res.output())
+
+
+def test_daemon_death_seen_through_subreaper(make, tmp_path):
+    pidfile = tmp_path / "d.pid"
+    res = make("daemon", command=f"sh -c 'sleep 60 & echo $! > {pidfile}'", pidfile=str(pidfile))
+    assert res.start(5).rc == 0
+    pid = res.running_pid()
+    assert pid == int(pidfile.read_text())
+    wait_for(lambda: open(f"/proc/{pid}/stat").read().split(")")[1].split()[1]
+             == str(os.getpid()))
+    os.kill(pid, signal.SIGKILL)
+    assert res.failed.wait(5)
+    assert res.failures == ["process exited with signal 9"]
+
+
+def test_stop_escalates_to_sigkill(make):
+    res = make("stubborn", command="trap '' TERM; sleep 60", shell="true")
+    assert res.start(5).rc == 0
+    pid = res.running_pid()
+    wait_for(lambda: ignores_sigterm(pid))
+    result = res.stop(1.0)
+    assert result.rc == 0
+    assert "SIGKILL" in result.reason
+    assert res.monitor(1).rc == 7
+    assert not res.failures
+
+
+def test_missing_command_rc5(make):
+    result = make("ghost", command="/nonexistent/binary").start(5)
+    assert (result.rc, result.status) == (5, "error")
+
+
+def test_bad_definition_raises(reaper, tmp_path):
+    with pytest.raises(ResourceError) as err:
+        make_resource(ResourceSpec("x", "process"), reaper, str(tmp_path))
+    assert err.value.code == "invalid_parameter"
+    with pytest.raises(ResourceError):
+        make_resource(ResourceSpec("x", "process", params={"command": "a 'b"}), reaper,
+                      str(tmp_path))
+    with pytest.raises(ResourceError) as err:
+        make_resource(ResourceSpec("x", "bogus"), reaper, str(tmp_path))
+    assert err.value.code == "unknown_class"
+
+
+def test_restarted_agent_adopts_by_pid_and_start_time(make, reaper, tmp_path):
+    first = make("adopt", command="sleep 60")
+    assert first.start(5).rc == 0
+    pid = first.running_pid()
+    first.close()
+    second = make_resource(ResourceSpec("adopt", "process", params={"command": "sleep 60"}),
+                           reaper, str(tmp_path))
+    assert second.running_pid() == pid and second.monitor(1).rc == 0
+    assert second.stop(5).rc == 0
