@@ -409,15 +409,17 @@ def _root(root_or_text: etree._Element | str | bytes, source: str | None) -> etr
     return root_or_text
 
 
-def _lines(root: etree._Element) -> dict[tuple[str, ...], int]:
-    """Source lines of components, so a semantic error points at the right line."""
-    lines: dict[tuple[str, ...], int] = {("deployable",): root.sourceline or 1}
+def _lines(root: etree._Element) -> dict[tuple[str, ...], list[int]]:
+    """Source lines of components (every occurrence of a name), so a semantic error points
+    at the right line."""
+    lines: dict[tuple[str, ...], list[int]] = {("deployable",): [root.sourceline or 1]}
     for asm in root.iterfind("assemblies/assembly"):
-        lines.setdefault(("assembly", asm.get("name")), asm.sourceline)
+        lines.setdefault(("assembly", asm.get("name")), []).append(asm.sourceline)
         for svc in asm.iterfind("services/service"):
-            lines.setdefault(("service", asm.get("name"), svc.get("name")), svc.sourceline)
+            key = ("service", asm.get("name"), svc.get("name"))
+            lines.setdefault(key, []).append(svc.sourceline)
     for dep in root.iterfind("constraints/service_dependency"):
-        lines.setdefault(("dependency", dep.get("id")), dep.sourceline)
+        lines.setdefault(("dependency", dep.get("id")), []).append(dep.sourceline)
     return lines
 
 
@@ -431,14 +433,15 @@ def _escalation_problem(failures: int | None, period: float | None) -> str | Non
 
 def _probe_problem(probe: Probe) -> str | None:
     needs = {"http": "url", "tcp": "port", "exec": "command"}[probe.kind]
+    kind = f"an {probe.kind}" if probe.kind == "exec" else f"a {probe.kind}"
     if getattr(probe, needs) is None:
-        return f'a {probe.kind} probe needs the attribute "{needs}"'
+        return f'{kind} probe needs the attribute "{needs}"'
     extra = [n for n in ("url", "port", "host", "command", "expect_status")
              if getattr(probe, n) is not None and n not in {
                  "http": ("url", "expect_status"), "tcp": ("port", "host"),
                  "exec": ("command",)}[probe.kind]]
     if extra:
-        return f'a {probe.kind} probe does not take the attribute "{extra[0]}"'
+        return f'{kind} probe does not take the attribute "{extra[0]}"'
     if probe.timeout and probe.interval and probe.timeout > probe.interval:
         return "the probe timeout is longer than its interval"
     return None
@@ -467,11 +470,14 @@ def _service_problem(service: Service) -> str | None:
     return _escalation_problem(service.escalation_failures, service.escalation_period)
 
 
-def _check(dep: Deployable, lines: dict[tuple[str, ...], int], source: str | None) -> None:
+def _check(dep: Deployable, lines: dict[tuple[str, ...], list[int]],
+           source: str | None) -> None:
     """Raise DeployableError for the first semantic problem of a deployable."""
 
-    def fail(message: str, key: tuple[str, ...] = ("deployable",)) -> None:
-        raise DeployableError(message, lines.get(key, lines[("deployable",)]), source)
+    def fail(message: str, key: tuple[str, ...] = ("deployable",), occurrence: int = 0
+             ) -> None:
+        found = lines.get(key) or lines[("deployable",)]
+        raise DeployableError(message, found[min(occurrence, len(found) - 1)], source)
 
     problem = _escalation_problem(dep.escalation_failures, dep.escalation_period)
     if problem:
@@ -481,7 +487,7 @@ def _check(dep: Deployable, lines: dict[tuple[str, ...], int], source: str | Non
     for asm in dep.assemblies:
         key = ("assembly", asm.name)
         if asm.name in seen_asms:
-            fail(f'assembly name "{asm.name}" is used twice', key)
+            fail(f'assembly name "{asm.name}" is used twice', key, 1)
         seen_asms.add(asm.name)
         if asm.uuid and asm.uuid in seen_uuids:
             fail(f'assembly "{asm.name}" has the uuid of another component', key)
@@ -494,7 +500,8 @@ def _check(dep: Deployable, lines: dict[tuple[str, ...], int], source: str | Non
         for svc in asm.services:
             key = ("service", asm.name, svc.name)
             if svc.name in seen_svcs:
-                fail(f'service name "{svc.name}" is used twice in assembly "{asm.name}"', key)
+                fail(f'service name "{svc.name}" is used twice in assembly "{asm.name}"',
+                     key, 1)
             seen_svcs.add(svc.name)
             problem = _service_problem(svc)
             if problem:
@@ -509,7 +516,7 @@ def _check_dependencies(dep: Deployable, fail) -> None:
     for d in dep.dependencies:
         key = ("dependency", d.id)
         if d.id in ids:
-            fail(f'dependency id "{d.id}" is used twice', key)
+            fail(f'dependency id "{d.id}" is used twice', key, 1)
         ids.add(d.id)
         for end, ref in (("first", d.first), ("then", d.then)):
             if ref not in services:

@@ -164,20 +164,33 @@ class _Grammar:
     def __init__(self, name: str) -> None:
         self.defines: dict[str, etree._Element] = {}
         self.elements: dict[str, list[_ElementSpec]] = {}
-        self._load(schema_path(name))
-        for define in list(self.defines.values()):
-            for element in define.iter(_R + "element"):
+        top = self._load(schema_path(name))
+        for pattern in self._reachable(list(top.iter(_R + "start"))):
+            for element in pattern.iter(_R + "element"):
                 self._add_element(element)
         self._checkers: dict[int, etree.RelaxNG] = {}
 
-    def _load(self, path: Path) -> None:
-        tree = etree.parse(str(path))
-        for include in tree.getroot().iter(_R + "include"):
-            self._load(path.parent / include.get("href"))
-        for define in tree.getroot().iter(_R + "define"):
+    def _load(self, path: Path) -> etree._Element:
+        root = etree.parse(str(path)).getroot()
+        for define in root.iter(_R + "define"):
             self.defines.setdefault(define.get("name"), define)
-        for start in tree.getroot().iter(_R + "start"):
-            self.defines.setdefault(f"#start:{path.name}", start)
+        for include in root.iter(_R + "include"):
+            self._load(path.parent / include.get("href"))
+        return root
+
+    def _reachable(self, starts: list[etree._Element]) -> list[etree._Element]:
+        """The start patterns and every define they reach: elements of other documents
+        sharing common.rng (e.g. another ``<resource>``) must not blur the rules."""
+        found: dict[str, etree._Element] = {}
+        todo = list(starts)
+        while todo:
+            pattern = todo.pop()
+            for ref in pattern.iter(_R + "ref"):
+                name = ref.get("name")
+                if name not in found and name in self.defines:
+                    found[name] = self.defines[name]
+                    todo.append(self.defines[name])
+        return list(starts) + list(found.values())
 
     def _add_element(self, element: etree._Element) -> None:
         name = element.get("name")
@@ -309,6 +322,14 @@ _FAILED = re.compile(r"Element (\S+) failed to validate (content|attributes)")
 
 def _explain(name: str, root: etree._Element, log: list) -> tuple[str, int | None]:
     """The first problem of an invalid document: (message, line)."""
+    if name == "response":
+        rc = root.get("rc")
+        has_error = root.find("error") is not None
+        if rc not in (None, "0") and not has_error:
+            return (f'element "response" with rc="{rc}" needs an <error code message/> child',
+                    root.sourceline)
+        if rc == "0" and has_error:
+            return 'element "response" with rc="0" must not hold an <error>', root.sourceline
     grammar = _grammar(name)
     ours: tuple[str, int | None] | None = None
     for element in root.iter():
