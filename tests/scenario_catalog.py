@@ -359,3 +359,109 @@ def _mixed():
     return deployable(full, deps), obs
 
 
+
+
+@scenario("two-assemblies-lost-starts-wait-for-both",
+          "two lost assemblies and a fresh service: the start waits for both fences")
+def _two_lost_starts():
+    dep = deployable({"a": [Svc("s")], "b": [Svc("t")], "c": [Svc("u")]})
+    obs = running(deployable({"a": [Svc("s")], "b": [Svc("t")], "c": []}))
+    obs.set_lost("a")
+    obs.set_lost("b")
+    obs.set_online("c")
+    return dep, obs
+
+
+@scenario("lost-assemblies-fenced-in-natural-order",
+          "assemblies n10 and n2 lost: fenced in natural name order (n2 first)")
+def _natural():
+    dep = deployable({"n10": [Svc("s")], "n2": [Svc("t")], "n3": [Svc("u")]})
+    obs = running(dep)
+    obs.set_lost("n10")
+    obs.set_lost("n2")
+    return dep, obs
+
+
+@scenario("assembly-rejoined-optional-dependent-keeps-running",
+          "db rejoins empty under an Optional order: web keeps running, db is probed, started")
+def _rejoined_optional():
+    dep = web_tier("Optional")
+    obs = running(dep)
+    obs.rejoined("db")
+    return dep, obs
+
+
+@scenario("parameter-changed-after-failure",
+          "parameters change on a resource with a recorded failure: fail count cleared, restart")
+def _param_after_failure():
+    old = deployable({"a": [Svc("svc", params={"port": "80"}, failures=5)]})
+    obs = running(old)
+    fail_monitor(obs, "a", "svc")
+    return deployable({"a": [Svc("svc", params={"port": "81"}, failures=5)]}), obs
+
+
+@scenario("recovered-with-recent-failure-rechecks",
+          "restarted after a recent failure: nothing to do, recheck when the failure expires")
+def _recovered_recheck():
+    dep = deployable({"a": [Svc("svc", failures=3, period=600)]})
+    obs = running(dep)
+    when = NOW - timedelta(seconds=200)
+    fail_monitor(obs, "a", "svc", when=when)
+    from tests.scenario_defs import settle
+    settle(dep, obs, when)
+    return dep, obs
+
+
+@scenario("start-failed-at-threshold", "a start failed with escalation_failures=1: stopped only")
+def _start_failed_threshold():
+    dep = deployable({"a": [Svc("svc", failures=1)]})
+    obs = online("a")
+    obs.record_op("a", "a.svc", "ocf", "Dummy", "monitor", 0, 7, provider="heartbeat",
+                  now=EARLIER)
+    obs.record_op("a", "a.svc", "ocf", "Dummy", "start", 0, 1, provider="heartbeat",
+                  now=NOW - timedelta(seconds=20))
+    return dep, obs
+
+
+@scenario("dependent-lost-while-first-restarts",
+          "web's assembly is lost while db fails: fence web, restart db after web's implied stop")
+def _then_lost():
+    dep = web_tier()
+    obs = running(dep)
+    fail_monitor(obs, "db", "mysqld")
+    obs.set_lost("web")
+    return dep, obs
+
+
+@scenario("orphan-on-lost-assembly", "a removed service on a lost assembly: fence, implied stop")
+def _orphan_lost():
+    obs = running(deployable({"a": [Svc("svc"), Svc("gone")], "b": [Svc("t")]}))
+    obs.set_lost("a")
+    return deployable({"a": [Svc("svc")], "b": [Svc("t")]}), obs
+
+
+@scenario("monitor-failed-with-two-dependents",
+          "db fails with two Mandatory dependents on two assemblies: all three restart")
+def _two_dependents():
+    dep = deployable({"db": [Svc("mysqld")], "w1": [Svc("httpd")], "w2": [Svc("httpd")]},
+                     [("db:mysqld", "w1:httpd"), ("db:mysqld", "w2:httpd")])
+    obs = running(dep)
+    fail_monitor(obs, "db", "mysqld")
+    return dep, obs
+
+
+@scenario("fresh-start-diamond", "a diamond of Mandatory orders: a before b and c, both before d")
+def _diamond():
+    dep = deployable({"x": [Svc("a"), Svc("b")], "y": [Svc("c"), Svc("d")]},
+                     [("x:a", "x:b"), ("x:a", "y:c"), ("x:b", "y:d"), ("y:c", "y:d")])
+    return dep, online("x", "y")
+
+
+@scenario("monitor-failed-while-dependent-down",
+          "db fails while web's assembly is down: db restarts alone")
+def _dep_down():
+    dep = web_tier()
+    obs = running(dep)
+    fail_monitor(obs, "db", "mysqld")
+    obs.set_fenced("web")
+    return dep, obs
