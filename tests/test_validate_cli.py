@@ -65,9 +65,3 @@ def test_examples_and_templates_are_valid():
         result = _run(str(path))
         assert result.returncode == 0, result.stderr
 
-
-def test_no_command_prints_usage_and_exits_2():
-    result = subprocess.run([sys.executable, "-m", "pcloudsh.cli"], capture_output=True,
-                            text=True, cwd=ROOT, timeout=60)
-    assert result.returncode == 2
-    assert "validate" in result.stderr
