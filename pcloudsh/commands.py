@@ -1,0 +1,288 @@
+"""Every pcloudsh command, usable from the interactive shell and one-shot alike.
+
+A command is a method ``cmd_<name>(args)`` registered with its usage line and the kind of each
+argument (for completion). It prints through ``self.out`` and raises ``CommandError`` with a
+one-line message on failure; the shell prints it and carries on, the one-shot CLI exits 1.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from lxml import etree
+
+from pcloud import config, xmlsafe
+from pcloud.bus import Bus, BusError, BusTimeout, MethodError
+from pcloudsh import display
+from pcloudsh.catalogue import Catalogue, CatalogueError, template_names
+
+CPE_QUEUE = "pcloud.cpe"
+CALL_TIMEOUT = 15.0
+
+
+class CommandError(Exception):
+    """A command failed; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A command's usage and the completion kind of each positional argument."""
+
+    name: str
+    usage: str
+    kinds: tuple[str, ...]
+    func: Callable[[Any, list[str]], None]
+
+
+REGISTRY: dict[str, Spec] = {}
+
+
+def command(usage: str, *kinds: str) -> Callable[[Callable[[Any, list[str]], None]],
+                                                  Callable[[Any, list[str]], None]]:
+    def register(func: Callable[[Any, list[str]], None]) -> Callable[[Any, list[str]], None]:
+        name = func.__name__.removeprefix("cmd_")
+        REGISTRY[name] = Spec(name, f"{name} {usage}".strip(), kinds, func)
+        return func
+    return register
+
+
+def _args(args: list[str], spec_name: str, low: int, high: int | None = None) -> list[str]:
+    high = low if high is None else high
+    if not low <= len(args) <= high:
+        raise CommandError(f"usage: {REGISTRY[spec_name].usage}")
+    return args
+
+
+def _images() -> Any:
+    try:
+        from pcloudsh import images
+    except ImportError as exc:
+        raise CommandError(f"image commands are not yet available ({exc})") from None
+    return images
+
+
+class Commands:
+    """The state one shell session shares between commands: catalogue, bus, output mode."""
+
+    def __init__(self, state_dir: Path | None = None, out: TextIO | None = None,
+                 json_output: bool = False, broker_url: str | None = None) -> None:
+        self.state_dir = state_dir or config.state_dir()
+        self.catalogue = Catalogue(self.state_dir / "pcloudsh")
+        self.out = out or sys.stdout
+        self.json = json_output
+        self.broker_url = broker_url
+        self._bus: Bus | None = None
+        self._print_lock = threading.Lock()
+
+    def close(self) -> None:
+        if self._bus is not None:
+            self._bus.close()
+            self._bus = None
+
+    def run(self, name: str, args: list[str]) -> None:
+        spec = REGISTRY.get(name)
+        if spec is None:
+            raise CommandError(f"unknown command {name!r}; try 'help'")
+        try:
+            spec.func(self, args)
+        except CatalogueError as exc:
+            raise CommandError(str(exc)) from None
+
+    def say(self, text: str) -> None:
+        with self._print_lock:
+            print(text, file=self.out, flush=True)
+
+    def rows(self, rows: list[dict[str, Any]], columns: display.Columns) -> None:
+        self.say(display.as_json(rows) if self.json else display.table(rows, columns))
+
+    # --- the CPE -----------------------------------------------------------------------
+
+    def bus(self) -> Bus:
+        if self._bus is None:
+            url = self.broker_url or config.broker_url()
+            bus = Bus(url=url, name="pcloudsh")
+            try:
+                bus.start(timeout=10.0)
+            except BusError as exc:
+                bus.close()
+                raise CommandError(f"cannot reach the broker at {url}: {exc}") from None
+            self._bus = bus
+        return self._bus
+
+    def cpe(self, method: str, body: str | etree._Element) -> etree._Element | None:
+        try:
+            return self.bus().call(CPE_QUEUE, method, body, timeout=CALL_TIMEOUT)
+        except BusTimeout:
+            raise CommandError(f"the CPE did not answer {method} within {CALL_TIMEOUT:.0f} s: "
+                               "is cped running?") from None
+        except MethodError as exc:
+            raise CommandError(f"{exc.code}: {exc.message}") from None
+        except BusError as exc:
+            raise CommandError(f"bus error: {exc}") from None
+
+    def cpe_states(self) -> dict[str, str]:
+        result = self.cpe("deployables_list", "<deployables/>")
+        return {d.get("name"): d.get("state") for d in (result if result is not None else [])}
+
+    def _document(self, target: str) -> str:
+        """A catalogue deployable's document, or the contents of a deployable XML file."""
+        if target.endswith(".xml") or "/" in target:
+            try:
+                return Path(target).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise CommandError(f"cannot read {target}: {exc.strerror}") from None
+        return self.catalogue.document(target)
+
+    def _ref(self, name: str) -> str:
+        return etree.tostring(etree.Element("deployable", name=name), encoding="unicode")
+
+    # --- JEOS images -------------------------------------------------------------------
+
+    @command("<distro> <arch>", "distro", "arch")
+    def cmd_jeos_create(self, args: list[str]) -> None:
+        """Build a JEOS image (debootstrap); takes a few minutes."""
+        distro, arch = _args(args, "jeos_create", 2)
+        images = _images()
+        try:
+            image = images.jeos_create(distro, arch, self.catalogue.images_dir,
+                                       progress=self.say)
+        except images.ImageError as exc:
+            raise CommandError(str(exc)) from None
+        self.say(f"JEOS {image.name} ready in {image.path}")
+
+    @command("")
+    def cmd_jeos_list(self, args: list[str]) -> None:
+        """List the JEOS images."""
+        _args(args, "jeos_list", 0)
+        images = _images()
+        rows = [{"name": i.name, "distro": i.meta.get("distro"), "arch": i.meta.get("arch"),
+                 "created": i.meta.get("created"), "path": str(i.path)}
+                for i in images.jeos_list(self.catalogue.images_dir)]
+        self.rows(rows, (("name", "NAME"), ("distro", "DISTRO"), ("arch", "ARCH"),
+                         ("created", "CREATED")))
+
+    @command("<jeos>", "jeos")
+    def cmd_jeos_delete(self, args: list[str]) -> None:
+        """Delete a JEOS image (refused while assemblies are built on it)."""
+        (name,) = _args(args, "jeos_delete", 1)
+        images = _images()
+        try:
+            images.jeos_delete(name, self.catalogue.images_dir)
+        except images.ImageError as exc:
+            raise CommandError(str(exc)) from None
+        self.say(f"JEOS {name} deleted")
+
+    # --- assemblies --------------------------------------------------------------------
+
+    @command("<assembly> <jeos|distro> [<arch>]", "new", "jeos", "arch")
+    def cmd_assembly_create(self, args: list[str]) -> None:
+        """Create an assembly from a JEOS; resources are added with assembly_resource_add."""
+        name, jeos, *rest = _args(args, "assembly_create", 2, 3)
+        if rest:
+            jeos = f"{jeos}-{rest[0]}"
+        self.catalogue.assembly_create(name, jeos)
+        self.say(f"assembly {name} created on JEOS {jeos} (the process infrastructure runs it "
+                 "as a sandbox; libvirt needs an image built on that JEOS)")
+
+    @command("<assembly> <new_assembly>", "assembly", "new")
+    def cmd_assembly_clone(self, args: list[str]) -> None:
+        """Copy an assembly, with its resources, under a new name and a fresh identity."""
+        source, name = _args(args, "assembly_clone", 2)
+        image = None
+        if self.catalogue.assembly(source).get("image"):
+            images = _images()
+            try:
+                image = str(images.assembly_clone(source, name, self.catalogue.images_dir,
+                                                  progress=self.say).path)
+            except images.ImageError as exc:
+                raise CommandError(str(exc)) from None
+        self.catalogue.assembly_clone(source, name, image)
+        self.say(f"assembly {name} cloned from {source}")
+
+    @command("<assembly>", "assembly")
+    def cmd_assembly_delete(self, args: list[str]) -> None:
+        """Delete an assembly (refused while a deployable uses it)."""
+        (name,) = _args(args, "assembly_delete", 1)
+        had_image = self.catalogue.assembly(name).get("image")
+        self.catalogue.assembly_delete(name)
+        if had_image:
+            images = _images()
+            try:
+                images.assembly_delete(name, self.catalogue.images_dir)
+            except images.ImageError as exc:
+                raise CommandError(str(exc)) from None
+        self.say(f"assembly {name} deleted")
+
+    @command("")
+    def cmd_assembly_list(self, args: list[str]) -> None:
+        """List the assemblies."""
+        _args(args, "assembly_list", 0)
+        rows = [{"name": name, "uuid": a["uuid"], "jeos": a["jeos"],
+                 "resources": ",".join(a["resources"]) or "-",
+                 "escalation": _escalation(a.get("escalation"))}
+                for name, a in sorted(self.catalogue.assemblies().items())]
+        self.rows(rows, (("name", "NAME"), ("uuid", "UUID"), ("jeos", "JEOS"),
+                         ("resources", "RESOURCES"), ("escalation", "ESCALATION")))
+
+    @command("<resource> <template> <assembly>", "new", "template", "assembly")
+    def cmd_assembly_resource_add(self, args: list[str]) -> None:
+        """Add a resource to an assembly from a resource template (see template_list)."""
+        resource, template, assembly = _args(args, "assembly_resource_add", 3)
+        self.catalogue.resource_add(resource, template, assembly)
+        self.say(f"resource {resource} ({template}) added to assembly {assembly}")
+
+    @command("<resource> <assembly>", "resource", "assembly")
+    def cmd_assembly_resource_remove(self, args: list[str]) -> None:
+        """Remove a resource from an assembly."""
+        resource, assembly = _args(args, "assembly_resource_remove", 2)
+        self.catalogue.resource_remove(resource, assembly)
+        self.say(f"resource {resource} removed from assembly {assembly}")
+
+    @command("<assembly>", "assembly")
+    def cmd_assembly_resource_list(self, args: list[str]) -> None:
+        """List the resources of an assembly."""
+        (assembly,) = _args(args, "assembly_resource_list", 1)
+        rows = []
+        for name, r in self.catalogue.assembly(assembly)["resources"].items():
+            service = xmlsafe.parse(r["service"], source="catalogue")
+            rows.append({"name": name, "template": r["template"], "class": service.get("class"),
+                         "type": service.get("type") or "-",
+                         "monitor_interval": service.get("monitor_interval") or "-",
+                         "escalation": _escalation(r.get("escalation"))})
+        self.rows(rows, (("name", "NAME"), ("template", "TEMPLATE"), ("class", "CLASS"),
+                         ("type", "TYPE"), ("monitor_interval", "MONITOR (s)"),
+                         ("escalation", "ESCALATION")))
+
+    @command("")
+    def cmd_template_list(self, args: list[str]) -> None:
+        """List the resource templates assembly_resource_add accepts."""
+        _args(args, "template_list", 0)
+        self.rows([{"name": n} for n in template_names()], (("name", "TEMPLATE"),))
+
+    @command("<assembly> <failures> <period_seconds>", "assembly")
+    def cmd_escalation_assembly_set(self, args: list[str]) -> None:
+        """Restart the whole deployable when the assembly fails FAILURES times in PERIOD."""
+        assembly, failures, period = _args(args, "escalation_assembly_set", 3)
+        self.catalogue.escalation_assembly_set(assembly, failures, period)
+        self.say(f"assembly {assembly}: {failures} failures within {period} s escalate to "
+                 "the deployable")
+
+    @command("<assembly> <resource> <failures> <period_seconds>", "assembly", "resource")
+    def cmd_escalation_resource_set(self, args: list[str]) -> None:
+        """Restart the resource's assembly when it fails FAILURES times in PERIOD."""
+        assembly, resource, failures, period = _args(args, "escalation_resource_set", 4)
+        self.catalogue.escalation_resource_set(assembly, resource, failures, period)
+        self.say(f"resource {assembly}/{resource}: {failures} failures within {period} s "
+                 "escalate to its assembly")
+
+
+def _escalation(setting: dict[str, Any] | None) -> str:
+    if not setting:
+        return "-"
+    period = float(setting["period"])
+    return f"{setting['failures']} in {period:g}s"

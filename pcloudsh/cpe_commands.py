@@ -1,0 +1,248 @@
+"""pcloudsh commands about deployables: the catalogue side and the CPE side, and events.
+
+``deployable_start dep1`` builds the ``<deployable>`` document from the catalogue and sends it
+to the CPE; given a file (``deployable_start xml/examples/webshop.xml``) it sends that file.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from lxml import etree
+
+from pcloud import xmlsafe
+from pcloud.bus import Message
+from pcloud.events import Event
+from pcloudsh import display
+from pcloudsh.commands import CommandError, Commands, _args, command
+
+
+@command("<deployable> [process|libvirt|openstack]", "new", "infrastructure")
+def cmd_deployable_create(self: Commands, args: list[str]) -> None:
+    """Create a deployable in the catalogue; add assemblies with deployable_assembly_add."""
+    name, *rest = _args(args, "deployable_create", 1, 2)
+    self.catalogue.deployable_create(name, *rest)
+    self.say(f"deployable {name} created")
+
+
+@command("<deployable>", "deployable")
+def cmd_deployable_delete(self: Commands, args: list[str]) -> None:
+    """Delete a deployable from the catalogue (refused while the CPE runs it)."""
+    (name,) = _args(args, "deployable_delete", 1)
+    self.catalogue.deployable(name)
+    state = self.cpe_states().get(name)
+    if state not in (None, "stopped"):
+        raise CommandError(f"deployable {name} is {state}: stop it first")
+    self.catalogue.deployable_delete(name)
+    self.say(f"deployable {name} deleted")
+
+
+@command("")
+def cmd_deployable_list(self: Commands, args: list[str]) -> None:
+    """List the deployables of the catalogue and of the CPE, with their state."""
+    _args(args, "deployable_list", 0)
+    catalogue = self.catalogue.deployables()
+    try:
+        states = self.cpe_states()
+    except CommandError as exc:
+        states = {}
+        if not self.json:
+            self.say(f"(CPE not reachable: {exc}; states unknown)")
+    rows = []
+    for name in sorted(set(catalogue) | set(states)):
+        entry = catalogue.get(name)
+        rows.append({"name": name, "state": states.get(name, "not started"),
+                     "assemblies": ",".join(entry["assemblies"]) if entry else "-",
+                     "infrastructure": entry["infrastructure"] if entry else "-",
+                     "in_catalogue": entry is not None})
+    self.rows(rows, (("name", "NAME"), ("state", "STATE"), ("infrastructure", "INFRA"),
+                     ("assemblies", "ASSEMBLIES")))
+
+
+@command("<deployable|FILE.xml>", "deployable")
+def cmd_deployable_start(self: Commands, args: list[str]) -> None:
+    """Start a deployable: the CPE stores it and starts its DPE, which starts everything."""
+    (target,) = _args(args, "deployable_start", 1)
+    result = self.cpe("deployable_start", self._document(target))
+    _said(self, result, "deployable_start")
+
+
+@command("<deployable>", "deployable")
+def cmd_deployable_stop(self: Commands, args: list[str]) -> None:
+    """Stop a deployable: resources in reverse order, then its assemblies."""
+    (name,) = _args(args, "deployable_stop", 1)
+    _said(self, self.cpe("deployable_stop", self._ref(name)), "deployable_stop")
+
+
+@command("<deployable|FILE.xml>", "deployable")
+def cmd_deployable_reload(self: Commands, args: list[str]) -> None:
+    """Send a changed deployable to the CPE; only what changed is touched."""
+    (target,) = _args(args, "deployable_reload", 1)
+    _said(self, self.cpe("deployable_reload", self._document(target)), "deployable_reload")
+
+
+@command("<deployable>", "deployable")
+def cmd_deployable_status(self: Commands, args: list[str]) -> None:
+    """Show the state of every assembly and resource, fail counts and last failures."""
+    (name,) = _args(args, "deployable_status", 1)
+    status = self.cpe("deployable_status", self._ref(name))
+    if status is None:
+        raise CommandError("the CPE sent an empty status")
+    if self.json:
+        self.say(display.as_json(display.status_json(status)))
+    else:
+        self.say(display.status_text(status))
+
+
+def _said(self: Commands, result: etree._Element | None, method: str) -> None:
+    if result is None:
+        raise CommandError(f"the CPE sent an empty answer to {method}")
+    line = f"deployable {result.get('name')}: {result.get('state')}"
+    if result.get("reason"):
+        line += f" ({result.get('reason')})"
+    self.say(display.as_json(dict(result.attrib)) if self.json else line)
+
+
+@command("<deployable> <assembly>", "deployable", "assembly")
+def cmd_deployable_assembly_add(self: Commands, args: list[str]) -> None:
+    """Add an assembly of the catalogue to a deployable."""
+    deployable, assembly = _args(args, "deployable_assembly_add", 2)
+    self.catalogue.deployable_assembly_add(deployable, assembly)
+    self.say(f"assembly {assembly} added to deployable {deployable}")
+
+
+@command("<deployable> <assembly>", "deployable", "assembly")
+def cmd_deployable_assembly_remove(self: Commands, args: list[str]) -> None:
+    """Remove an assembly from a deployable (and the dependencies that name it)."""
+    deployable, assembly = _args(args, "deployable_assembly_remove", 2)
+    self.catalogue.deployable_assembly_remove(deployable, assembly)
+    self.say(f"assembly {assembly} removed from deployable {deployable}")
+
+
+@command("<deployable>", "deployable")
+def cmd_deployable_assembly_list(self: Commands, args: list[str]) -> None:
+    """List the assemblies of a deployable with their resources."""
+    (deployable,) = _args(args, "deployable_assembly_list", 1)
+    entry = self.catalogue.deployable(deployable)
+    assemblies = self.catalogue.assemblies()
+    rows = [{"name": a, "uuid": assemblies.get(a, {}).get("uuid"),
+             "resources": ",".join(assemblies.get(a, {}).get("resources", {})) or "-"}
+            for a in entry["assemblies"]]
+    self.rows(rows, (("name", "ASSEMBLY"), ("uuid", "UUID"), ("resources", "RESOURCES")))
+
+
+@command("<deployable> <assembly:resource> <assembly:resource>", "deployable")
+def cmd_deployable_dependency_add(self: Commands, args: list[str]) -> None:
+    """Start the first resource before the second (also across assemblies)."""
+    deployable, first, then = _args(args, "deployable_dependency_add", 3)
+    ident = self.catalogue.deployable_dependency_add(deployable, first, then)
+    self.say(f"dependency {ident}: {first} starts before {then}")
+
+
+@command("<deployable>", "deployable")
+def cmd_deployable_show(self: Commands, args: list[str]) -> None:
+    """Print the <deployable> document deployable_start would send."""
+    (deployable,) = _args(args, "deployable_show", 1)
+    self.say(self.catalogue.document(deployable).rstrip())
+
+
+@command("[<deployable>] [--type TYPE] [--since SEQ [--follow]] [--count N] [--timeout S]",
+         "deployable")
+def cmd_events(self: Commands, args: list[str]) -> None:
+    """Show events as they happen (Ctrl-C ends); --since SEQ shows the stored history."""
+    options = _event_options(args)
+    name, wanted = options["deployable"], options["type"]
+    shown = 0
+    if options["since"] is not None:
+        query = etree.Element("events", since_seq=str(options["since"]), limit="1000")
+        if name:
+            query.set("deployable", name)
+        history = self.cpe("events_query", query)
+        lines = [_line(e, wanted) for e in (history if history is not None else [])]
+        lines = [line for line in lines if line]
+        if self.json:
+            self.say(display.as_json([dict(e.attrib) for e in history or []
+                                      if not wanted or e.get("type") == wanted]))
+        else:
+            for line in lines:
+                self.say(line)
+        shown = len(lines)
+        if not options["follow"]:
+            return
+    _follow(self, name, wanted, options["count"] - shown if options["count"] else None,
+            options["timeout"])
+
+
+def _event_options(args: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {"deployable": None, "type": None, "since": None,
+                               "follow": False, "count": None, "timeout": None}
+    rest = list(args)
+    try:
+        while rest:
+            word = rest.pop(0)
+            if word == "--type":
+                options["type"] = rest.pop(0)
+            elif word == "--since":
+                options["since"] = int(rest.pop(0))
+            elif word == "--follow":
+                options["follow"] = True
+            elif word == "--count":
+                options["count"] = int(rest.pop(0))
+            elif word == "--timeout":
+                options["timeout"] = float(rest.pop(0))
+            elif not word.startswith("-") and options["deployable"] is None:
+                options["deployable"] = word
+            else:
+                raise CommandError(f"unexpected {word!r}; usage: events [<deployable>] "
+                                   "[--type TYPE] [--since SEQ [--follow]] [--count N] "
+                                   "[--timeout S]")
+    except (IndexError, ValueError):
+        raise CommandError("usage: events [<deployable>] [--type TYPE] [--since SEQ "
+                           "[--follow]] [--count N] [--timeout S]") from None
+    return options
+
+
+def _line(element: etree._Element, wanted: str | None) -> str | None:
+    if wanted and element.get("type") != wanted:
+        return None
+    try:
+        return Event.from_xml(element, source="event").describe(local_time=True)
+    except xmlsafe.XMLError:
+        return None
+
+
+def _follow(self: Commands, name: str | None, wanted: str | None, count: int | None,
+            timeout: float | None) -> None:
+    """Print live events until Ctrl-C, ``count`` events or ``timeout`` seconds."""
+    done = threading.Event()
+    seen = [0]
+
+    def on_event(msg: Message) -> None:
+        try:
+            element = xmlsafe.parse(msg.body, source="event")
+        except xmlsafe.XMLError:
+            return
+        line = _line(element, wanted)
+        if line is None:
+            return
+        self.say(display.as_json(dict(element.attrib)) if self.json else line)
+        seen[0] += 1
+        if count is not None and seen[0] >= count:
+            done.set()
+
+    sub = self.bus().subscribe(f"pcloud.event.{name}.#" if name else "pcloud.event.#",
+                               on_event)
+    sub.wait_attached(timeout=10.0)
+    if not self.json:
+        self.say(f"(watching events{' of ' + name if name else ''}; Ctrl-C to stop)")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while not done.wait(0.2):
+            if deadline is not None and time.monotonic() > deadline:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.cancel()
