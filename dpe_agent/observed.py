@@ -222,9 +222,8 @@ class ObservedState:
             return
         if action.kind == "crm_event":
             if action.operation == "stonith":
-                if rc == RC_OK:
-                    for node in action.downed or [action.node]:
-                        self.set_fenced(node)
+                if rc == RC_OK and action.node:
+                    self.set_fenced(action.node)  # ``downed`` holds uuids, node is the name
             elif action.operation == "clear_failcount":
                 self.clear_failcount(action.node, action.resource)
             return
