@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from functools import lru_cache
 
 DEFAULT_OP_TIMEOUT_MS = 20000
 
@@ -26,8 +27,13 @@ _ESCAPES = {
 }
 
 
+_TABLE = str.maketrans(_ESCAPES)
+
+
 def escape_value(value: str) -> str:
     """Escape one attribute value as Pacemaker 2.1.5 does when it serializes for a digest."""
+    if value.isascii():
+        return value.translate(_TABLE)
     out: list[str] = []
     for index, char in enumerate(value):
         if ord(char) > 127:
@@ -51,7 +57,13 @@ def op_digest(params: Mapping[str, str], *, interval_ms: int = 0,
     A recurring operation (``interval_ms > 0``) also covers its timeout, because Pacemaker
     keeps ``CRM_meta_timeout`` among the parameters of recurring ops.
     """
-    full = dict(params)
+    items = tuple(params.items())
     if interval_ms > 0:
-        full["CRM_meta_timeout"] = str(timeout_ms)
-    return hashlib.md5(digest_string(full).encode("utf-8")).hexdigest()
+        items += (("CRM_meta_timeout", str(timeout_ms)),)
+    return _cached_digest(items)
+
+
+@lru_cache(maxsize=65536)
+def _cached_digest(items: tuple[tuple[str, str], ...]) -> str:
+    # Schedulers ask for the same resource's digest several times per run.
+    return hashlib.md5(digest_string(dict(items)).encode("utf-8")).hexdigest()

@@ -1,4 +1,5 @@
 """Transition graph model: parsing Pacemaker's format, readiness, normalized comparison."""
+# ruff: noqa: E501  (the fixture is a verbatim crm_simulate graph)
 
 import pytest
 
