@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from lxml import etree
 
@@ -125,7 +126,7 @@ class GraphRun:
 
 def resource_op_body(operation: str, interval_ms: int, timeout_ms: int, name: str,
                      rsc_class: str, provider: str | None, rsc_type: str | None,
-                     params: dict[str, str]) -> str:
+                     params: dict[str, str], extra: list[etree._Element] = ()) -> str:
     """The ``<resource_op>`` document of a guest agent method call."""
     root = etree.Element("resource_op", operation=operation, interval=str(interval_ms),
                          timeout=str(max(1, timeout_ms)))
@@ -139,6 +140,7 @@ def resource_op_body(operation: str, interval_ms: int, timeout_ms: int, name: st
         plist = etree.SubElement(rsc, "parameters")
         for key in sorted(params):
             etree.SubElement(plist, "parameter", name=key, value=params[key])
+    rsc.extend(extra)
     return etree.tostring(root, encoding="unicode")
 
 
@@ -154,8 +156,10 @@ class ActionRunner:
     """Runs single graph actions against agents (bus) and the infrastructure (driver)."""
 
     def __init__(self, bus, deployable: str, driver, spec_of: Callable[[str], AssemblySpec],
-                 node_of_uuid: Callable[[str], str | None]) -> None:
+                 node_of_uuid: Callable[[str], str | None],
+                 service_of: Callable[[str, str], Any] = lambda asm, svc: None) -> None:
         self.bus = bus
+        self.service_of = service_of
         self.deployable = deployable
         self.driver = driver
         self.spec_of = spec_of
@@ -182,10 +186,18 @@ class ActionRunner:
         assembly, service = split_rsc_id(action.resource or "")
         rsc_class, provider, rsc_type = agent_class(action.rsc_class, action.provider,
                                                     action.rsc_type)
-        body = resource_op_body(action.operation, action.interval_ms, action.timeout_ms,
-                                service, rsc_class, provider, rsc_type, action.parameters)
+        timeout_ms, extra = action.timeout_ms, []
+        model = self.service_of(assembly, service)
+        if model is not None:
+            seconds = {"start": model.start_timeout, "stop": model.stop_timeout}.get(
+                action.operation)
+            timeout_ms = int(seconds * 1000) if seconds else timeout_ms
+            if model.probe is not None:
+                extra.append(model.probe.to_element())
+        body = resource_op_body(action.operation, action.interval_ms, timeout_ms, service,
+                                rsc_class, provider, rsc_type, action.parameters, extra)
         queue = f"pcloud.agent.{self.deployable}.{action.node or assembly}"
-        timeout = action.timeout_ms / 1000.0 + BUS_SLACK
+        timeout = timeout_ms / 1000.0 + BUS_SLACK
         try:
             result = self.bus.call(queue, f"resource_{action.operation}", body, timeout=timeout)
         except BusTimeout as exc:
