@@ -33,11 +33,12 @@ DEFAULT_UNIT = f"""[Unit]
 Description=pcloud guest agent
 Wants=network-online.target
 After=network-online.target
+StartLimitIntervalSec=0
 
 [Service]
 ExecStart={LAUNCHER} --config {CONFIG_PATH}
 Restart=always
-RestartSec=1
+RestartSec=2
 StandardOutput=journal+console
 StandardError=journal+console
 
@@ -150,3 +151,12 @@ def agent_config(ident: dict[str, Any]) -> str:
     out = io.StringIO()
     config.write(out)
     return out.getvalue()
+
+
+def read_agent_config(g: Any) -> dict[str, str]:
+    """The ``[agent]`` section baked into a mounted image (empty if there is none)."""
+    if not g.is_file(CONFIG_PATH):
+        return {}
+    config = configparser.ConfigParser(interpolation=None)
+    config.read_string(g.cat(CONFIG_PATH))
+    return dict(config["agent"]) if config.has_section("agent") else {}

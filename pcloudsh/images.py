@@ -11,6 +11,7 @@ end, so a failed or interrupted build never leaves a half-made image in the cata
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -35,6 +36,7 @@ Progress = Callable[[str], None]
 JEOS_META = "jeos.json"
 ROOT_LABEL = "jeosroot"
 GUEST_DNS = "10.0.2.3"
+RECIPE_VERSION = 2
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
@@ -64,7 +66,7 @@ DEBIAN_12 = Distro(
     suite="bookworm",
     packages=("systemd-sysv", "udev", "linux-image-amd64", "python3", "python3-qpid-proton",
               "python3-lxml", "python3-daemon", "iproute2", "netbase", "procps",
-              "ca-certificates"),
+              "ca-certificates", "dbus"),
 )
 DISTROS = {"debian-12": DEBIAN_12}
 DISTRO_ALIASES = {"debian12": "debian-12", "bookworm": "debian-12", "debian": "debian-12"}
@@ -260,6 +262,13 @@ def _build_dir(parent: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=".build-", dir=parent))
 
 
+def jeos_recipe(distro: str = "debian-12") -> str:
+    """A short digest of how a JEOS is built: a cached image with another digest is stale."""
+    spec, _ = _resolve_distro(distro, "x86_64")
+    text = json.dumps([RECIPE_VERSION, spec.key, spec.suite, list(spec.packages)])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def jeos_name(distro: str = "debian-12", arch: str = "x86_64") -> str:
     """The catalogue name of the JEOS built for a distribution and architecture."""
     resolved, canonical_arch = _resolve_distro(distro, arch)
@@ -308,6 +317,7 @@ def jeos_create(distro: str, arch: str, catalogue_dir: str | Path,
         meta = {"name": name, "distro": spec.key, "suite": spec.suite, "arch": canonical_arch,
                 "disk": DISK_NAME, "kernel": "vmlinuz", "initrd": "initrd.img",
                 "kernel_version": kernel_version, "packages": list(spec.packages),
+                "recipe": jeos_recipe(spec.key),
                 "mirror": source, "disk_size": disk_size,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_seconds": round(steps.elapsed, 1)}
@@ -317,6 +327,34 @@ def jeos_create(distro: str, arch: str, catalogue_dir: str | Path,
         return Image(name, dest, meta)
     finally:
         _remove_tree(build)
+
+
+def jeos_ensure(distro: str, arch: str, catalogue_dir: str | Path,
+                progress: Progress | None = None, *, replace_stale: bool = False) -> Image:
+    """Return the JEOS for ``distro``/``arch``, building it first if it is missing.
+
+    With ``replace_stale``, an image built by an older recipe is deleted (with the assemblies
+    on it) and rebuilt: meant for caches such as the test suite's.
+    """
+    name = jeos_name(distro, arch)
+    try:
+        image = jeos_get(name, catalogue_dir)
+    except ImageNotFoundError:
+        image = None
+    if image is not None and replace_stale and image.meta.get("recipe") != jeos_recipe(distro):
+        if progress is not None:
+            progress(f"JEOS {name} was built by another recipe: rebuilding")
+        for assembly in assembly_list(catalogue_dir):
+            if assembly.meta.get("jeos") == name:
+                assembly_delete(assembly.name, catalogue_dir)
+        jeos_delete(name, catalogue_dir)
+        image = None
+    if image is not None:
+        return image
+    try:
+        return jeos_create(distro, arch, catalogue_dir, progress)
+    except ImageExistsError:
+        return jeos_get(name, catalogue_dir)
 
 
 def _list(folder: Path, meta_name: str) -> list[Image]:
@@ -383,6 +421,15 @@ def _hostname(name: str) -> str:
     return name.replace("_", "-").strip("-").lower() or "assembly"
 
 
+def redact_url(url: str) -> str:
+    """A URL without its password, for metadata and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _identity(name: str, deployable: str, asm_uuid: str | None, broker_url: str,
               heartbeat_interval: float) -> dict[str, Any]:
     guest_url = guest_broker_url(broker_url)
@@ -391,6 +438,11 @@ def _identity(name: str, deployable: str, asm_uuid: str | None, broker_url: str,
             "guest_broker_url": guest_url,
             "guest_broker_port": urlsplit(guest_url).port,
             "heartbeat_interval": heartbeat_interval}
+
+
+def _public(ident: dict[str, Any]) -> dict[str, Any]:
+    """The identity as stored beside the image: the broker password stays inside the image."""
+    return {**ident, "guest_broker_url": redact_url(ident["guest_broker_url"])}
 
 
 def _bake_identity(g: Any, ident: dict[str, Any]) -> None:
@@ -421,7 +473,7 @@ def assembly_get(name: str, catalogue_dir: str | Path) -> Image:
 
 def _assembly_meta(ident: dict[str, Any], jeos: Image, steps: _Steps,
                    created_from: str) -> dict[str, Any]:
-    return {**ident, "jeos": jeos.name, "disk": DISK_NAME, "created_from": created_from,
+    return {**_public(ident), "jeos": jeos.name, "disk": DISK_NAME, "created_from": created_from,
             "kernel": str(jeos.path / jeos.meta.get("kernel", "vmlinuz")),
             "initrd": str(jeos.path / jeos.meta.get("initrd", "initrd.img")),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -460,6 +512,7 @@ def assembly_create(name: str, jeos: str, catalogue_dir: str | Path, *, deployab
         steps.say(f"overlay on JEOS {jeos}")
         _run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base.disk.resolve()),
               "-F", "qcow2", str(disk)], steps)
+        disk.chmod(0o600)
         steps.say("libguestfs: guest agent, its config and unit, identity")
         with open_disk(disk) as g:
             guest_payload.install(g, payload, build)
@@ -488,16 +541,18 @@ def assembly_clone(src: str, dst: str, catalogue_dir: str | Path, *, uuid: str |
     if dest.exists():
         raise ImageExistsError(f"assembly {dst!r} already exists in {dest.parent}")
     steps = _Steps(progress)
-    ident = _identity(dst, deployable or source.meta["deployable"], uuid,
-                      broker_url or source.meta["guest_broker_url"],
-                      source.meta.get("heartbeat_interval", 1.0))
     build = _build_dir(source.path.parent)
     try:
         disk = build / DISK_NAME
         steps.say(f"copying {src}'s overlay")
         shutil.copyfile(source.disk, disk)
+        disk.chmod(0o600)
         steps.say("libguestfs: fresh identity and agent config")
         with open_disk(disk) as g:
+            baked = guest_payload.read_agent_config(g)
+            ident = _identity(dst, deployable or source.meta["deployable"], uuid,
+                              broker_url or baked.get("broker_url", ""),
+                              source.meta.get("heartbeat_interval", 1.0))
             _bake_identity(g, ident)
         meta = _assembly_meta(ident, base, steps, created_from=f"assembly:{src}")
         _write_json(build / ASSEMBLY_META, meta)
