@@ -274,11 +274,11 @@ class Agent:
                 for probe, _ in entry.probes:
                     probe.reset()
             self._set_state_locked(entry, state)
-        if changed:
-            self._save(entry)
         if report and old_rc != result.rc:
             self._report(entry, result.rc, result.reason, result.output,
                          entry.report_interval() if interval is None else interval)
+        if changed:
+            self._save(entry)
 
     def _set_state(self, entry: Entry, state: str) -> None:
         with self._lock:
