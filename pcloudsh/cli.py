@@ -9,9 +9,11 @@ Options go before the command: ``--json`` (tabular output as JSON), ``--state-di
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
+from pcloud.log import setup_logging
 from pcloudsh import validate
 
 
@@ -31,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="open the shell even when standard input is not a terminal")
     parser.add_argument("--no-live-events", action="store_true",
                         help="interactive shell: do not show events above the prompt")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log bus activity on standard error")
     parser.add_argument("command", nargs="?", metavar="COMMAND",
                         help="a command such as deployable_start, or validate FILE")
     parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARG")
@@ -46,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     from pcloudsh.commands import CommandError, Commands
+
+    # Bus trouble reaches the operator as the command's one-line error, not as log noise.
+    if args.verbose:
+        setup_logging("pcloudsh", verbose=True)
+    else:
+        logging.getLogger("pcloud").setLevel(logging.CRITICAL)
+        logging.getLogger("proton").setLevel(logging.CRITICAL)
     from pcloudsh.shell import Shell
 
     commands = Commands(state_dir=args.state_dir, json_output=args.json,

@@ -107,7 +107,7 @@ class Commands:
             url = self.broker_url or config.broker_url()
             bus = Bus(url=url, name="pcloudsh")
             try:
-                bus.start(timeout=10.0)
+                bus.start(timeout=5.0)
             except BusError as exc:
                 bus.close()
                 raise CommandError(f"cannot reach the broker at {url}: {exc}") from None

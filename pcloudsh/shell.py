@@ -118,8 +118,10 @@ class Shell(cmd.Cmd):
 
     # --- completion --------------------------------------------------------------------
 
+    # Python's readline appends nothing to a completed word: the space is added here.
+
     def completenames(self, text: str, *ignored: Any) -> list[str]:
-        return sorted(n for n in (*REGISTRY, *BUILTINS) if n.startswith(text))
+        return sorted(f"{n} " for n in (*REGISTRY, *BUILTINS) if n.startswith(text))
 
     def completedefault(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
         words = line[:begidx].split()
@@ -131,7 +133,7 @@ class Shell(cmd.Cmd):
         position = len(words) - 1
         if spec is None or position >= len(spec.kinds):
             return []
-        return sorted(n for n in self._names(spec.kinds[position]) if n.startswith(text))
+        return sorted(f"{n} " for n in self._names(spec.kinds[position]) if n.startswith(text))
 
     def _names(self, kind: str) -> list[str]:
         catalogue = self.commands.catalogue

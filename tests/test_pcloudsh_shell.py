@@ -1,0 +1,88 @@
+"""The interactive pcloudsh, driven through a pseudo-terminal like a person at a keyboard."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+class Terminal:
+    """pcloudsh on the slave side of a pty; ``expect`` reads until a text shows up."""
+
+    def __init__(self, state: Path, broker_url: str) -> None:
+        env = dict(os.environ, PCLOUD_STATE_DIR=str(state), PCLOUD_BROKER_URL=broker_url,
+                   TERM="dumb", INPUTRC="/dev/null")
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.execve(str(BIN / "pcloudsh"), [str(BIN / "pcloudsh"), "--no-live-events"], env)
+        self.buffer = ""
+
+    def send(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def expect(self, text: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{text!r} not seen within {timeout} s; got "
+                                     f"{self.buffer[-2000:]!r}")
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if ready:
+                try:
+                    self.buffer += os.read(self.fd, 4096).decode(errors="replace")
+                except OSError:
+                    break
+        if text not in self.buffer:
+            raise AssertionError(f"{text!r} not seen; got {self.buffer[-2000:]!r}")
+        before, _, self.buffer = self.buffer.partition(text)
+        return before
+
+    def close(self) -> int:
+        try:
+            _, status = os.waitpid(self.pid, os.WNOHANG)
+            if _ == 0:
+                os.kill(self.pid, signal.SIGKILL)
+                _, status = os.waitpid(self.pid, 0)
+        finally:
+            os.close(self.fd)
+        return status
+
+
+def test_interactive_session_with_completion_help_and_history(tmp_path: Path) -> None:
+    term = Terminal(tmp_path, "amqp://nobody:nothing@127.0.0.1:1")
+    try:
+        term.expect("pcloudsh# ")
+        term.send("assembly_create assy1 F14 x86_64\r")
+        assert "assembly assy1 created" in term.expect("pcloudsh# ")
+        term.send("assembly_cl\t")
+        term.expect("assembly_clone ")
+        term.send("as\t")
+        term.expect("assy1 ")
+        term.send("assy2\r")
+        assert "assembly assy2 cloned from assy1" in term.expect("pcloudsh# ")
+        term.send("assembly_resource_add web ht\t")
+        term.expect("httpd ")
+        term.send("assy2\r")
+        assert "resource web (httpd) added to assembly assy2" in term.expect("pcloudsh# ")
+        term.send("assembly_list\r")
+        listing = term.expect("pcloudsh# ")
+        assert "assy1" in listing and "assy2" in listing and "web" in listing
+        term.send("help deployable_start\r")
+        assert "usage: deployable_start <deployable|FILE.xml>" in term.expect("pcloudsh# ")
+        term.send("assembly_delete nosuch\r")
+        assert "*** no assembly named 'nosuch'" in term.expect("pcloudsh# ")
+        term.send("quit\r")
+        term.expect("quit")
+    finally:
+        term.close()
+    history = (tmp_path / "pcloudsh" / "history").read_text()
+    assert "assembly_create assy1 F14 x86_64" in history
+    assert "assembly_clone assy1 assy2" in history
