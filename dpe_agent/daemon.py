@@ -313,6 +313,7 @@ class Dpe:
         self._tick()
         if self.dirty and self.exit_code is None:
             self._converge()
+        self._update_deployable_state()
         if self._persist:
             self._persist = False
             self.store.save_json("escalation", self.policy.snapshot())
@@ -649,7 +650,6 @@ class Dpe:
             self.recheck_at = time.monotonic() + max(0.0, graph.recheck_by - now.timestamp())
         if len(graph) == 0:
             self.idle_computes = 0
-            self._update_deployable_state()
             return
         self.transition_id += 1
         log.debug("transition %d: %s", self.transition_id, ", ".join(
