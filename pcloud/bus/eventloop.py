@@ -333,6 +333,14 @@ class EventLoop(MessagingHandler):
         for delivery in reversed(list(self._unsettled)):
             self._requeue(delivery)
             delivery.settle()
+        # proton would re-attach these sender links with their old deliveries pending and
+        # the broker ends the session on the stale transfer: start them afresh instead.
+        for spec in self._senders.values():
+            if spec.link is not None:
+                self._by_link.pop(spec.link.name, None)
+                if spec.link.state & Endpoint.LOCAL_ACTIVE:
+                    spec.link.close()
+                spec.link = None
         if not self._outage_logged:
             log.warning("bus %s: lost the broker connection; reconnecting", self.name)
             self._outage_logged = True
