@@ -131,23 +131,18 @@ def _lrm_resource(hist: ResourceHistory, node: str) -> etree._Element:
 
 
 def _rsc_op(op_id: str, rsc: str, op: OpRecord, node: str) -> etree._Element:
+    # Only what the scheduler reads (timings, magic and origin change nothing: measured).
     elem = etree.Element("lrm_rsc_op", {
         "id": op_id,
         "operation_key": f"{rsc}_{op.operation}_{op.interval_ms}",
         "operation": op.operation,
-        "crm-debug-origin": "pcloud",
-        "crm_feature_set": FEATURE_SET,
         "transition-key": op.transition_key,
-        "transition-magic": f"{op.op_status}:{op.rc};{op.transition_key}",
-        "exit-reason": "",
         "on_node": node,
         "call-id": str(op.call_id),
         "rc-code": str(op.rc),
         "op-status": str(op.op_status),
         "interval": str(op.interval_ms),
         "last-rc-change": str(op.epoch),
-        "exec-time": "0",
-        "queue-time": "0",
     })
     if op.digest:
         elem.set("op-digest", op.digest)

@@ -197,22 +197,21 @@ def _read_node_state(node: Node, state: etree._Element) -> None:
             last = _int(attrs.get(f"last-failure-{suffix}")) or 0
             node.fail_counts.setdefault(rsc, []).append((parse_score(value), last))
     for elem in state.iterfind("lrm/lrm_resources/lrm_resource"):
-        ops = []
-        for op in elem.iterfind("lrm_rsc_op"):
-            key = op.get("transition-key") or ""
-            parts = key.split(":")
-            expected = _int(parts[2]) if len(parts) >= 4 else None
-            ops.append(HistOp(
-                op.get("operation", ""), _int(op.get("interval")) or 0,
-                _int(op.get("rc-code")) or 0,
-                expected if expected is not None else 0,
-                _int(op.get("op-status")) or 0, _int(op.get("call-id")) or 0,
-                op.get("op-digest"), _int(op.get("last-rc-change")),
-                (op.get("id") or "").endswith("_last_failure_0")))
+        ops = [_hist_op(dict(op.attrib)) for op in elem.iterchildren("lrm_rsc_op")]
         ops.sort(key=lambda o: o.call_id)
-        node.resources[elem.get("id")] = LrmResource(
-            elem.get("id"), elem.get("class", ""), elem.get("provider"), elem.get("type", ""),
-            ops)
+        attrs = elem.attrib
+        node.resources[attrs.get("id")] = LrmResource(
+            attrs.get("id"), attrs.get("class", ""), attrs.get("provider"),
+            attrs.get("type", ""), ops)
+
+
+def _hist_op(a: dict[str, str]) -> HistOp:
+    parts = a.get("transition-key", "").split(":")
+    expected = _int(parts[2]) if len(parts) >= 4 else None
+    return HistOp(a.get("operation", ""), _int(a.get("interval")) or 0,
+                  _int(a.get("rc-code")) or 0, expected or 0, _int(a.get("op-status")) or 0,
+                  _int(a.get("call-id")) or 0, a.get("op-digest"), _int(a.get("last-rc-change")),
+                  a.get("id", "").endswith("_last_failure_0"))
 
 
 def _int(text: str | None) -> int | None:
