@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from lxml import etree
 
-from guest_agent.resources.base import OpResult, ProbeSpec, ResourceSpec
+from guest_agent.resources.base import OpResult, ProbeSpec, ResourceSpec, xml_text
 from pcloud.bus import MethodError
 
 DEFAULT_TIMEOUT_MS = 20000
@@ -90,9 +90,9 @@ def op_result(name: str, operation: str, interval: int, result: OpResult) -> etr
                          interval=str(interval), rc=str(result.rc), status=result.status,
                          time=iso_now(), duration_ms=str(max(0, result.duration_ms)))
     if result.reason:
-        elem.set("reason", result.reason[:4096])
+        elem.set("reason", xml_text(result.reason[:4096]))
     if result.output:
-        etree.SubElement(elem, "output").text = result.output
+        etree.SubElement(elem, "output").text = xml_text(result.output)
     return elem
 
 
@@ -103,7 +103,7 @@ def report(deployable: str, assembly: str, uuid: str, name: str, interval: int, 
                          operation=operation, interval=str(interval), rc=str(rc),
                          time=iso_now(), uuid=uuid)
     if reason:
-        elem.set("reason", reason[:4096])
+        elem.set("reason", xml_text(reason[:4096]))
     if output:
-        etree.SubElement(elem, "output").text = output
+        etree.SubElement(elem, "output").text = xml_text(output)
     return elem

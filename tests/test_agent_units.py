@@ -1,0 +1,75 @@
+"""Pure pieces of the agent: digest, request parsing, result documents, the scheduler."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import pytest
+from lxml import etree
+
+from guest_agent.heartbeat import state_digest
+from guest_agent.monitors import ProbeState, Scheduler
+from guest_agent.requests import op_result, parse_op, report
+from guest_agent.resources.base import OpResult, ProbeSpec
+from pcloud import schemas
+from pcloud.bus import MethodError
+
+
+def test_digest_is_md5_of_sorted_lines():
+    assert state_digest({"b": "failed", "a": "running"}) == hashlib.md5(
+        b"a=running\nb=failed").hexdigest()
+    assert state_digest({}) == hashlib.md5(b"").hexdigest()
+
+
+def test_parse_op_with_parameters_and_probe():
+    root = etree.fromstring(
+        '<resource_op operation="monitor" interval="500" timeout="3000">'
+        '<resource name="web" class="process"><parameters>'
+        '<parameter name="command" value="sleep 1"/></parameters>'
+        '<probe kind="tcp" port="8080" interval="0.2" failures="2"/></resource></resource_op>')
+    spec, interval, timeout = parse_op(root, "monitor")
+    assert (spec.name, spec.cls, spec.params, interval, timeout) == (
+        "web", "process", {"command": "sleep 1"}, 500, 3.0)
+    assert spec.probes == (ProbeSpec("tcp", 0.2, 0.2, "127.0.0.1:8080", failures=2),)
+
+
+@pytest.mark.parametrize("xml", [
+    '<resource_op operation="start"><resource name="x" class="nope"/></resource_op>',
+    '<resource_op operation="stop"><resource name="x" class="process"/></resource_op>',
+    '<resource_op operation="start"><resource name="x" class="process">'
+    '<probe kind="http"/></resource></resource_op>',
+    '<resource_op operation="start"/>',
+])
+def test_parse_op_refuses(xml):
+    with pytest.raises(MethodError) as err:
+        parse_op(etree.fromstring(xml), "start")
+    assert err.value.code == "invalid_request"
+
+
+def test_result_documents_are_schema_valid():
+    result = OpResult(7, "done", "process exited with signal 9", "out\x00put", 3)
+    schemas.validate(op_result("web", "monitor", 1000, result), "op_result")
+    schemas.validate(report("d", "a", "u-1", "web", 1000, 7, "gone", "tail"), "report")
+
+
+def test_probe_failures_count_after_first_success():
+    state = ProbeState(ProbeSpec("exec", 0.1, 0.1, "true", failures=2, grace=3600))
+    state.record("refused")
+    state.record("refused")
+    assert not state.failing
+    state.record(None)
+    state.record("refused")
+    assert not state.failing
+    state.record("refused")
+    assert state.failing
+
+
+def test_scheduler_runs_jobs_until_cancelled():
+    scheduler = Scheduler(workers=2)
+    runs = threading.Semaphore(0)
+    job = scheduler.add("tick", 0.01, runs.release, first_delay=0)
+    for _ in range(3):
+        assert runs.acquire(timeout=5)
+    job.cancel()
+    scheduler.stop()
