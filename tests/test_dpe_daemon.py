@@ -1,0 +1,366 @@
+"""The DPE end to end: real broker, real ``pcloud-agent`` sandboxes, the process driver.
+
+Each test gets a deployable of its own name (tests share the broker with other work), an
+event collector subscribed before the DPE starts, and a clean-up that stops the deployable
+and fences any sandbox left, then checks that no process of the test survives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from dpe_agent.daemon import Dpe, run_in_thread
+from dpe_agent.drivers.base import AssemblySpec
+from dpe_agent.drivers.process import ProcessDriver, _descendants
+from pcloud.bus import Bus
+from pcloud.deployable import Deployable
+from pcloud.events import Event
+
+DEFAULT_URL = "amqp://pcloud:pcloud@127.0.0.1:5700"
+
+
+def broker_url() -> str:
+    return os.environ.get("PCLOUD_BROKER_URL") or DEFAULT_URL
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def pgrep(pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split() if int(p) != os.getpid()]
+
+
+class Events:
+    """Collects the events of one deployable."""
+
+    def __init__(self, bus: Bus, deployable: str) -> None:
+        self.items: list[Event] = []
+        self._lock = threading.Lock()
+        self.sub = bus.subscribe(f"pcloud.event.{deployable}.#", self._on)
+        assert self.sub.wait_attached(10.0)
+
+    def _on(self, msg) -> None:
+        with self._lock:
+            self.items.append(Event.from_xml(msg.body))
+
+    def snapshot(self) -> list[Event]:
+        with self._lock:
+            return sorted(self.items, key=lambda e: e.seq)
+
+    def find(self, type=None, assembly=None, resource=None, state=None, after: int = 0,
+             **extra) -> list[Event]:
+        return [e for e in self.snapshot()
+                if e.seq > after and (type is None or e.type == type)
+                and (assembly is None or e.assembly == assembly)
+                and (resource is None or e.resource == resource)
+                and (state is None or e.state == state)
+                and all(e.extra.get(k) == v for k, v in extra.items())]
+
+    def wait(self, timeout: float = 30.0, **match) -> Event:
+        found = wait_for(lambda: self.find(**match), timeout, f"event {match}")
+        return found[0]
+
+    def last_seq(self) -> int:
+        items = self.snapshot()
+        return items[-1].seq if items else 0
+
+
+class DpeHarness:
+    """One deployable under a DPE, in-process (thread) or as a ``dped`` subprocess."""
+
+    def __init__(self, xml: str, state_dir: Path, subprocess_mode: bool = False) -> None:
+        self.dep = Deployable.from_xml(xml)
+        self.name = self.dep.name
+        self.state_dir = state_dir
+        self.doc = state_dir / f"{self.name}.xml"
+        self.doc.write_text(self.dep.to_xml())
+        os.environ["PCLOUD_BROKER_URL"] = broker_url()
+        self.bus = Bus(url=broker_url(), name=f"test-{self.name}").start()
+        self.events = Events(self.bus, self.name)
+        self.subprocess_mode = subprocess_mode
+        self.dpe: Dpe | None = None
+        self.thread: threading.Thread | None = None
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> DpeHarness:
+        if self.subprocess_mode:
+            log = open(self.state_dir / f"dped-{self.name}.log", "ab")
+            self.proc = subprocess.Popen(
+                [str(Path(sys.executable).with_name("dped")), "--deployable", str(self.doc),
+                 "--state-dir", str(self.state_dir), "--foreground"],
+                stdout=log, stderr=log, env=dict(os.environ, PCLOUD_BROKER_URL=broker_url()))
+        else:
+            self.dpe = Dpe(self.dep, self.state_dir, broker_url=broker_url())
+            self.thread = run_in_thread(self.dpe)
+        return self
+
+    def call(self, method: str, body: str = "", timeout: float = 10.0):
+        body = body or f'<deployable name="{self.name}"/>'
+        return self.bus.call(f"pcloud.dpe.{self.name}", method, body, timeout=timeout)
+
+    def status(self) -> etree._Element:
+        return self.call("deployable_status")
+
+    def wait_running(self, timeout: float = 60.0, after: int = 0) -> Event:
+        return self.events.wait(timeout, type="deployable_state_change", state="running",
+                                after=after)
+
+    def spec(self, asm: str) -> AssemblySpec:
+        return AssemblySpec(self.name, asm, "u", broker_url(),
+                            self.state_dir / "dpe" / self.name / "assemblies" / asm)
+
+    def sandbox_pid(self, asm: str) -> int:
+        path = self.spec(asm).state_dir / "sandbox.pid"
+        return int(json.loads(path.read_text())["pid"])
+
+    def agent_pid(self, asm: str) -> int:
+        return ProcessDriver().agent_pid(self.spec(asm))
+
+    def tree(self) -> list[int]:
+        pids = []
+        for asm in self.dep.assemblies:
+            pid = ProcessDriver().sandbox_pid(self.spec(asm.name))
+            if pid:
+                pids += [pid, *_descendants(pid)]
+        return pids
+
+    def kill_dpe(self) -> None:
+        """SIGKILL the dped subprocess (subprocess mode only)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        self.proc = None
+
+    def close(self) -> None:
+        """Stop the deployable, fence leftovers, and check nothing of it still runs."""
+        try:
+            if (self.thread and self.thread.is_alive()) or self.proc:
+                self.call("deployable_stop", timeout=10.0)
+                if self.thread:
+                    self.thread.join(60)
+                if self.proc:
+                    self.proc.wait(60)
+        except Exception:
+            if self.dpe is not None:
+                self.dpe.queue.put(("signal", 15))
+            if self.proc is not None:
+                self.proc.kill()
+                self.proc.wait(10)
+        finally:
+            driver = ProcessDriver()
+            for asm in self.dep.assemblies:
+                driver.fence(self.spec(asm.name))
+            self.events.sub.cancel()
+            self.bus.close()
+        leftovers = pgrep(str(self.state_dir / "dpe" / self.name))
+        assert not leftovers, f"processes left behind: {leftovers}"
+
+
+# ---- deployables ---------------------------------------------------------------------------
+
+def process_service(name: str, command: str, extra: str = "") -> str:
+    return (f'<service name="{name}" class="process" monitor_interval="1" {extra}>'
+            f'<parameters><parameter name="command" value="{command}"/></parameters></service>')
+
+
+def assembly(name: str, services: str, extra: str = "") -> str:
+    return (f'<assembly name="{name}" heartbeat_interval="0.5" heartbeat_misses="3" {extra}>'
+            f'<services>{services}</services></assembly>')
+
+
+def deployable(name: str, assemblies: str, constraints: str = "", extra: str = "") -> str:
+    cons = f"<constraints>{constraints}</constraints>" if constraints else ""
+    return (f'<deployable name="{name}" infrastructure="process" {extra}>'
+            f'<assemblies>{assemblies}</assemblies>{cons}</deployable>')
+
+
+def tag() -> str:
+    """A unique sleep duration, so each test finds its own processes with pgrep."""
+    return f"{7000 + int(uuid.uuid4().int % 999)}.{uuid.uuid4().int % 10**6}"
+
+
+@pytest.fixture
+def harness(tmp_path):
+    made: list[DpeHarness] = []
+
+    def make(xml: str, **kw) -> DpeHarness:
+        h = DpeHarness(xml, tmp_path, **kw)
+        made.append(h)
+        return h.start()
+
+    yield make
+    for h in made:
+        h.close()
+
+
+# ---- tests -----------------------------------------------------------------------------------
+
+def test_three_assemblies_start_in_dependency_order(harness):
+    name, t = unique(), tag()
+    xml = deployable(name, "".join([
+        assembly("a", process_service("first", f"sleep {t}1")),
+        assembly("b", process_service("second", f"sleep {t}2")),
+        assembly("c", process_service("third", f"sleep {t}3")),
+    ]), '<service_dependency id="d1" first="a:first" then="b:second"/>'
+        '<service_dependency id="d2" first="b:second" then="c:third"/>')
+    h = harness(xml)
+    h.wait_running()
+    ev = h.events
+    running = {e.resource: e.seq for e in ev.find(type="resource_state_change", state="running")}
+    starting = {e.resource: e.seq for e in ev.find(type="resource_state_change",
+                                                   state="starting")}
+    assert running["first"] < starting["second"]
+    assert running["second"] < starting["third"]
+    status = h.status()
+    assert status.get("state") == "running"
+    assert {r.get("name"): r.get("state") for r in status.iter("resource")} == {
+        "first": "running", "second": "running", "third": "running"}
+    queried = h.call("events_query", f'<events deployable="{name}" since_seq="0" limit="5"/>')
+    assert [int(e.get("seq")) for e in queried] == [1, 2, 3, 4, 5]
+    raised = h.call("event_raise", f'<event type="config_error" deployable="{name}" '
+                                   'reason="test"/>')
+    assert int(raised.get("seq")) > h.events.snapshot()[0].seq
+
+
+def test_sigkilled_process_resource_is_restarted(harness):
+    name, t = unique(), tag()
+    h = harness(deployable(name, assembly("a", process_service("svc", f"sleep {t}"))))
+    h.wait_running()
+    [pid] = wait_for(lambda: pgrep(f"sleep {t}"), what="resource process")
+    mark = h.events.last_seq()
+    os.kill(pid, signal.SIGKILL)
+    h.events.wait(type="resource_state_change", resource="svc", state="failed", after=mark)
+    back = h.events.wait(type="resource_state_change", resource="svc", state="running",
+                         after=mark)
+    assert float(back.extra["duration_ms"]) >= 0 and "signal 9" in back.reason
+    assert back.extra["detected_at"] and back.extra["recovered_at"]
+    new = wait_for(lambda: pgrep(f"sleep {t}"), what="restarted process")
+    assert new != [pid]
+
+
+def test_ocf_monitor_failure_is_restarted(harness, tmp_path):
+    name = unique()
+    state_file = tmp_path / "dummy.state"
+    svc = ('<service name="dummy" class="ocf" provider="heartbeat" type="Dummy" '
+           f'monitor_interval="1"><parameters><parameter name="state" value="{state_file}"/>'
+           '</parameters></service>')
+    h = harness(deployable(name, assembly("a", svc)))
+    h.wait_running()
+    assert state_file.exists()
+    mark = h.events.last_seq()
+    state_file.unlink()
+    h.events.wait(type="resource_state_change", resource="dummy", state="failed", after=mark)
+    h.events.wait(type="resource_state_change", resource="dummy", state="running", after=mark)
+    assert state_file.exists()
+
+
+def test_killed_assembly_is_fenced_and_restarted(harness):
+    name, t = unique(), tag()
+    h = harness(deployable(name, assembly("a", process_service("svc", f"sleep {t}1"))
+                           + assembly("b", process_service("svc", f"sleep {t}2"))))
+    h.wait_running()
+    old = h.sandbox_pid("a")
+    mark = h.events.last_seq()
+    os.kill(old, signal.SIGKILL)
+    h.events.wait(type="assembly_state_change", assembly="a", state="failed", after=mark)
+    h.events.wait(type="fencing", assembly="a", after=mark)
+    up = h.events.wait(type="assembly_state_change", assembly="a", state="running", after=mark)
+    assert "duration_ms" in up.extra
+    h.events.wait(type="resource_state_change", assembly="a", state="running", after=mark)
+    assert h.sandbox_pid("a") != old
+    assert not h.events.find(type="assembly_state_change", assembly="b", after=mark)
+
+
+def test_escalation_climbs_resource_assembly_deployable(harness):
+    name, t = unique(), tag()
+    svc = process_service("svc", f"sleep {t}",
+                          'escalation_failures="2" escalation_period="600"')
+    h = harness(deployable(name, assembly("a", svc,
+                                          'escalation_failures="2" escalation_period="600"')))
+    h.wait_running()
+    targets = []
+    for _ in range(4):
+        mark = h.events.last_seq()
+        [pid] = wait_for(lambda: pgrep(f"sleep {t}"), what="resource process")
+        os.kill(pid, signal.SIGKILL)
+        h.events.wait(type="resource_state_change", resource="svc", state="failed",
+                      after=mark)
+        h.events.wait(type="resource_state_change", resource="svc", state="running",
+                      after=mark, timeout=60)
+        targets += [e.extra.get("escalated_to")
+                    for e in h.events.find(type="escalation", after=mark)]
+    assert targets == ["assembly", "deployable"]
+    assert h.events.find(type="deployable_state_change", state="recovering")
+
+
+def test_dpe_killed_and_restarted_adopts_running_resources(harness):
+    name, t = unique(), tag()
+    h = harness(deployable(name, assembly("a", process_service("svc", f"sleep {t}1"))
+                           + assembly("b", process_service("svc", f"sleep {t}2"))),
+                subprocess_mode=True)
+    h.wait_running()
+    before = sorted(pgrep(f"sleep {t}"))
+    sandboxes = (h.sandbox_pid("a"), h.sandbox_pid("b"))
+    h.kill_dpe()
+    mark = h.events.last_seq()
+    h.start()
+    wait_for(lambda: _all_running(h), timeout=30, what="adopted deployable")
+    assert sorted(pgrep(f"sleep {t}")) == before
+    assert (h.sandbox_pid("a"), h.sandbox_pid("b")) == sandboxes
+    assert not h.events.find(type="resource_state_change", state="starting", after=mark)
+
+
+def _all_running(h: DpeHarness) -> bool:
+    try:
+        status = h.status()
+    except Exception:
+        return False
+    return all(r.get("state") == "running" for r in status.iter("resource")) and all(
+        a.get("state") == "running" for a in status.iter("assembly"))
+
+
+def test_mass_heartbeat_loss_is_not_n_failures(harness):
+    name, t = unique(), tag()
+    h = harness(deployable(name, "".join(
+        assembly(a, process_service("svc", f"sleep {t}{i}")) for i, a in enumerate("abc"))))
+    h.wait_running()
+    agents = [h.agent_pid(a) for a in "abc"]
+    mark = h.events.last_seq()
+    for pid in agents:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        loss = h.events.wait(type="deployable_state_change", state="degraded", after=mark,
+                             timeout=15)
+        assert "at once" in loss.reason
+        time.sleep(2.0)          # longer than a loss timeout: still nothing may be fenced
+    finally:
+        for pid in agents:
+            os.kill(pid, signal.SIGCONT)
+    h.wait_running(after=mark)
+    assert not h.events.find(type="fencing", after=mark)
+    assert not h.events.find(type="assembly_state_change", after=mark)
+    assert [h.agent_pid(a) for a in "abc"] == agents
