@@ -176,6 +176,8 @@ class DpeHarness:
                 driver.fence(self.spec(asm.name))
             self.events.sub.cancel()
             self.bus.close()
+        if self.dpe is not None:
+            assert not self.dpe.violations, self.dpe.violations
         leftovers = pgrep(str(self.state_dir / "dpe" / self.name))
         assert not leftovers, f"processes left behind: {leftovers}"
 
