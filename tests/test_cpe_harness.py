@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -248,20 +249,41 @@ def running_cped(state_dir: Path, url: str) -> Iterator[tuple[CpedProcess, AmqpC
             kill_all_using(str(state_dir))
 
 
+def _sleep_arg(dep: str, asm: str, svc: str) -> str:
+    return f"{3600 + zlib.crc32(f'{dep}/{asm}/{svc}'.encode()) % 100000}.7"
+
+
+def service_pid(state_dir: Path, dep: str, asm: str, svc: str) -> int | None:
+    """The host pid of a service started by ``deployable_xml`` (None when not running)."""
+    needle = f"sleep {_sleep_arg(dep, asm, svc)}"
+    pids = [p for p in processes_using(str(state_dir))
+            if not _zombie(p) and needle in _cmdline(p)]
+    return pids[0] if len(pids) == 1 else None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
 def deployable_xml(name: str, services: dict[str, list[str]] | None = None,
                    dependency: tuple[str, str] | None = None) -> str:
-    """A small ``process`` deployable; each service runs ``sleep``."""
+    """A small ``process`` deployable; service ``s`` of assembly ``a`` runs ``sleep`` with an
+    argument of its own (see ``service_pid``)."""
     services = services or {"a1": ["s1"]}
     parts = [f'<deployable name="{name}" infrastructure="process"><assemblies>']
     for asm, svcs in services.items():
         parts.append(f'<assembly name="{asm}" heartbeat_interval="0.5"><services>')
         for svc in svcs:
             parts.append(f'<service name="{svc}" class="process" monitor_interval="1">'
-                         '<parameters><parameter name="command" value="sleep 3600"/>'
+                         '<parameters><parameter name="command" '
+                         f'value="sleep {_sleep_arg(name, asm, svc)}"/>'
                          '</parameters></service>')
         parts.append("</services></assembly>")
     parts.append("</assemblies>")

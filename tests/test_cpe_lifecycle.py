@@ -1,0 +1,160 @@
+"""The CPE with real DPEs: every method on a running deployable, reload, CPE and DPE deaths."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from test_cpe_harness import (
+    AmqpClient,
+    CpedProcess,
+    EventWatcher,
+    broker_url_for_tests,
+    deployable_xml,
+    running_cped,
+    service_pid,
+    unique,
+    wait_until,
+)
+
+
+@pytest.fixture
+def cpe(request: pytest.FixtureRequest, tmp_path: Path):
+    url = broker_url_for_tests(request)
+    watcher = EventWatcher(url)
+    with running_cped(tmp_path / "state", url) as (cped, client):
+        yield cped, client, watcher
+    watcher.close()
+
+
+def _running(client: AmqpClient, name: str, timeout: float = 60) -> None:
+    wait_until(lambda: client.status(name).get("state") == "running", timeout,
+               f"{name} running")
+
+
+def _dpe_pid(cped: CpedProcess, name: str) -> int:
+    return int((cped.state_dir / "dpe" / name / "dped.pid").read_text())
+
+
+def test_start_status_list_events_stop_and_start_again(cpe) -> None:
+    cped, client, watcher = cpe
+    name = unique("dep")
+    result = client.call("deployable_start", deployable_xml(name, {"a1": ["s1"], "a2": ["s2"]},
+                                                            ("a1:s1", "a2:s2")))
+    assert (result.tag, result.get("name"), result.get("state")) == \
+        ("deployable", name, "starting")
+    _running(client, name)
+    status = client.status(name)
+    assert {a.get("name"): [(r.get("name"), r.get("state"), r.get("fail_count"))
+                            for r in a] for a in status} == \
+        {"a1": [("s1", "running", "0")], "a2": [("s2", "running", "0")]}
+    assert client.listing()[name] == "running"
+    events = client.events(name)
+    seqs = [int(e.get("seq")) for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert any(e.get("type") == "deployable_state_change" and e.get("state") == "running"
+               for e in events)
+    assert client.events(name, since=seqs[-2]) == events[-1:] or \
+        [e.get("seq") for e in client.events(name, since=seqs[-2])][0] == str(seqs[-1])
+
+    answer = client.call("deployable_stop", f'<deployable name="{name}"/>')
+    assert answer.get("state") == "stopping"
+    wait_until(lambda: client.listing()[name] == "stopped", 60, f"{name} stopped")
+    wait_until(lambda: service_pid(cped.state_dir, name, "a1", "s1") is None, 30,
+               "s1 gone")
+    assert client.status(name).get("state") == "stopped"
+
+    client.call("deployable_start", deployable_xml(name))
+    _running(client, name)
+    later = [int(e.get("seq")) for e in client.events(name)]
+    assert later[: len(seqs)] == seqs and later[-1] > seqs[-1]
+
+
+def test_duplicate_start_is_refused_with_a_config_error_numbered_by_the_dpe(cpe) -> None:
+    cped, client, watcher = cpe
+    name = unique("dep")
+    client.call("deployable_start", deployable_xml(name))
+    _running(client, name)
+    pid = service_pid(cped.state_dir, name, "a1", "s1")
+    before = max(int(e.get("seq")) for e in client.events(name))
+    code, message = client.error("deployable_start", deployable_xml(name, {"a1": ["s9"]}))
+    assert code == "duplicate_deployable" and name in message
+    event = watcher.wait_for(lambda e: e.get("deployable") == name
+                             and e.get("type") == "config_error", 15, "config_error")
+    assert int(event.get("seq")) > before
+    assert service_pid(cped.state_dir, name, "a1", "s1") == pid
+    assert [r.get("name") for r in client.status(name).iter("resource")] == ["s1"]
+
+
+def test_reload_adds_a_service_and_leaves_the_others_alone(cpe) -> None:
+    cped, client, _ = cpe
+    name = unique("dep")
+    client.call("deployable_start", deployable_xml(name, {"a1": ["s1"], "a2": ["s2"]}))
+    _running(client, name)
+    pids = {s: service_pid(cped.state_dir, name, a, s) for a, s in (("a1", "s1"), ("a2", "s2"))}
+    assert all(pids.values())
+    client.call("deployable_reload", deployable_xml(name, {"a1": ["s1", "s3"], "a2": ["s2"]}))
+    wait_until(lambda: service_pid(cped.state_dir, name, "a1", "s3"), 60, "s3 started")
+    _running(client, name)
+    assert {s: service_pid(cped.state_dir, name, a, s)
+            for a, s in (("a1", "s1"), ("a2", "s2"))} == pids
+    assert "s3" in (cped.state_dir / "dpe" / name / "deployable.xml").read_text()
+    unchanged = client.call("deployable_reload",
+                            deployable_xml(name, {"a1": ["s1", "s3"], "a2": ["s2"]}))
+    assert unchanged.get("reason") == "unchanged"
+
+
+def test_reload_that_renames_or_breaks_changes_nothing(cpe) -> None:
+    cped, client, watcher = cpe
+    name, other = unique("dep"), unique("dep")
+    client.call("deployable_start", deployable_xml(name))
+    client.call("deployable_start", deployable_xml(other))
+    _running(client, name)
+    _running(client, other)
+    stored = (cped.state_dir / "dpe" / name / "deployable.xml").read_text()
+    other_uuid = client.listing() and client.call("deployables_list", "<deployables/>")
+    uuid = next(d.get("uuid") for d in other_uuid if d.get("name") == other)
+    renamed = deployable_xml(name).replace(f'name="{name}"', f'name="{name}" uuid="{uuid}"', 1)
+    assert client.error("deployable_reload", renamed)[0] == "name_mismatch"
+    broken = deployable_xml(name).replace('class="process"', 'class="nope"')
+    assert client.error("deployable_reload", broken)[0] == "invalid_deployable"
+    watcher.wait_for(lambda e: e.get("deployable") == name and e.get("type") == "config_error"
+                     and "invalid_deployable" in e.get("reason", ""), 15, "config_error")
+    assert (cped.state_dir / "dpe" / name / "deployable.xml").read_text() == stored
+    assert client.status(name).get("state") == "running"
+
+
+def test_deployable_survives_a_cped_kill_and_is_readopted(cpe) -> None:
+    cped, client, _ = cpe
+    name = unique("dep")
+    client.call("deployable_start", deployable_xml(name))
+    _running(client, name)
+    dpe = _dpe_pid(cped, name)
+    service = service_pid(cped.state_dir, name, "a1", "s1")
+    cped.kill9()
+    os.kill(service, signal.SIGKILL)  # a failure while no CPE listens: back-filled later
+    wait_until(lambda: service_pid(cped.state_dir, name, "a1", "s1") not in (None, service),
+               30, "the DPE to restart s1 on its own")
+    restarted = service_pid(cped.state_dir, name, "a1", "s1")
+    cped.start(client)
+    _running(client, name)
+    assert _dpe_pid(cped, name) == dpe
+    assert service_pid(cped.state_dir, name, "a1", "s1") == restarted
+    wait_until(lambda: any(e.get("reason", "").endswith("signal 9")
+                           for e in client.events(name)), 30, "the back-filled failure event")
+
+
+def test_a_killed_dpe_is_restarted_and_resources_keep_running(cpe) -> None:
+    cped, client, _ = cpe
+    name = unique("dep")
+    client.call("deployable_start", deployable_xml(name))
+    _running(client, name)
+    dpe = _dpe_pid(cped, name)
+    service = service_pid(cped.state_dir, name, "a1", "s1")
+    os.kill(dpe, signal.SIGKILL)
+    wait_until(lambda: (cped.state_dir / "dpe" / name / "dped.pid").exists()
+               and _dpe_pid(cped, name) != dpe, 30, "a new DPE")
+    _running(client, name)
+    assert service_pid(cped.state_dir, name, "a1", "s1") == service
