@@ -1,0 +1,190 @@
+"""pcloud.bus against a real broker: calls, errors, events, duplicates, threads, credentials."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from pcloud import protocol
+from pcloud.broker import free_port
+from pcloud.bus import Bus, BusError, BusTimeout, Message, MethodError
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}.{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def server(broker):
+    srv = Bus(broker.url, name="test-server").start(timeout=30)
+    yield srv
+    srv.close()
+
+
+def serve(server: Bus, handlers) -> str:
+    queue = unique("pcloud.test")
+    assert server.serve(queue, handlers).wait_attached()
+    return queue
+
+
+def test_call_round_trip(server, bus):
+    queue = serve(server, {"echo": lambda body, msg: body,
+                           "nothing": lambda body, msg: None})
+    result = bus.call(queue, "echo", '<deployable name="dep1"/>')
+    assert result.tag == "deployable" and result.get("name") == "dep1"
+    assert bus.call(queue, "nothing", "<x/>") is None
+
+
+def test_handler_sees_the_envelope(server, bus):
+    seen = []
+    queue = serve(server, {"look": lambda body, msg: seen.append(msg) or "<ok/>"})
+    bus.call(queue, "look", "<x/>", properties={"pcloud.agent": "a1"})
+    msg = seen[0]
+    assert msg.subject == "look" and msg.opcode == "method_request"
+    assert msg.reply_to.startswith("pcloud.reply.") and msg.correlation_id and msg.id
+    assert msg.properties == {"pcloud.agent": "a1"}
+
+
+def test_call_without_server_times_out(bus):
+    with pytest.raises(BusTimeout, match=r"no response to 'ping' from queue 'pcloud\.nobody"):
+        bus.call(unique("pcloud.nobody"), "ping", "<ping/>", timeout=0.5)
+
+
+def test_malformed_body_gets_an_error_response_with_its_line(server, bus):
+    queue = serve(server, {"echo": lambda body, msg: body})
+    with pytest.raises(MethodError) as info:
+        bus.call(queue, "echo", "<a>\n<b>\n</a>")
+    assert info.value.code == "malformed_xml" and "line 3" in info.value.message
+    with pytest.raises(MethodError) as info:
+        bus.call(queue, "echo", '<!DOCTYPE a [<!ENTITY x "y">]><a>&x;</a>')
+    assert info.value.code == "malformed_xml"
+
+
+def test_unknown_method_gets_an_error_response(server, bus):
+    queue = serve(server, {"echo": lambda body, msg: body})
+    with pytest.raises(MethodError) as info:
+        bus.call(queue, "no_such_method", "<x/>")
+    assert info.value.code == "unknown_method" and "echo" in info.value.message
+
+
+def test_method_error_and_crash_become_error_responses(server, bus):
+    def refuse(body, msg):
+        raise MethodError("not_found", "deployable dep9 does not exist", 2)
+
+    def crash(body, msg):
+        raise ZeroDivisionError("division by zero")
+
+    queue = serve(server, {"refuse": refuse, "crash": crash, "echo": lambda b, m: b})
+    with pytest.raises(MethodError) as info:
+        bus.call(queue, "refuse", "<x/>")
+    assert (info.value.code, info.value.rc) == ("not_found", 2)
+    with pytest.raises(MethodError) as info:
+        bus.call(queue, "crash", "<x/>")
+    assert info.value.code == "internal_error" and "ZeroDivisionError" in info.value.message
+    assert bus.call(queue, "echo", "<still_serving/>").tag == "still_serving"
+
+
+def test_events_fan_out_to_wildcard_subscribers(server, bus, wait_until):
+    dep = unique("dep").replace(".", "")
+    star, hash_ = [], []
+    subs = [bus.subscribe(f"pcloud.event.{dep}.*.*", star.append),
+            bus.subscribe(f"pcloud.event.{dep}.#", hash_.append)]
+    assert all(sub.wait_attached() for sub in subs)
+    server.publish(f"pcloud.event.{dep}.web.httpd",
+                   Message(body='<event type="resource_state_change"/>',
+                           subject="resource_state_change", opcode="event"))
+    server.publish(f"pcloud.event.{dep}.-", Message(body="<event/>", subject="other"))
+    wait_until(lambda: len(star) == 1 and len(hash_) == 2, message="events on both")
+    assert star[0].subject == "resource_state_change" and star[0].opcode == "event"
+    assert star[0].address == f"/topic/pcloud.event.{dep}.*.*"
+    assert {m.subject for m in hash_} == {"resource_state_change", "other"}
+
+
+def test_subscriber_drops_duplicate_ids(server, bus, wait_until):
+    key = unique("pcloud.test.dups")
+    got = []
+    assert bus.subscribe(key, got.append).wait_attached()
+    once = Message(body="<e/>", subject="once")
+    server.publish(key, once)
+    server.publish(key, once)
+    server.publish(key, Message(body="<e/>", subject="marker"))
+    wait_until(lambda: any(m.subject == "marker" for m in got), message="marker")
+    assert [m.subject for m in got] == ["once", "marker"]
+
+
+def test_repeated_request_is_answered_from_cache_not_rerun(server, bus, wait_until):
+    runs = []
+    queue = serve(server, {"count": lambda body, msg: runs.append(1) or f"<n v='{len(runs)}'/>"})
+    reply_queue = unique("pcloud.test.replies")
+    request = Message(body="<x/>", subject="count", opcode="method_request",
+                      reply_to=reply_queue, correlation_id="c1")
+    replies = []
+    for attempt in (1, 2):
+        # a fresh consumer each time: a consumer drops a response id it has already seen
+        sub = bus.consume(reply_queue, replies.append)
+        assert sub.wait_attached()
+        bus.send(queue, request)
+        wait_until(lambda n=attempt: len(replies) == n, message=f"response {attempt}")
+        sub.cancel()
+    assert len(runs) == 1
+    assert [protocol.parse_response(r.body).get("v") for r in replies] == ["1", "1"]
+    assert all(r.correlation_id == "c1" and r.opcode == "method_response" for r in replies)
+
+
+def test_handlers_may_call_other_methods(server, broker):
+    helper = Bus(broker.url, name="test-helper").start(timeout=30)
+    try:
+        inner = serve(helper, {"inner": lambda body, msg: "<inner/>"})
+        outer = serve(server, {"outer": lambda body, msg: server.call(inner, "inner", "<x/>")})
+        assert helper.call(outer, "outer", "<x/>").tag == "inner"
+    finally:
+        helper.close()
+
+
+def test_calls_from_many_threads(server, bus):
+    queue = serve(server, {"echo": lambda body, msg: body})
+    results: dict[int, str] = {}
+
+    def worker(n: int) -> None:
+        for i in range(20):
+            results[n * 100 + i] = bus.call(queue, "echo", f"<n v='{n * 100 + i}'/>").get("v")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == 160 and all(str(k) == v for k, v in results.items())
+
+
+def test_wrong_password_is_refused(broker):
+    parts = urlsplit(broker.url)
+    if not parts.password:
+        pytest.skip("the broker URL carries no password to get wrong")
+    netloc = f"{parts.username}:wrong-{parts.password}@{parts.hostname}:{parts.port}"
+    bad = Bus(urlunsplit(parts._replace(netloc=netloc)), name="test-bad-password")
+    with pytest.raises(BusError, match="refused the credentials"):
+        bad.start(timeout=30)
+
+
+def test_no_broker_listening_is_a_bus_error():
+    with pytest.raises(BusError, match="cannot connect"):
+        Bus(f"amqp://u:p@127.0.0.1:{free_port()}", name="test-nobody").start(timeout=1)
+
+
+def test_close_leaves_no_thread(broker):
+    before = set(threading.enumerate())
+    client = Bus(broker.url, name="test-close").start(timeout=30)
+    client.subscribe("pcloud.test.close.#", lambda m: None)
+    client.close()
+    assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []
+    with pytest.raises(BusError, match="closed"):
+        client.publish("pcloud.test.close.x", Message(body="<e/>"))
+
+
+def test_use_before_start_is_an_error(broker):
+    with pytest.raises(BusError, match="not started"):
+        Bus(broker.url).send("pcloud.test", Message(body="<x/>"))
