@@ -414,6 +414,10 @@ class Dpe:
         self._abort(f"re-probing {asm}")
 
     def _check_heartbeats(self, now: float) -> None:
+        if not self.bus.connected:
+            # Our own link is down: silence proves nothing. Deadlines restart on reconnect.
+            self.tracker.grace(now, RECONNECT_GRACE)
+            return
         verdict = self.tracker.check(now)
         if verdict.mass_loss_started:
             self._mass_loss(verdict.mass_loss_started)

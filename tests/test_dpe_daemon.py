@@ -366,3 +366,31 @@ def test_mass_heartbeat_loss_is_not_n_failures(harness):
     assert not h.events.find(type="fencing", after=mark)
     assert not h.events.find(type="assembly_state_change", after=mark)
     assert [h.agent_pid(a) for a in "abc"] == agents
+
+
+def test_reload_touches_only_what_changed(harness):
+    name, t = unique(), tag()
+    one = process_service("one", f"sleep {t}1")
+    two = process_service("two", f"sleep {t}2")
+    h = harness(deployable(name, assembly("a", one + two)))
+    h.wait_running()
+    [pid_one] = pgrep(f"sleep {t}1")
+    [pid_two] = pgrep(f"sleep {t}2")
+    mark = h.events.last_seq()
+    changed = process_service("two", f"sleep {t}3")
+    added = assembly("b", process_service("three", f"sleep {t}4"))
+    result = h.call("deployable_reload", deployable(name, assembly("a", one + changed) + added))
+    assert result.get("name") == name
+    h.events.wait(type="config_reload", after=mark)
+    h.events.wait(type="resource_state_change", assembly="b", resource="three",
+                  state="running", after=mark)
+    h.events.wait(type="resource_state_change", assembly="a", resource="two",
+                  state="running", after=mark)
+    wait_for(lambda: pgrep(f"sleep {t}3"), what="changed service restarted")
+    assert pgrep(f"sleep {t}1") == [pid_one]
+    assert not pgrep(f"sleep {t}2") and pid_two
+    mark = h.events.last_seq()
+    h.call("deployable_reload", deployable(name, assembly("a", one + changed)))
+    h.events.wait(type="config_reload", after=mark)
+    wait_for(lambda: not pgrep(f"sleep {t}4"), what="removed assembly stopped")
+    assert [a.get("name") for a in h.status().iter("assembly")] == ["a"]
