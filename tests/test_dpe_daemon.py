@@ -27,11 +27,10 @@ from pcloud.bus import Bus
 from pcloud.deployable import Deployable
 from pcloud.events import Event
 
-DEFAULT_URL = "amqp://pcloud:pcloud@127.0.0.1:5700"
-
 
 def broker_url() -> str:
-    return os.environ.get("PCLOUD_BROKER_URL") or DEFAULT_URL
+    """The session broker's URL (the ``broker`` fixture sets it for a private node)."""
+    return os.environ["PCLOUD_BROKER_URL"]
 
 
 def unique(prefix: str = "t") -> str:
@@ -206,7 +205,7 @@ def tag() -> str:
 
 
 @pytest.fixture
-def harness(tmp_path):
+def harness(tmp_path, broker):
     made: list[DpeHarness] = []
 
     def make(xml: str, **kw) -> DpeHarness:
@@ -394,3 +393,21 @@ def test_reload_touches_only_what_changed(harness):
     h.events.wait(type="config_reload", after=mark)
     wait_for(lambda: not pgrep(f"sleep {t}4"), what="removed assembly stopped")
     assert [a.get("name") for a in h.status().iter("assembly")] == ["a"]
+
+
+def test_broker_restart_is_survived_without_restarts(harness, broker):
+    broker.require_control()
+    name, t = unique(), tag()
+    h = harness(deployable(name, assembly("a", process_service("svc", f"sleep {t}1"))
+                           + assembly("b", process_service("svc", f"sleep {t}2"))))
+    h.wait_running()
+    before = sorted(pgrep(f"sleep {t}"))
+    sandboxes = (h.sandbox_pid("a"), h.sandbox_pid("b"))
+    broker.kill9()
+    broker.start()
+    wait_for(lambda: _all_running(h), timeout=60, what="deployable running after restart")
+    assert sorted(pgrep(f"sleep {t}")) == before
+    assert (h.sandbox_pid("a"), h.sandbox_pid("b")) == sandboxes
+    assert h.dpe.states[()] in ("running", "degraded")
+    wait_for(lambda: h.dpe.states[()] == "running", timeout=30, what="running again")
+    assert not [e for e in h.events.find(type="fencing")]
