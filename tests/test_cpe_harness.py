@@ -215,17 +215,6 @@ class CpedProcess:
                 self.proc.wait(5)
 
 
-def broker_url_for_tests(request: object) -> str:
-    """The session broker of conftest when it exists, else PCLOUD_BROKER_URL."""
-    try:
-        broker = request.getfixturevalue("broker")  # type: ignore[attr-defined]
-        return broker.url
-    except Exception:
-        url = os.environ.get("PCLOUD_BROKER_URL")
-        assert url, "no broker: run under tests/conftest.py or set PCLOUD_BROKER_URL"
-        return url
-
-
 @contextmanager
 def running_cped(state_dir: Path, url: str) -> Iterator[tuple[CpedProcess, AmqpClient]]:
     """A cped and a client; afterwards every deployable is stopped and nothing is left."""

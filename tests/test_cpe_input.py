@@ -10,7 +10,6 @@ from test_cpe_harness import (
     AmqpClient,
     CpedProcess,
     EventWatcher,
-    broker_url_for_tests,
     deployable_xml,
     running_cped,
     unique,
@@ -18,9 +17,9 @@ from test_cpe_harness import (
 
 
 @pytest.fixture(scope="module")
-def cpe(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+def cpe(broker, tmp_path_factory: pytest.TempPathFactory
         ) -> tuple[CpedProcess, AmqpClient, EventWatcher]:
-    url = broker_url_for_tests(request)
+    url = broker.url
     state = tmp_path_factory.mktemp("cpe-input")
     watcher = EventWatcher(url)
     with running_cped(state, url) as (cped, client):

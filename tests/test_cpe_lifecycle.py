@@ -11,7 +11,6 @@ from test_cpe_harness import (
     AmqpClient,
     CpedProcess,
     EventWatcher,
-    broker_url_for_tests,
     deployable_xml,
     running_cped,
     service_pid,
@@ -21,8 +20,8 @@ from test_cpe_harness import (
 
 
 @pytest.fixture
-def cpe(request: pytest.FixtureRequest, tmp_path: Path):
-    url = broker_url_for_tests(request)
+def cpe(broker, tmp_path: Path):
+    url = broker.url
     watcher = EventWatcher(url)
     with running_cped(tmp_path / "state", url) as (cped, client):
         yield cped, client, watcher

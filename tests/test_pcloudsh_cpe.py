@@ -1,0 +1,65 @@
+"""pcloudsh one-shot commands against a real cped: the seed flow from catalogue to events."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from test_cpe_harness import running_cped, wait_until
+
+BIN = Path(sys.executable).parent
+
+
+def test_seed_flow_start_status_events_stop(broker, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = dict(os.environ, PCLOUD_STATE_DIR=str(state), PCLOUD_BROKER_URL=broker.url)
+
+    def sh(*args: str) -> str:
+        result = subprocess.run([str(BIN / "pcloudsh"), *args], capture_output=True,
+                                text=True, env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    with running_cped(state, broker.url):
+        sh("assembly_create", "assy1", "debian-12", "x86_64")
+        sh("assembly_resource_add", "dummy", "dummy", "assy1")
+        sh("assembly_clone", "assy1", "assy2")
+        sh("deployable_create", "shdep")
+        sh("deployable_assembly_add", "shdep", "assy1")
+        sh("deployable_assembly_add", "shdep", "assy2")
+        assert sh("deployable_start", "shdep").strip() == "deployable shdep: starting"
+        wait_until(lambda: json.loads(sh("--json", "deployable_status", "shdep"))["state"]
+                   == "running", 60, "shdep running")
+        status = json.loads(sh("--json", "deployable_status", "shdep"))
+        assert {(c["assembly"], c["resource"], c["state"]) for c in status["components"]} == {
+            ("assy1", "-", "running"), ("assy1", "dummy", "running"),
+            ("assy2", "-", "running"), ("assy2", "dummy", "running")}
+        table = sh("deployable_status", "shdep")
+        assert table.splitlines()[0] == "deployable shdep: running"
+        assert "ASSEMBLY  RESOURCE  STATE    FAILS" in table
+        listed = json.loads(sh("--json", "deployable_list"))
+        assert [(d["name"], d["state"]) for d in listed] == [("shdep", "running")]
+        history = sh("events", "shdep", "--since", "0")
+        assert "shdep  deployable running" in history
+        only = sh("events", "shdep", "--since", "0", "--type", "deployable_state_change")
+        assert only and all("deployable" in line for line in only.splitlines())
+
+        live = subprocess.Popen([str(BIN / "pcloudsh"), "events", "shdep", "--type",
+                                 "deployable_state_change", "--count", "2", "--timeout", "60"],
+                                stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            assert live.stdout is not None
+            assert "watching events of shdep" in live.stdout.readline()
+            assert sh("deployable_stop", "shdep").strip() == "deployable shdep: stopping"
+            out, _ = live.communicate(timeout=60)
+        finally:
+            live.kill()
+            live.wait()
+        assert "shdep  deployable stopping" in out and "shdep  deployable stopped" in out
+        result = subprocess.run([str(BIN / "pcloudsh"), "deployable_status", "nosuch"],
+                                capture_output=True, text=True, env=env, timeout=60)
+        assert result.returncode == 1
+        assert result.stderr.startswith("pcloudsh: deployable_status: unknown_deployable: ")
