@@ -45,7 +45,26 @@ class Terminal:
         before, _, self.buffer = self.buffer.partition(text)
         return before
 
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        """Drain the terminal until the shell exits; its exit status."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.pid = 0
+                return os.waitstatus_to_exitcode(status)
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if ready:
+                try:
+                    self.buffer += os.read(self.fd, 4096).decode(errors="replace")
+                except OSError:
+                    pass
+        raise AssertionError(f"pcloudsh did not exit within {timeout} s")
+
     def close(self) -> int:
+        if not self.pid:
+            os.close(self.fd)
+            return 0
         try:
             _, status = os.waitpid(self.pid, os.WNOHANG)
             if _ == 0:
@@ -80,7 +99,7 @@ def test_interactive_session_with_completion_help_and_history(tmp_path: Path) ->
         term.send("assembly_delete nosuch\r")
         assert "*** no assembly named 'nosuch'" in term.expect("pcloudsh# ")
         term.send("quit\r")
-        term.expect("quit")
+        assert term.wait_exit() == 0
     finally:
         term.close()
     history = (tmp_path / "pcloudsh" / "history").read_text()
