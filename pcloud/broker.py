@@ -54,6 +54,9 @@ class Settings:
     epmd_port: int
     user: str
     password: str
+    tls_port: int | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     @property
     def url(self) -> str:
@@ -107,7 +110,7 @@ def _password_hash(password: str) -> str:
 
 
 def _prepare(state_dir, port: int | None, dist_port: int | None,
-             epmd_port: int | None) -> Settings:
+             epmd_port: int | None, tls: tuple[int, str, str] | None) -> Settings:
     """Create or update the node's directory and files; reuse saved choices when possible."""
     root = broker_dir(state_dir)
     for sub in ("", "mnesia", "log", "home"):
@@ -128,6 +131,11 @@ def _prepare(state_dir, port: int | None, dist_port: int | None,
         user=saved.user if saved else USER,
         password=saved.password if saved else secrets.token_hex(16),
     )
+    if tls is not None:
+        settings.tls_port, settings.tls_cert, settings.tls_key = tls
+    elif saved is not None:
+        settings.tls_port, settings.tls_cert, settings.tls_key = (
+            saved.tls_port, saved.tls_cert, saved.tls_key)
     _write_private(_settings_file(state_dir), json.dumps(settings.__dict__, indent=1))
     _write_private(root / "credentials", f"user={settings.user}\npassword={settings.password}\n"
                                          f"url={settings.url}\n")
@@ -151,9 +159,21 @@ def _prepare(state_dir, port: int | None, dist_port: int | None,
         f"load_definitions = {root / 'definitions.json'}",
         "log.file.level = info",
         "log.console = false",
+        *_tls_lines(settings),
         "",
     ]))
     return settings
+
+
+def _tls_lines(settings: Settings) -> list[str]:
+    """An amqps listener (server certificate only; clients authenticate with PLAIN)."""
+    if not settings.tls_port:
+        return []
+    return [f"listeners.ssl.default = 127.0.0.1:{settings.tls_port}",
+            f"ssl_options.certfile = {settings.tls_cert}",
+            f"ssl_options.keyfile = {settings.tls_key}",
+            "ssl_options.verify = verify_none",
+            "ssl_options.fail_if_no_peer_cert = false"]
 
 
 def _env(state_dir, settings: Settings) -> dict[str, str]:
@@ -276,12 +296,16 @@ def _start_epmd(settings: Settings, env: dict[str, str]) -> None:
 
 
 def start(state_dir, port: int | None = None, dist_port: int | None = None,
-          epmd_port: int | None = None, timeout: float = START_TIMEOUT) -> str:
-    """Start the node (no-op if running) and return its URL once it accepts connections."""
+          epmd_port: int | None = None, timeout: float = START_TIMEOUT,
+          tls: tuple[int, str, str] | None = None) -> str:
+    """Start the node (no-op if running) and return its URL once it accepts connections.
+
+    ``tls=(port, certfile, keyfile)`` adds an amqps listener on 127.0.0.1.
+    """
     _check_installed()
     if is_running(state_dir):
         return load_settings(state_dir).url
-    settings = _prepare(state_dir, port, dist_port, epmd_port)
+    settings = _prepare(state_dir, port, dist_port, epmd_port, tls)
     port_deadline = time.monotonic() + 10.0
     while not _port_free(settings.port) and time.monotonic() < port_deadline:
         time.sleep(0.1)  # a node killed a moment ago may still hold it

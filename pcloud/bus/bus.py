@@ -101,6 +101,9 @@ class Bus:
         self.close()
         if "unauthorized" in error or "SASL" in error:
             raise BusError(f"broker {redact(self.url)} refused the credentials ({error})")
+        if "certificate verify failed" in error:
+            raise BusError(f"TLS: the certificate of broker {redact(self.url)} is not trusted "
+                           f"or does not name that host ({error})")
         raise BusError(f"cannot connect to broker {redact(self.url)} within {timeout:g} s "
                        f"({error})")
 
@@ -143,6 +146,8 @@ class Bus:
         """Call a method and return the result element of the response (or None).
 
         Raises MethodError for an error response, BusTimeout when no response in time.
+        A handler of this same Bus must not call a method served by this Bus: both would
+        need the one dispatcher thread, and the call would time out.
         """
         address = self.profile.queue(queue)
         correlation_id = new_id()

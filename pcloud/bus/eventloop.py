@@ -351,8 +351,7 @@ class EventLoop(MessagingHandler):
         text = f"{cond.name}: {cond.description}" if cond else "transport error"
         if self.closing:
             return
-        if not self._ever_connected and cond and (
-                cond.name == "amqp:unauthorized-access" or "SASL" in (cond.description or "")):
+        if not self._ever_connected and cond and _fatal_at_start(cond):
             self.start_error = text
             self.start_failed.set()
             event.connection.close()
@@ -425,6 +424,13 @@ class EventLoop(MessagingHandler):
 
     def on_connection_error(self, event: Any) -> None:
         EndpointStateHandler.print_error(event.connection, "connection")
+
+
+def _fatal_at_start(cond: Any) -> bool:
+    """Bad credentials or an untrusted certificate: retrying cannot help, fail start()."""
+    text = cond.description or ""
+    return (cond.name == "amqp:unauthorized-access" or "SASL" in text
+            or "certificate verify failed" in text)
 
 
 def redact(url: str) -> str:
