@@ -34,6 +34,8 @@ HEARTBEAT_MISSES = 3
 BACKOFF_CAP = 30.0
 STABLE_AFTER = 30.0
 STOP_RESEND = 5.0
+FIRST_STOP_DELAY = 1.0
+STOP_ATTEMPTS = 3
 
 
 def default_dped_command() -> list[str]:
@@ -283,15 +285,33 @@ class Supervisor:
             dpe.failures = 0
 
     def _let_stop(self, dpe: DpeProcess, state: str, now: float) -> None:
+        """Desired ``stopped``: the DPE stops everything and exits; no DPE, no stop.
+
+        A stop that finds its DPE dead starts one (it adopts the running sandboxes) so that
+        the stop really happens, and gives up after a few failed attempts.
+        """
         if dpe.pid is None:
-            if state != "stopped":
+            if state == "stopped":
+                return
+            if dpe.failures >= STOP_ATTEMPTS:
+                log.error("DPE of %s cannot be started to stop it: marking it stopped",
+                          dpe.name)
                 self.store.set_state(dpe.name, "stopped")
+            elif now >= dpe.not_before:
+                self._spawn(dpe, now)
+                dpe.last_stop_request = now - STOP_RESEND + FIRST_STOP_DELAY
             return
         if not dpe.alive():
-            log.info("DPE of %s exited after stopping", dpe.name)
-            dpe.pid = dpe.popen = None
-            dpe.last_heartbeat = None
-            self.store.set_state(dpe.name, "stopped")
+            code = dpe.popen.returncode if dpe.popen is not None else 0
+            if code == 0:
+                log.info("DPE of %s exited after stopping", dpe.name)
+                dpe.pid = dpe.popen = None
+                dpe.last_heartbeat = None
+                dpe.failures = 0
+                self.store.set_state(dpe.name, "stopped")
+            else:
+                log.warning("DPE of %s died while stopping (exit %s)", dpe.name, code)
+                self._forget(dpe, now)
         elif self.request_stop is not None and now - dpe.last_stop_request > STOP_RESEND:
             dpe.last_stop_request = now
             threading.Thread(target=self._safe_request_stop, args=(dpe.name,),

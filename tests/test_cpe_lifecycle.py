@@ -157,3 +157,17 @@ def test_a_killed_dpe_is_restarted_and_resources_keep_running(cpe) -> None:
                and _dpe_pid(cped, name) != dpe, 30, "a new DPE")
     _running(client, name)
     assert service_pid(cped.state_dir, name, "a1", "s1") == service
+
+
+def test_a_stop_whose_dpe_dies_still_stops_everything(cpe) -> None:
+    cped, client, _ = cpe
+    name = unique("dep")
+    client.call("deployable_start", deployable_xml(name, {"a1": ["s1"], "a2": ["s2"]}))
+    _running(client, name)
+    os.kill(_dpe_pid(cped, name), signal.SIGSTOP)
+    client.call("deployable_stop", f'<deployable name="{name}"/>')
+    os.kill(_dpe_pid(cped, name), signal.SIGKILL)
+    wait_until(lambda: client.listing()[name] == "stopped", 60, f"{name} stopped")
+    wait_until(lambda: not any(service_pid(cped.state_dir, name, a, s)
+                               for a, s in (("a1", "s1"), ("a2", "s2"))), 30,
+               "every service gone")
