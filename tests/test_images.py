@@ -139,12 +139,12 @@ def read_guest(disk: Path) -> dict[str, object]:
     with open_disk(disk, readonly=True) as g:
         wants = f"/etc/systemd/system/multi-user.target.wants/{guest_payload.UNIT_NAME}"
         return {"conf": g.cat(guest_payload.CONFIG_PATH),
-                "conf_mode": g.stat(guest_payload.CONFIG_PATH)["mode"] & 0o777,
+                "conf_mode": g.statns(guest_payload.CONFIG_PATH)["st_mode"] & 0o777,
                 "machine_id": g.cat("/etc/machine-id").strip(),
                 "hostname": g.cat("/etc/hostname").strip(),
                 "unit": g.cat(guest_payload.UNIT_PATH),
                 "wants": g.readlink(wants) if g.is_symlink(wants) else None,
-                "launcher_mode": g.stat(guest_payload.LAUNCHER)["mode"] & 0o777,
+                "launcher_mode": g.statns(guest_payload.LAUNCHER)["st_mode"] & 0o777,
                 "agent_files": set(g.find(f"{guest_payload.PREFIX}/guest_agent")),
                 "schemas": g.is_dir(f"{guest_payload.PREFIX}/schemas"),
                 "python": g.exists("/usr/bin/python3"),
