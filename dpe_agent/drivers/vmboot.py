@@ -11,12 +11,12 @@ outside, and one ``guestfwd`` rule turns connections to ``GUEST_BROKER_ADDR:port
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from dpe_agent.drivers.base import AssemblySpec, DriverError
+from pcloud import config
 
 GUEST_BROKER_ADDR = "10.0.2.100"
 ASSEMBLY_META = "assembly.json"
@@ -60,17 +60,22 @@ def _resolve_dir(image: str, catalogue_dir: str | None) -> Path:
                       f"disk, or an assembly name in the catalogue {catalogue_dir or '(none)'})")
 
 
+def default_catalogue_dir() -> Path:
+    """Where ``pcloudsh`` keeps the image catalogue (``Catalogue.images_dir``)."""
+    return config.state_dir() / "pcloudsh" / "images"
+
+
 def load_vm_image(spec: AssemblySpec) -> VmImage:
     """Find the assembly image of ``spec`` and read what booting it needs.
 
     ``spec.image`` is an assembly folder, its disk, or an assembly name looked up in
-    ``spec.extra["catalogue_dir"]`` (default ``$PCLOUD_STATE_DIR/catalogue``).
+    ``spec.extra["catalogue_dir"]``, by default where pcloudsh keeps its images
+    (``<state dir>/pcloudsh/images``).
     ``extra["memory_mib"]`` and ``extra["vcpus"]`` size the VM.
     """
     if not spec.image:
         raise DriverError(f"assembly {spec.deployable}/{spec.name} has no image")
-    catalogue = spec.extra.get("catalogue_dir") or str(
-        Path(os.environ.get("PCLOUD_STATE_DIR", "/var/lib/pcloud")) / "catalogue")
+    catalogue = spec.extra.get("catalogue_dir") or str(default_catalogue_dir())
     folder = _resolve_dir(spec.image, catalogue)
     try:
         meta = json.loads((folder / ASSEMBLY_META).read_text())
