@@ -716,8 +716,15 @@ class Dpe:
     def _handle_action_done(self, run: GraphRun, transition: int, action: Action,
                             result: ActionResult) -> None:
         now = result.finished or time.time()
-        self._record(action, result, now, transition)
         ok = result.succeeded(action)
+        if action.kind == "rsc_op" and action.node and (
+                self.observed.status(action.node) is not AssemblyStatus.ONLINE):
+            # Its assembly was lost or restarted meanwhile: the result says nothing now.
+            if run is not None:
+                run.complete(action, False)
+            self.dirty = True
+            return
+        self._record(action, result, now, transition)
         if action.kind == "crm_event" and action.operation == "stonith" and ok:
             for uuid in action.downed or [action.node]:
                 asm = self._node_of_uuid(uuid) or uuid
@@ -733,9 +740,6 @@ class Dpe:
 
     def _record(self, action: Action, result: ActionResult, now: float, transition: int
                 ) -> None:
-        if action.kind == "rsc_op" and action.node and (
-                self.observed.status(action.node) is not AssemblyStatus.ONLINE):
-            return                               # its assembly went away meanwhile
         if action.is_probe and result.rc == 0 and result.op_status == 0:
             self.observed.record_op(
                 action.node, action.resource, action.rsc_class or "ocf", action.rsc_type or "",

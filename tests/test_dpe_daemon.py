@@ -189,7 +189,7 @@ def process_service(name: str, command: str, extra: str = "") -> str:
 
 
 def assembly(name: str, services: str, extra: str = "") -> str:
-    return (f'<assembly name="{name}" heartbeat_interval="0.5" heartbeat_misses="3" {extra}>'
+    return (f'<assembly name="{name}" heartbeat_interval="0.5" heartbeat_misses="4" {extra}>'
             f'<services>{services}</services></assembly>')
 
 
@@ -306,7 +306,8 @@ def test_escalation_climbs_resource_assembly_deployable(harness):
     targets = []
     for _ in range(4):
         mark = h.events.last_seq()
-        [pid] = wait_for(lambda: pgrep(f"sleep {t}"), what="resource process")
+        [pid] = wait_for(lambda: len(pgrep(f"sleep {t}")) == 1 and pgrep(f"sleep {t}"),
+                         what="one resource process")
         os.kill(pid, signal.SIGKILL)
         h.events.wait(type="resource_state_change", resource="svc", state="failed",
                       after=mark)
