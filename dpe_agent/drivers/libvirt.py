@@ -17,7 +17,13 @@ from types import ModuleType
 from typing import Any
 
 from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
-from dpe_agent.drivers.vmboot import KERNEL_CMDLINE, load_vm_image, netdev_option, nic_option
+from dpe_agent.drivers.vmboot import (
+    BOOT_TIMEOUT,
+    KERNEL_CMDLINE,
+    load_vm_image,
+    netdev_option,
+    nic_option,
+)
 
 DEFAULT_URI = "qemu:///system"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -93,6 +99,7 @@ class LibvirtDriver:
     """Runs assemblies as libvirt domains on the URI of ``extra["libvirt_uri"]`` or a default."""
 
     name = "libvirt"
+    boot_timeout = BOOT_TIMEOUT
 
     def __init__(self, uri: str | None = None) -> None:
         self._libvirt = import_libvirt()

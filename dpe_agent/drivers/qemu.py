@@ -20,7 +20,13 @@ import uuid as uuidlib
 from pathlib import Path
 
 from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
-from dpe_agent.drivers.vmboot import KERNEL_CMDLINE, load_vm_image, netdev_option, nic_option
+from dpe_agent.drivers.vmboot import (
+    BOOT_TIMEOUT,
+    KERNEL_CMDLINE,
+    load_vm_image,
+    netdev_option,
+    nic_option,
+)
 
 PIDFILE = "qemu.pid"
 QMP_SOCKET = "qmp.sock"
@@ -54,6 +60,7 @@ class QemuDriver:
     """Runs assemblies as QEMU processes; ``extra["qemu_binary"]`` picks another QEMU."""
 
     name = "qemu"
+    boot_timeout = BOOT_TIMEOUT
 
     def __init__(self, qemu: str = "qemu-system-x86_64", accel: str = "tcg") -> None:
         self._qemu = qemu

@@ -23,6 +23,9 @@ ASSEMBLY_META = "assembly.json"
 DISK_NAME = "disk.qcow2"
 KERNEL_CMDLINE = "root=/dev/vda rw console=ttyS0"
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
+# Seconds from start() to the agent's first heartbeat that a DPE should allow a VM driver:
+# a TCG boot takes 40-45 s on a busy 2-core host, a process sandbox well under one.
+BOOT_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
