@@ -171,3 +171,19 @@ def test_a_stop_whose_dpe_dies_still_stops_everything(cpe) -> None:
     wait_until(lambda: not any(service_pid(cped.state_dir, name, a, s)
                                for a, s in (("a1", "s1"), ("a2", "s2"))), 30,
                "every service gone")
+
+
+def test_status_falls_back_to_the_last_known_state_when_the_dpe_is_frozen(cpe) -> None:
+    cped, client, _ = cpe
+    name = unique("dep")
+    client.call("deployable_start", deployable_xml(name))
+    _running(client, name)
+    dpe = _dpe_pid(cped, name)
+    os.kill(dpe, signal.SIGSTOP)
+    try:
+        status = client.status(name)
+        assert status.get("reason") == "last known state: the DPE is not answering"
+        assert [(r.get("name"), r.get("state")) for r in status.iter("resource")] == \
+            [("s1", "running")]
+    finally:
+        os.kill(dpe, signal.SIGCONT)
