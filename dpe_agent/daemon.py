@@ -607,8 +607,9 @@ class Dpe:
         if operation == "stop":
             self.observed.set_fenced(asm)
             for svc in self.dep.assembly(asm).services:
-                if self.state(asm, svc.name) != R.STOPPED:
-                    self.change_state((asm, svc.name), R.STOPPED, "assembly stopped")
+                if self.state(asm, svc.name) not in (R.STOPPED, R.PENDING, R.STOPPING):
+                    self.change_state((asm, svc.name), R.STOPPING)
+                self.change_state((asm, svc.name), R.STOPPED, "assembly stopped")
             self._assembly_state(asm, A.STOPPED, error)
             self._maybe_finish_stop()
             return
@@ -718,7 +719,7 @@ class Dpe:
         now = result.finished or time.time()
         ok = result.succeeded(action)
         if action.kind == "rsc_op" and action.node and (
-                self.observed.status(action.node) is not AssemblyStatus.ONLINE):
+                self.stopping or self.observed.status(action.node) is not AssemblyStatus.ONLINE):
             # Its assembly was lost or restarted meanwhile: the result says nothing now.
             if run is not None:
                 run.complete(action, False)
