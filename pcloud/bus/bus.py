@@ -19,8 +19,9 @@ from pcloud import protocol
 from pcloud.bus.addressing import RabbitMQProfile, profile_for
 from pcloud.bus.dispatcher import Dispatcher
 from pcloud.bus.errors import BusError, BusTimeout
-from pcloud.bus.eventloop import EventLoop, redact
+from pcloud.bus.eventloop import EventLoop
 from pcloud.bus.message import Message, new_id
+from pcloud.bus.recovery import redact
 from pcloud.bus.rpc import Handler, RecentIds, RequestServer, Waiters
 
 log = logging.getLogger("pcloud.bus")

@@ -19,17 +19,18 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 from proton import Delivery, Endpoint, Link, SSLDomain
 from proton import Message as ProtonMessage
 from proton.handlers import EndpointStateHandler, MessagingHandler
-from proton.reactor import ApplicationEvent, Backoff, Container, EventInjector
+from proton.reactor import ApplicationEvent, Container, EventInjector
 
 from pcloud.bus.errors import BusError
 from pcloud.bus.message import Message
+from pcloud.bus.recovery import ResettingBackoff, fatal_at_start, redact
 
 log = logging.getLogger("pcloud.bus")
 
@@ -37,24 +38,6 @@ HEARTBEAT = 4.0
 PREFETCH = 200
 MAX_IDLE_SENDERS = 64
 RELINK_DELAY = 1.0
-
-
-class ResettingBackoff(Backoff):
-    """Capped exponential back-off that starts again from zero after each success.
-
-    proton's own ``Backoff`` hands out one shared iterator, so after a first outage every
-    later one would start at the maximum delay.
-    """
-
-    def __init__(self, initial: float = 0.1, factor: float = 2.0, max_delay: float = 2.0) -> None:
-        super().__init__(initial=initial, factor=factor, max_delay=max_delay)
-
-    def __iter__(self) -> Iterator[float]:
-        yield 0.0
-        delay = self.kwargs["initial"]
-        while True:
-            yield delay
-            delay = min(self.kwargs["max_delay"], delay * self.kwargs["factor"])
 
 
 class LinkSpec:
@@ -351,7 +334,7 @@ class EventLoop(MessagingHandler):
         text = f"{cond.name}: {cond.description}" if cond else "transport error"
         if self.closing:
             return
-        if not self._ever_connected and cond and _fatal_at_start(cond):
+        if not self._ever_connected and cond and fatal_at_start(cond):
             self.start_error = text
             self.start_failed.set()
             event.connection.close()
@@ -424,20 +407,3 @@ class EventLoop(MessagingHandler):
 
     def on_connection_error(self, event: Any) -> None:
         EndpointStateHandler.print_error(event.connection, "connection")
-
-
-def _fatal_at_start(cond: Any) -> bool:
-    """Bad credentials or an untrusted certificate: retrying cannot help, fail start()."""
-    text = cond.description or ""
-    return (cond.name == "amqp:unauthorized-access" or "SASL" in text
-            or "certificate verify failed" in text)
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and error messages."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"

@@ -1,0 +1,43 @@
+"""Reconnect policy helpers: back-off, which failures are final, and safe URLs for logs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from proton.reactor import Backoff
+
+
+class ResettingBackoff(Backoff):
+    """Capped exponential back-off that starts again from zero after each success.
+
+    proton's own ``Backoff`` hands out one shared iterator, so after a first outage every
+    later one would start at the maximum delay.
+    """
+
+    def __init__(self, initial: float = 0.1, factor: float = 2.0, max_delay: float = 2.0) -> None:
+        super().__init__(initial=initial, factor=factor, max_delay=max_delay)
+
+    def __iter__(self) -> Iterator[float]:
+        yield 0.0
+        delay = self.kwargs["initial"]
+        while True:
+            yield delay
+            delay = min(self.kwargs["max_delay"], delay * self.kwargs["factor"])
+
+
+def fatal_at_start(cond: Any) -> bool:
+    """Bad credentials or an untrusted certificate: retrying cannot help, fail start()."""
+    text = cond.description or ""
+    return (cond.name == "amqp:unauthorized-access" or "SASL" in text
+            or "certificate verify failed" in text)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
