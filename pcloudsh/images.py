@@ -277,11 +277,13 @@ def jeos_name(distro: str = "debian-12", arch: str = "x86_64") -> str:
 
 def jeos_create(distro: str, arch: str, catalogue_dir: str | Path,
                 progress: Progress | None = None, *, name: str | None = None,
-                mirror: str | None = None, disk_size: str = "2G") -> Image:
+                mirror: str | None = None, disk_size: str = "2G",
+                extra_packages: Iterable[str] = ()) -> Image:
     """Build a JEOS image (root file system, kernel and initrd) into ``catalogue_dir/jeos``.
 
     Takes about two minutes here; ``progress`` receives the steps with their elapsed time.
-    Raises ImageExistsError if the JEOS is already there.
+    ``extra_packages`` adds Debian packages the assemblies' resources need (e.g.
+    ``resource-agents`` for OCF resources). Raises ImageExistsError if the JEOS is already there.
     """
     spec, canonical_arch = _resolve_distro(distro, arch)
     name = name or f"{spec.key}-{canonical_arch}"
@@ -294,6 +296,7 @@ def jeos_create(distro: str, arch: str, catalogue_dir: str | Path,
         if shutil.which(tool) is None:
             raise ImageError(f"{tool} not found: install debootstrap, e2fsprogs and qemu-utils")
     steps = _Steps(progress)
+    packages = [*spec.packages, *(p for p in extra_packages if p not in spec.packages)]
     source = mirror or apt_mirror(spec.suite)
     build = _build_dir(parent)
     try:
@@ -301,7 +304,7 @@ def jeos_create(distro: str, arch: str, catalogue_dir: str | Path,
         out.mkdir()
         steps.say(f"debootstrap {spec.suite} ({ARCHES[canonical_arch]}, minbase) from {source}")
         _run(["debootstrap", "--variant=minbase", f"--arch={ARCHES[canonical_arch]}",
-              f"--include={','.join(spec.packages)}", spec.suite, str(root), source],
+              f"--include={','.join(packages)}", spec.suite, str(root), source],
              steps, show=_StageLines(), env={"DEBIAN_FRONTEND": "noninteractive"})
         steps.say("configuring: hostname, resolv.conf, machine-id, fstab, networkd; cleaning")
         _configure_root(root)
@@ -316,7 +319,7 @@ def jeos_create(distro: str, arch: str, catalogue_dir: str | Path,
         raw.unlink()
         meta = {"name": name, "distro": spec.key, "suite": spec.suite, "arch": canonical_arch,
                 "disk": DISK_NAME, "kernel": "vmlinuz", "initrd": "initrd.img",
-                "kernel_version": kernel_version, "packages": list(spec.packages),
+                "kernel_version": kernel_version, "packages": packages,
                 "recipe": jeos_recipe(spec.key),
                 "mirror": source, "disk_size": disk_size,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
