@@ -1,7 +1,8 @@
 """The public Bus: thread-safe messaging, method calls and subscriptions for one process.
 
-See docs/architecture.md. All protocol work happens on the EventLoop's proton thread, all
-user callbacks on the Dispatcher thread; this module only glues them to the callers.
+See docs/architecture.md. All protocol work happens on the EventLoop's proton thread;
+subscription and reconnect callbacks run on the Dispatcher thread, method handlers on the
+pool of their served queue (``Lanes``); this module only glues them to the callers.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from proton import SSLDomain
 
 from pcloud import protocol
 from pcloud.bus.addressing import RabbitMQProfile, profile_for
+from pcloud.bus.dedup import RecentIds
 from pcloud.bus.dispatcher import Dispatcher
 from pcloud.bus.errors import BusError, BusTimeout
 from pcloud.bus.eventloop import EventLoop
 from pcloud.bus.message import Message, new_id
 from pcloud.bus.recovery import redact
-from pcloud.bus.rpc import Handler, RecentIds, RequestServer, Waiters
+from pcloud.bus.rpc import Waiters
+from pcloud.bus.server import Handler, RequestServer, SerialKey
 
 log = logging.getLogger("pcloud.bus")
 
@@ -32,13 +35,19 @@ CLOSE_TIMEOUT = 5.0
 class Subscription:
     """A receiver created by ``subscribe``, ``consume`` or ``serve``; ``cancel()`` ends it."""
 
-    def __init__(self, bus: Bus, handle: int, address: str) -> None:
+    def __init__(self, bus: Bus, handle: int, address: str,
+                 server: RequestServer | None = None) -> None:
         self._bus = bus
         self.handle = handle
         self.address = address
+        self._server = server
 
     def cancel(self) -> None:
+        """Detach; a served queue's handlers finish what they already took, then stop."""
         self._bus._cancel(self.handle)
+        if self._server is not None:
+            self._bus._servers.discard(self._server)
+            self._server.lanes.shutdown()
 
     def attached(self) -> bool:
         """True once the broker has attached the link (tests wait on this)."""
@@ -75,6 +84,7 @@ class Bus:
         self._waiters = Waiters()
         self._reply_queue = self.profile.new_reply_queue()
         self._reconnect_callbacks: list[Callable[[], None]] = []
+        self._servers: set[RequestServer] = set()
         self._closed = False
 
     # ---- lifecycle -----------------------------------------------------------------
@@ -83,7 +93,8 @@ class Bus:
         """Connect; BusError on bad credentials (at once) or no connection within timeout."""
         if self._loop is not None:
             raise BusError("bus already started")
-        self._loop = EventLoop(self.url, self.name, self._ssl_domain, self._on_state)
+        self._loop = EventLoop(self.url, self.name, self._ssl_domain, self._on_state,
+                               self._dispatcher.flush)
         self._dispatcher.start()
         self._loop.start()
         self._loop.submit(self._loop.add_receiver, self._reply_queue, self._waiters.resolve)
@@ -109,14 +120,19 @@ class Bus:
                        f"({error})")
 
     def close(self) -> None:
-        """Close the connection and end both threads; pending calls fail with BusError."""
+        """Close the connection and end the threads; pending calls fail with BusError,
+        queued requests are dropped (their callers resend them to the next server)."""
         if self._closed:
             return
         self._closed = True
         self._waiters.fail_all(BusError("the bus was closed"))
+        for server in list(self._servers):
+            server.lanes.shutdown(cancel_pending=True)
         if self._loop is not None:
             self._loop.stop(CLOSE_TIMEOUT)
         self._dispatcher.stop(CLOSE_TIMEOUT)
+        for server in list(self._servers):
+            server.lanes.shutdown(cancel_pending=True, timeout=CLOSE_TIMEOUT)
 
     def __enter__(self) -> Bus:
         return self.start() if self._loop is None else self
@@ -147,8 +163,8 @@ class Bus:
         """Call a method and return the result element of the response (or None).
 
         Raises MethodError for an error response, BusTimeout when no response in time.
-        A handler of this same Bus must not call a method served by this Bus: both would
-        need the one dispatcher thread, and the call would time out.
+        Any thread may call, including handlers and callbacks of this Bus; a handler calling
+        a method of its own queue needs a free worker there (``workers`` > 1).
         """
         address = self.profile.queue(queue)
         correlation_id = new_id()
@@ -167,8 +183,7 @@ class Bus:
         return protocol.parse_response(response.body)
 
     def _send_to(self, address: str, message: Message) -> None:
-        loop = self._running()
-        loop.submit(loop.send, address, message.to_proton())
+        self._running().post(address, message.to_proton())
 
     # ---- receiving -----------------------------------------------------------------
 
@@ -180,28 +195,40 @@ class Bus:
         """Receive from a shared queue (competing consumers); duplicates dropped."""
         return self._receive(self.profile.queue(queue), callback)
 
-    def serve(self, queue: str, handlers: Mapping[str, Handler]) -> Subscription:
-        """Answer method requests on a queue with ``handlers[subject](body, msg)``."""
-        server = RequestServer(queue, handlers, self._reply)
-        return self._receive(self.profile.queue(queue), server.handle, dedup=False)
+    def serve(self, queue: str, handlers: Mapping[str, Handler], *, workers: int = 1,
+              serial_key: SerialKey | None = None) -> Subscription:
+        """Answer method requests on a queue with ``handlers[subject](body, msg)``.
 
-    def _receive(self, address: str, callback: Callable[[Message], None],
-                 dedup: bool = True) -> Subscription:
+        Handlers run on a pool of ``workers`` threads of this queue's own, so they never
+        wait for other queues or subscriptions. ``workers=1`` answers in arrival order.
+        ``serial_key(method, body, msg)`` (cheap; runs on the proton thread) names what a
+        request works on: requests with the same key run one at a time in arrival order,
+        different keys (or ``None``) concurrently.
+        """
+        server = RequestServer(queue, handlers, self._reply, workers=workers,
+                               serial_key=serial_key)
         loop = self._running()
-        recent = RecentIds() if dedup else None
+        handle = loop.submit(loop.add_receiver, self.profile.queue(queue),
+                             server.accept).result(CLOSE_TIMEOUT)
+        self._servers.add(server)
+        return Subscription(self, handle, self.profile.queue(queue), server)
+
+    def _receive(self, address: str, callback: Callable[[Message], None]) -> Subscription:
+        loop = self._running()
+        recent = RecentIds()
+        defer = self._dispatcher.defer
 
         def on_message(message: Message) -> None:
-            if recent is not None and recent.seen(message.id):
+            if recent.seen(message.id):
                 log.debug("dropping duplicate message %s on %s", message.id, address)
                 return
-            self._dispatcher.put(callback, message)
+            defer(callback, message)
 
         handle = loop.submit(loop.add_receiver, address, on_message).result(CLOSE_TIMEOUT)
         return Subscription(self, handle, address)
 
     def _reply(self, reply_to: str, response: Message) -> None:
-        loop = self._running()
-        loop.submit(loop.send, reply_to, response.to_proton())
+        self._running().post(reply_to, response.to_proton())
 
     def _cancel(self, handle: int) -> None:
         if self._loop is not None and not self._closed:
@@ -227,4 +254,4 @@ class Bus:
         for address, request in self._waiters.pending_requests():
             self._loop.send(address, request.to_proton())
         for callback in self._reconnect_callbacks:
-            self._dispatcher.put(callback)
+            self._dispatcher.defer(callback)

@@ -2,8 +2,12 @@
 
 Other threads never touch proton objects: they queue a task with ``submit`` (an
 ``EventInjector`` wakes the container) and, when they need a result, wait on the returned
-future with a deadline. Everything named ``_on_loop_*`` or called from a proton event runs on
-this thread only.
+future with a deadline; messages go with ``post``, which needs no future. One wake-up drains
+everything queued so far, and each sender link touched is flushed once per drain. Received
+messages go to the receiver's ``on_message`` on this thread; ``on_idle`` runs whenever the
+container has handled every pending event, before it waits for I/O, so that consumers can
+hand a whole batch to another thread at once. Everything named ``_on_loop_*`` or called from
+a proton event runs on this thread only.
 
 Recovery (see docs/rabbitmq-amqp1 facts): proton reconnects with back-off; after a kill -9 or
 heartbeat timeout it re-attaches the links that are still locally open, after a clean broker
@@ -91,7 +95,7 @@ class EventLoop(MessagingHandler):
     """Runs one proton Container on its own thread for one Bus."""
 
     def __init__(self, url: str, name: str, ssl_domain: SSLDomain | None,
-                 on_state: Callable[[str], None]) -> None:
+                 on_state: Callable[[str], None], on_idle: Callable[[], None]) -> None:
         super().__init__(prefetch=PREFETCH, auto_accept=True, auto_settle=True)
         self.handlers = [_Endpoints(self) if isinstance(h, EndpointStateHandler) else h
                          for h in self.handlers]
@@ -103,12 +107,14 @@ class EventLoop(MessagingHandler):
         self.start_error: str | None = None
         self._ssl_domain = ssl_domain
         self._on_state = on_state
+        self._on_idle = on_idle
         self._container = Container(self)
         self._container.container_id = f"{name}-{uuid.uuid4().hex[:8]}"
         self._injector = EventInjector()
         self._container.selectable(self._injector)
         self._lock = threading.Lock()
-        self._tasks: deque[tuple[Future, Callable[..., Any], tuple]] = deque()
+        self._tasks: deque[tuple[Future | None, Callable[..., Any], tuple]] = deque()
+        self._touched: dict[str, LinkSpec] = {}
         self._wake_pending = False
         self._stopped = False
         self._conn: Any = None
@@ -132,6 +138,14 @@ class EventLoop(MessagingHandler):
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Run ``fn(*args)`` on the proton thread; the future holds its result."""
         future: Future = Future()
+        self._queue(future, fn, args)
+        return future
+
+    def post(self, address: str, message: ProtonMessage) -> None:
+        """Send a message from any thread, in order with other posts and tasks."""
+        self._queue(None, self._enqueue, (address, message))
+
+    def _queue(self, future: Future | None, fn: Callable[..., Any], args: tuple) -> None:
         with self._lock:
             if self._stopped:
                 raise BusError("the bus is closed")
@@ -140,7 +154,6 @@ class EventLoop(MessagingHandler):
             self._wake_pending = True
         if wake:
             self._injector.trigger(ApplicationEvent("pcloud_tasks"))
-        return future
 
     def stop(self, timeout: float) -> None:
         """Close the connection and end the proton thread (waits up to ``timeout``)."""
@@ -162,12 +175,24 @@ class EventLoop(MessagingHandler):
             self._tasks.clear()
             self._wake_pending = False
         for future, fn, args in tasks:
+            if future is None:
+                try:
+                    fn(*args)
+                except Exception:
+                    log.exception("bus %s: cannot queue a message", self.name)
+                continue
             if not future.set_running_or_notify_cancel():
                 continue
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:  # handed to the waiting thread
                 future.set_exception(exc)
+        touched, self._touched = self._touched, {}
+        for spec in touched.values():
+            self._flush(spec)
+
+    def on_reactor_quiesced(self, event: Any) -> None:
+        self._on_idle()
 
     def _run(self) -> None:
         try:
@@ -179,8 +204,9 @@ class EventLoop(MessagingHandler):
                 self._stopped = True
                 pending = list(self._tasks)
                 self._tasks.clear()
+            self._on_idle()
             for future, _fn, _args in pending:
-                if future.set_running_or_notify_cancel():
+                if future is not None and future.set_running_or_notify_cancel():
                     future.set_exception(BusError("the bus is closed"))
 
     def _on_loop_connect(self) -> None:
@@ -197,17 +223,29 @@ class EventLoop(MessagingHandler):
 
     def send(self, address: str, message: ProtonMessage) -> None:
         """Queue one message to an address and send it as soon as there is credit."""
+        spec = self._sender_for(address)
+        spec.outbox.append(message)
+        self._flush(spec)
+
+    def _enqueue(self, address: str, message: ProtonMessage) -> None:
+        """``send`` without the flush: the task drain flushes each touched link once."""
+        spec = self._touched.get(address)
+        if spec is None:
+            spec = self._touched[address] = self._sender_for(address)
+        spec.outbox.append(message)
+
+    def _sender_for(self, address: str) -> LinkSpec:
+        """The sender link of an address, created or re-attached when needed."""
         spec = self._senders.get(address)
         if spec is None:
+            self._evict_idle_senders()
             spec = LinkSpec(address, receiver=False)
             self._senders[address] = spec
-            self._evict_idle_senders()
         else:
             self._senders.move_to_end(address)
         if not spec.alive():
             self._attach(spec)
-        spec.outbox.append(message)
-        self._flush(spec)
+        return spec
 
     def add_receiver(self, address: str, on_message: Callable[[Message], None]) -> int:
         """Start receiving from an address; returns a handle for ``remove_receiver``."""
@@ -263,7 +301,7 @@ class EventLoop(MessagingHandler):
 
     def _evict_idle_senders(self) -> None:
         """Close the least recently used sender links (e.g. to expired reply queues)."""
-        while len(self._senders) > MAX_IDLE_SENDERS:
+        while len(self._senders) >= MAX_IDLE_SENDERS:
             for address, spec in self._senders.items():
                 if not spec.outbox and not spec.inflight:
                     del self._senders[address]
