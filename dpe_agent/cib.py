@@ -44,11 +44,20 @@ def split_rsc_id(resource: str) -> tuple[str, str]:
     return assembly, service
 
 
-def build_configuration(deployable_root: etree._Element) -> etree._Element:
-    """The ``<cib>`` element with its configuration and an empty status section."""
+def build_configuration(deployable_root: etree._Element, *, escalation: bool = False,
+                        stop_all: bool = False) -> etree._Element:
+    """The ``<cib>`` element with its configuration and an empty status section.
+
+    ``escalation`` maps the services' escalation attributes to ``migration-threshold`` /
+    ``failure-timeout``. The DPE leaves it off: it escalates itself (resource, assembly,
+    deployable), and the engine stopping a resource at the threshold would pre-empt that.
+    ``stop_all`` gives every resource ``target-role=Stopped``: the graph of a full stop.
+    """
     if deployable_root.tag != "deployable":
         raise ValueError(f"expected a <deployable> document, got <{deployable_root.tag}>")
-    cib = _stylesheet()(etree.ElementTree(deployable_root)).getroot()
+    params = {"escalation": etree.XSLT.strparam("1" if escalation else "0"),
+              "target-role": etree.XSLT.strparam("Stopped" if stop_all else "")}
+    cib = _stylesheet()(etree.ElementTree(deployable_root), **params).getroot()
     ids = cib.xpath("configuration/resources/primitive/@id")
     if not all(_NCNAME.match(i) for i in ids):
         # Pacemaker's schema wants XML ids; names starting with a digit are valid for pcloud.
@@ -57,9 +66,13 @@ def build_configuration(deployable_root: etree._Element) -> etree._Element:
 
 
 def build_cib(deployable_root: etree._Element, observed: ObservedState, *,
-              now: datetime | None = None) -> etree._Element:
-    """A full CIB (configuration + status) for a transition computer."""
-    cib = build_configuration(deployable_root)
+              now: datetime | None = None, escalation: bool = False,
+              stop_all: bool = False) -> etree._Element:
+    """A full CIB (configuration + status) for a transition computer.
+
+    ``escalation`` and ``stop_all``: see :func:`build_configuration`.
+    """
+    cib = build_configuration(deployable_root, escalation=escalation, stop_all=stop_all)
     if now is not None:
         cib.set("execution-date", str(int(now.timestamp())))
     status = cib.find("status")

@@ -47,8 +47,21 @@ class OpRecord:
     transition_id: int = 0
 
     @property
+    def is_probe(self) -> bool:
+        return self.operation == "monitor" and self.interval_ms == 0
+
+    @property
     def failed(self) -> bool:
-        return self.rc != self.expected_rc or self.op_status != 0
+        """Not the expected result; a probe finding the resource running is not a failure.
+
+        Pacemaker treats a probe (expected rc 7) that returns 0 as "found running": its
+        scheduler takes the resource as active, and its controller counts no failure.
+        """
+        if self.op_status != 0:
+            return True
+        if self.is_probe and self.expected_rc == RC_NOT_RUNNING and self.rc == RC_OK:
+            return False
+        return self.rc != self.expected_rc
 
     @property
     def transition_key(self) -> str:

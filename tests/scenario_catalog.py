@@ -94,6 +94,17 @@ def _probe_running():
     return dep, obs
 
 
+@scenario("probe-found-running-at-threshold-one",
+          "a probe found the service running with escalation_failures=1: not a failure, "
+          "only its monitor starts")
+def _probe_running_threshold():
+    dep = deployable({"a": [Svc("svc", failures=1)]})
+    obs = online("a")
+    obs.record_op("a", "a.svc", "ocf", "Dummy", "monitor", 0, 0, provider="heartbeat",
+                  now=EARLIER)
+    return dep, obs
+
+
 @scenario("monitor-failed-restart", "a failed recurring monitor: stop, start, monitor")
 def _mon_failed():
     dep = deployable({"a": [Svc("svc")]})
@@ -464,4 +475,32 @@ def _dep_down():
     obs = running(dep)
     fail_monitor(obs, "db", "mysqld")
     obs.set_fenced("web")
+    return dep, obs
+
+
+@scenario("stop-all-reverse-dependency-order",
+          "the DPE's stop graph over a running chain: c, then b, then a stop", stop_all=True)
+def _stop_chain():
+    dep = deployable({"x": [Svc("a"), Svc("b")], "y": [Svc("c")]},
+                     [("x:a", "x:b"), ("x:b", "y:c")])
+    return dep, running(dep)
+
+
+@scenario("stop-all-failed-and-optional",
+          "stop graph with a failed db under an Optional order: both stop, nothing restarts",
+          stop_all=True)
+def _stop_failed():
+    dep = web_tier("Optional")
+    obs = running(dep)
+    fail_monitor(obs, "db", "mysqld")
+    return dep, obs
+
+
+@scenario("stop-all-unknown-history-probes",
+          "stop graph while web rejoined empty: web is probed, db's stop waits for the probe",
+          stop_all=True)
+def _stop_probe():
+    dep = web_tier()
+    obs = running(dep)
+    obs.rejoined("web")
     return dep, obs

@@ -72,7 +72,7 @@ def settle(dep: etree._Element, observed: ObservedState, when: datetime = EARLIE
     """Run Pacemaker's graphs to completion, every action succeeding."""
     engine = get_engine("pacemaker")
     for _ in range(6):
-        graph = engine.compute(build_cib(dep, observed, now=when), when)
+        graph = engine.compute(build_cib(dep, observed, now=when, escalation=True), when)
         if not len(graph):
             return
         done: set[int] = set()
@@ -109,18 +109,19 @@ class Scenario:
     description: str
     build: Callable[[], tuple[etree._Element, ObservedState]]
     now: datetime = NOW
+    stop_all: bool = False      # the DPE's stop graph (every resource target-role=Stopped)
 
 
 SCENARIOS: list[Scenario] = []
 
 
-def scenario(name: str, description: str, now: datetime = NOW):
+def scenario(name: str, description: str, now: datetime = NOW, stop_all: bool = False):
     def register(fn):
-        SCENARIOS.append(Scenario(name, description, fn, now))
+        SCENARIOS.append(Scenario(name, description, fn, now, stop_all))
         return fn
     return register
 
 
 def cib_for(sc: Scenario) -> etree._Element:
     dep, obs = sc.build()
-    return build_cib(dep, obs, now=sc.now)
+    return build_cib(dep, obs, now=sc.now, escalation=True, stop_all=sc.stop_all)

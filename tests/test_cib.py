@@ -1,5 +1,6 @@
 """CIB builder and observed state: configuration by XSLT, status from recorded results."""
 
+import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -57,7 +58,7 @@ def settle(dep, obs, engine="native"):
 
 
 def test_configuration_mapping(dep):
-    cib = build_cib(dep, ObservedState())
+    cib = build_cib(dep, ObservedState(), escalation=True)
     assert cib.get("crm_feature_set") == "3.16.1"
     opts = {nv.get("name"): nv.get("value") for nv in cib.iterfind(".//crm_config//nvpair")}
     assert opts == {"symmetric-cluster": "false", "no-quorum-policy": "ignore",
@@ -81,6 +82,45 @@ def test_configuration_mapping(dep):
     order = cib.find(".//rsc_order")
     assert (order.get("first"), order.get("then"), order.get("kind")) == (
         "db.mysqld", "web.httpd", "Mandatory")
+
+
+def test_the_dpe_cib_leaves_escalation_to_the_dpe(dep):
+    cib = build_cib(dep, ObservedState())
+    assert cib.find(".//primitive[@id='db.mysqld']/meta_attributes") is None
+
+
+def test_stop_all_sets_target_role_stopped_on_every_primitive(dep):
+    cib = build_cib(dep, ObservedState(), stop_all=True)
+    roles = {p.get("id"): p.find("meta_attributes/nvpair[@name='target-role']").get("value")
+             for p in cib.iterfind(".//primitive") if p.get("class") != "stonith"}
+    assert roles == {"db.mysqld": "Stopped", "web.httpd": "Stopped"}
+
+
+@pytest.mark.parametrize("engine", ["native", "pacemaker"])
+def test_probe_finding_the_resource_running_is_not_a_failure(dep, engine):
+    obs = ObservedState()
+    obs.set_online("db")
+    op = obs.record_op("db", "db.mysqld", "ocf", "mysql", "monitor", 0, 0, provider="heartbeat",
+                       params={"config": "/etc/mysql/my.cnf"}, now=NOW)
+    hist = obs.resource("db", "db.mysqld")
+    assert op.expected_rc == 7 and not op.failed
+    assert hist.fail_counts == {} and hist.last_failure is None
+    state = build_cib(dep, obs, escalation=True).find("status/node_state[@uname='db']")
+    assert state.find("transient_attributes") is None
+    assert state.find(".//lrm_rsc_op").get("transition-key").split(":")[2] == "7"
+    if engine == "pacemaker" and shutil.which("crm_simulate") is None:
+        pytest.skip("crm_simulate not installed")
+    dep.find(".//service[@name='mysqld']").set("escalation_failures", "1")
+    graph = get_engine(engine).compute(build_cib(dep, obs, now=NOW, escalation=True), NOW)
+    assert [a.name for a in graph.actions if a.node == "db"] == ["db.mysqld_monitor_5000 db"]
+
+
+def test_a_probe_finding_an_unexpected_error_still_counts():
+    obs = ObservedState()
+    obs.set_online("db")
+    op = obs.record_op("db", "db.mysqld", "ocf", "mysql", "monitor", 0, 1, now=NOW)
+    assert op.failed
+    assert obs.resource("db", "db.mysqld").fail_counts == {"monitor_0": 1}
 
 
 def test_rsc_id_round_trip():

@@ -7,13 +7,20 @@
     service             -> <primitive id="assembly.service"> with a recurring monitor op,
                            pinned to its assembly (score INFINITY, resource-discovery exclusive)
     class="process"     -> ocf:pcloud:process, the command as an instance attribute
-    escalation_failures -> meta migration-threshold; escalation_period -> meta failure-timeout
+    escalation_failures -> meta migration-threshold; escalation_period -> meta failure-timeout,
+                           only with the parameter escalation='1': the DPE escalates by itself
+                           and leaves it off; the scenario builder turns it on so the engines'
+                           threshold and expiry support stays tested
+    target-role='Stopped' (parameter) -> every primitive gets meta target-role=Stopped: the
+                           DPE's stop graph (stops in reverse dependency order)
     service_dependency  -> rsc_order (kind Mandatory unless the document says otherwise)
   The placeholder fence device makes Pacemaker fence lost assemblies; it never runs.
   The status section is added by dpe_agent.cib from the observed state.
 -->
 <xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
   <xsl:output method="xml" indent="yes" encoding="UTF-8"/>
+  <xsl:param name="escalation" select="'0'"/>
+  <xsl:param name="target-role" select="''"/>
 
   <xsl:template name="rsc-id">
     <xsl:param name="ref"/>
@@ -98,15 +105,20 @@
           <xsl:attribute name="type"><xsl:value-of select="@type"/></xsl:attribute>
         </xsl:otherwise>
       </xsl:choose>
-      <xsl:if test="@escalation_failures or @escalation_period">
+      <xsl:variable name="escalates"
+                    select="$escalation = '1' and (@escalation_failures or @escalation_period)"/>
+      <xsl:if test="$escalates or $target-role != ''">
         <meta_attributes id="{$id}-meta">
-          <xsl:if test="@escalation_failures">
+          <xsl:if test="$escalates and @escalation_failures">
             <nvpair id="{$id}-meta-migration-threshold" name="migration-threshold"
                     value="{@escalation_failures}"/>
           </xsl:if>
-          <xsl:if test="@escalation_period">
+          <xsl:if test="$escalates and @escalation_period">
             <nvpair id="{$id}-meta-failure-timeout" name="failure-timeout"
                     value="{@escalation_period}s"/>
+          </xsl:if>
+          <xsl:if test="$target-role != ''">
+            <nvpair id="{$id}-meta-target-role" name="target-role" value="{$target-role}"/>
           </xsl:if>
         </meta_attributes>
       </xsl:if>

@@ -92,7 +92,7 @@ class Scheduler:
         for rid in self._topological():
             prim = prims[rid]
             home = self.cluster.nodes.get(prim.home) if prim.home else None
-            allowed = self._usable(home)
+            allowed = self._usable(home) and not prim.stopped
             if allowed:
                 failures, _ = effective_failures(home, prim, self.now)
                 allowed = failures < prim.migration_threshold

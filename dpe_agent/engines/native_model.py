@@ -62,6 +62,7 @@ class Primitive:
     migration_threshold: int = INFINITY
     failure_timeout: int = 0           # seconds
     home: str | None = None            # node uname with a positive location score
+    stopped: bool = False              # meta target-role=Stopped: must not run anywhere
 
 
 @dataclass
@@ -161,7 +162,8 @@ def read_cluster(cib: etree._Element) -> Cluster:
             elem.get("id"), elem.get("class", ""), elem.get("provider"), elem.get("type", ""),
             _nvpairs(elem, "instance_attributes/nvpair"), monitors,
             threshold if threshold > 0 else INFINITY,
-            parse_ms(meta.get("failure-timeout"), 0) // 1000)
+            parse_ms(meta.get("failure-timeout"), 0) // 1000,
+            stopped=meta.get("target-role", "").lower() == "stopped")
     for loc in config.iterfind("constraints/rsc_location"):
         prim = primitives.get(loc.get("rsc"))
         if prim is not None and loc.get("node") and parse_score(loc.get("score")) > 0:
