@@ -1,0 +1,153 @@
+"""How failures are noticed: assembly heartbeats, agent reports, bus reconnects.
+
+Bus callbacks only queue; the ``_handle_*`` methods run on the main loop, feed the
+heartbeat tracker and the observed state, and hand failures to :mod:`dpe_agent.recovery`.
+A mixin of :class:`dpe_agent.daemon.Dpe`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+
+from lxml import etree
+
+from dpe_agent.cib import rsc_id
+from dpe_agent.drivers import DriverError, PowerState
+from dpe_agent.heartbeats import BeatKind
+from dpe_agent.observed import AssemblyStatus
+from pcloud import xmlsafe
+from pcloud.bus import Message
+from pcloud.events import EventType
+from pcloud.states import AssemblyState as A
+from pcloud.states import DeployableState as D
+
+RECONNECT_GRACE = 5.0
+
+log = logging.getLogger("dped")
+
+
+class Detection:
+    """Heartbeats, agent reports and reconnects turned into failures (main loop only)."""
+
+    def _on_heartbeat(self, msg: Message) -> None:
+        self.queue.put(("heartbeat", msg, time.monotonic()))
+
+    def _handle_heartbeat(self, msg: Message, received: float) -> None:
+        root = xmlsafe.parse(msg.body, source="heartbeat")
+        asm = root.get("assembly")
+        if root.tag != "heartbeat" or root.get("deployable") != self.name or asm in (None, "-"):
+            return
+        beat = self.tracker.beat(asm, int(root.get("seq", "0")), root.get("started", ""),
+                                 received, root.get("digest"))
+        if beat is None or self.stopping:
+            return
+        status = self.observed.status(asm)
+        if BeatKind.FIRST in beat.kinds and status is not AssemblyStatus.LOST:
+            self._assembly_online(asm)
+        elif BeatKind.RESTARTED in beat.kinds and status is AssemblyStatus.ONLINE:
+            log.info("agent of %s restarted: probing its resources again", asm)
+            self._reprobe(asm)
+        self._check_heartbeats(received)
+
+    def _assembly_online(self, asm: str) -> None:
+        """First beat of a booted or adopted assembly: probe its resources."""
+        self.awaiting.discard(asm)
+        if self.observed.status(asm) is not AssemblyStatus.ONLINE:
+            self.observed.rejoined(asm)
+        self.policy.healthy(asm, None, time.time())
+        if self.state(asm) in (A.PENDING, A.STOPPED):
+            self._assembly_state(asm, A.STARTING)
+        self._assembly_state(asm, A.RUNNING)
+        self._abort("assembly online")
+
+    def _reprobe(self, asm: str) -> None:
+        self.observed.rejoined(asm)
+        self._abort(f"re-probing {asm}")
+
+    def _check_heartbeats(self, now: float) -> None:
+        if not self.bus.connected:
+            # Our own link is down: silence proves nothing. Deadlines restart on reconnect.
+            self.tracker.grace(now, RECONNECT_GRACE)
+            return
+        verdict = self.tracker.check(now)
+        if verdict.mass_loss_started:
+            self._mass_loss(verdict.mass_loss_started)
+        if verdict.mass_loss_ended:
+            self.emit(EventType.DEPLOYABLE_STATE_CHANGE, state=self.state(),
+                      reason="heartbeats are back: re-probing all assemblies")
+            for asm in self._assemblies():
+                if self.observed.status(asm) is AssemblyStatus.ONLINE:
+                    self._reprobe(asm)
+            self._update_deployable_state()
+        for asm in verdict.lost:
+            self._assembly_lost(asm, self._lost_reason(asm))
+
+    def _lost_reason(self, asm: str) -> str:
+        watch = self.tracker.watches.get(asm)
+        if watch is None or watch.last is None:
+            return "no heartbeat after boot"
+        return f"missed {watch.misses} heartbeats ({watch.timeout:g} s)"
+
+    def _mass_loss(self, silent: tuple[str, ...]) -> None:
+        """Most assemblies went silent at once: a broker or network fault, not N failures."""
+        reason = (f"heartbeats of {len(silent)} assemblies ({', '.join(silent)}) stopped at "
+                  "once: broker or network fault suspected, nothing is fenced")
+        if self.state() in (D.RUNNING, D.STARTING, D.RECOVERING):
+            self.change_state((), D.DEGRADED, reason)
+        else:
+            self.emit(EventType.DEPLOYABLE_STATE_CHANGE, state=self.state(), reason=reason)
+        for asm in silent:
+            try:
+                gone = self.driver.status(self.spec(asm)) is PowerState.STOPPED
+            except DriverError:
+                gone = False
+            if gone and self.tracker.declare_lost(asm):
+                self._assembly_lost(asm, "its sandbox is gone")
+
+    def _handle_reconnect(self) -> None:
+        log.info("bus reconnected: grace period for agents, then re-probing")
+        self.tracker.grace(time.monotonic(), RECONNECT_GRACE)
+        for asm in self._assemblies():
+            if self.observed.status(asm) is AssemblyStatus.ONLINE:
+                self._reprobe(asm)
+
+    def _on_report(self, msg: Message) -> None:
+        self.queue.put(("report", msg, time.time()))
+
+    def _handle_report(self, msg: Message, received: float) -> None:
+        root = xmlsafe.parse(msg.body, source="report")
+        asm, svc = root.get("assembly"), root.get("resource")
+        if (root.tag != "report" or root.get("deployable") != self.name or self.stopping
+                or self._service(asm, svc) is None
+                or self.observed.status(asm) is not AssemblyStatus.ONLINE):
+            return
+        rc = int(root.get("rc", "1"))
+        hist = self.observed.resource(asm, rsc_id(asm, svc))
+        if hist is None or not hist.monitors:
+            return
+        interval = int(root.get("interval", "0"))
+        if interval not in hist.monitors:
+            interval = next(iter(hist.monitors))
+        previous = hist.monitors[interval]
+        if previous.rc == rc:
+            return
+        self.observed.report_monitor(asm, rsc_id(asm, svc), interval, rc, now=received)
+        if rc == previous.expected_rc:
+            return
+        reason = root.get("reason") or f"monitor returned rc {rc}"
+        self._resource_failed(asm, svc, reason, _report_time(root, received))
+
+
+def _report_time(root: etree._Element, received: float) -> float:
+    """The agent's own detection time when plausible (same host clock), else receipt."""
+    text = root.get("time")
+    if text:
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return received
+        if received - 60 <= when <= received + 1:
+            return min(when, received)
+    return received

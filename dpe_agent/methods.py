@@ -1,0 +1,130 @@
+"""The DPE's bus methods: status, reload, stop, event_raise, events_query.
+
+Handlers that read or change the runtime's state run on the main loop: the bus thread
+queues the call and waits for its future. ``events_query`` only reads the store and is
+answered on the bus thread. A mixin of :class:`dpe_agent.daemon.Dpe`.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+
+from lxml import etree
+
+from dpe_agent.recovery import rebuild_policy
+from dpe_agent.status import ComponentRecords, status_document, summary
+from pcloud.bus import Message, MethodError
+from pcloud.deployable import Deployable, diff
+from pcloud.events import Event, EventType
+from pcloud.states import DeployableState as D
+
+log = logging.getLogger("dped")
+
+
+class Methods:
+    """Method handlers of the DPE queue (state-touching ones run on the main loop)."""
+
+    def _handlers(self) -> dict:
+        def on_loop(fn):
+            def handler(body: etree._Element, msg: Message):
+                future: Future = Future()
+                self.queue.put(("call", fn, body, future))
+                return future.result(timeout=30.0)
+            return handler
+
+        return {"deployable_status": on_loop(self._status),
+                "deployable_reload": on_loop(self._reload),
+                "deployable_stop": on_loop(self._stop_method),
+                "event_raise": on_loop(self._event_raise),
+                "events_query": self._events_query}
+
+    def _handle_call(self, fn, body: etree._Element, future: Future) -> None:
+        try:
+            future.set_result(fn(body))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    def _summary(self) -> etree._Element:
+        return summary(self.name, self.state())
+
+    def _status(self, body: etree._Element) -> etree._Element:
+        return status_document(self.dep, ComponentRecords(self.states, self.reasons,
+                                                          self.fail_counts, self.failures))
+
+    def _stop_method(self, body: etree._Element) -> etree._Element:
+        self._begin_stop()
+        return etree.Element("deployable", name=self.name, state=D.STOPPING)
+
+    def _event_raise(self, body: etree._Element) -> etree._Element:
+        draft = Event.from_xml(body)
+        event = self.emit(draft.type, draft.assembly, draft.resource, state=draft.state,
+                          reason=draft.reason, **draft.extra)
+        return event.to_element()
+
+    def _events_query(self, body: etree._Element, msg: Message) -> etree._Element:
+        try:
+            since = int(body.get("since_seq", "0"))
+            limit = min(int(body.get("limit", "100")), 10000)
+        except ValueError:
+            raise MethodError("invalid_request", "since_seq and limit must be integers") from None
+        root = etree.Element("events")
+        for xml in self.store.events(since, limit):
+            root.append(etree.fromstring(xml))
+        return root
+
+    def _reload(self, body: etree._Element) -> etree._Element:
+        new = Deployable.from_xml(body, source="deployable_reload")
+        if new.name != self.name:
+            raise MethodError("wrong_deployable",
+                              f"this DPE manages {self.name!r}, not {new.name!r}")
+        if new.infrastructure != self.dep.infrastructure:
+            raise MethodError("invalid_request", "the infrastructure of a running deployable "
+                              "cannot change; stop it and start it again")
+        new = new.adopt_uuids(self.dep)
+        change = diff(self.dep, new)
+        old = self.dep
+        self.dep = new
+        self.store.set("deployable_xml", new.to_xml())
+        self.policy = rebuild_policy(self.policy, new)
+        removed = list(change.assemblies_removed)
+        for asm in removed:
+            self.tracker.forget(asm)
+            for svc in old.assembly(asm).services:
+                self.states.pop((asm, svc.name), None)
+                self.store.delete_state("resource", f"{asm}/{svc.name}")
+            self.incidents.drop((asm,))
+        if removed:
+            self._stop_removed(old, removed)
+        for asm in change.assemblies_added:
+            self._ensure_states(asm)
+        for asm, _svc in change.services_added:
+            if asm not in change.assemblies_added:
+                self._ensure_states(asm)
+        for asm in change.assemblies_changed:
+            interval, misses = new.assembly(asm).heartbeat()
+            watch = self.tracker.watches.get(asm)
+            if watch is not None:
+                watch.interval, watch.misses = interval, misses
+        if change:
+            self.emit(EventType.CONFIG_RELOAD, reason=_describe(change))
+            if change.assemblies_added or change.services_added:
+                if self.state() in (D.RUNNING, D.DEGRADED):
+                    self.change_state((), D.STARTING, "reload added components")
+        self._abort("reload")
+        return self._summary()
+
+
+def _describe(change) -> str:
+    parts = []
+    for label, items in (("assemblies added", change.assemblies_added),
+                         ("assemblies removed", change.assemblies_removed),
+                         ("services added", change.services_added),
+                         ("services removed", change.services_removed),
+                         ("services changed", change.services_changed)):
+        if items:
+            names = [i if isinstance(i, str) else "/".join(i) for i in items]
+            parts.append(f"{label}: {', '.join(names)}")
+    if change.dependencies_added or change.dependencies_removed:
+        parts.append("dependencies changed")
+    return "; ".join(parts) or "attributes changed"
