@@ -57,7 +57,7 @@ class Detection:
         if self.observed.status(asm) is not AssemblyStatus.ONLINE:
             self.observed.rejoined(asm)
         self.policy.healthy(asm, None, time.time())
-        if self.state(asm) in (A.PENDING, A.STOPPED):
+        if self.state(asm) not in (A.STARTING, A.RUNNING):   # e.g. adopted after a failure
             self._assembly_state(asm, A.STARTING)
         self._assembly_state(asm, A.RUNNING)
         self._abort("assembly online")

@@ -80,6 +80,8 @@ class Lifecycle:
     def _assembly_state(self, asm: str, new: str, reason: str | None = None) -> None:
         if new == A.STARTING and self.state(asm) in (A.FAILED, A.RUNNING):
             self.change_state((asm,), A.RESTARTING, reason)
+        elif new == A.STARTING and self.state(asm) == A.STOPPING:   # a stop left half-done
+            self.change_state((asm,), A.STOPPED, reason)
         self._component_state((asm,), new, reason)
 
     def _resource_stopped(self, asm: str, svc: str, reason: str | None = None) -> None:

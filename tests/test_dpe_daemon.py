@@ -412,3 +412,67 @@ def test_broker_restart_is_survived_without_restarts(harness, broker):
     assert h.dpe.states[()] in ("running", "degraded")
     wait_for(lambda: h.dpe.states[()] == "running", timeout=30, what="running again")
     assert not [e for e in h.events.find(type="fencing")]
+
+
+def test_stop_goes_through_the_agents_in_reverse_dependency_order(harness):
+    name, t = unique(), tag()
+    h = harness(deployable(name, assembly("a", process_service("first", f"sleep {t}1"))
+                           + assembly("b", process_service("second", f"sleep {t}2")),
+                           '<service_dependency id="d" first="a:first" then="b:second"/>'))
+    h.wait_running()
+    mark = h.events.last_seq()
+    assert h.call("deployable_stop").get("state") == "stopping"
+    h.events.wait(type="deployable_state_change", state="stopped", after=mark)
+    h.thread.join(30)
+
+    def seq(**match) -> int:
+        [event] = h.events.find(after=mark, **match)
+        return event.seq
+
+    stops = {(r, s): seq(type="resource_state_change", resource=r, state=s)
+             for r in ("first", "second") for s in ("stopping", "stopped")}
+    assert stops["second", "stopping"] < stops["second", "stopped"] \
+        < stops["first", "stopping"] < stops["first", "stopped"]
+    first_assembly_stop = min(e.seq for e in h.events.find(type="assembly_state_change",
+                                                           state="stopping", after=mark))
+    assert max(stops.values()) < first_assembly_stop
+    assert not pgrep(f"sleep {t}")
+
+
+def test_backoff_does_not_hold_up_a_stop(harness):
+    name = unique()
+    h = harness(deployable(name, assembly("a", process_service("flaps", "sh -c 'exit 3'"))))
+    wait_for(lambda: any(due - time.monotonic() > 1.5 for due in list(h.dpe.holds.values())),
+             timeout=60, what="a back-off hold of more than 1.5 s")
+    mark = h.events.last_seq()
+    begun = time.monotonic()
+    h.call("deployable_stop")
+    h.events.wait(type="deployable_state_change", state="stopped", after=mark, timeout=15)
+    assert time.monotonic() - begun < 10
+    h.thread.join(30)
+
+
+def test_status_has_last_failure_and_reason_and_loss_fails_the_assembly_first(harness):
+    name, t = unique(), tag()
+    h = harness(deployable(name, assembly("a", process_service("svc", f"sleep {t}1")
+                                          + process_service("two", f"sleep {t}2"))))
+    h.wait_running()
+    [pid] = wait_for(lambda: pgrep(f"sleep {t}1"), what="resource process")
+    mark = h.events.last_seq()
+    os.kill(pid, signal.SIGKILL)
+    h.events.wait(type="resource_state_change", resource="svc", state="running", after=mark)
+    resource = h.status().find("assembly/resource[@name='svc']")
+    assert resource.get("state") == "running" and resource.get("fail_count") == "1"
+    assert resource.get("last_failure", "").endswith("Z") and "signal 9" in resource.get("reason")
+    assert h.status().find("assembly/resource[@name='two']").get("last_failure") is None
+
+    mark = h.events.last_seq()
+    os.kill(h.sandbox_pid("a"), signal.SIGKILL)
+    failed = h.events.wait(type="assembly_state_change", assembly="a", state="failed",
+                           after=mark)
+    h.events.wait(type="assembly_state_change", assembly="a", state="running", after=mark)
+    lost = [e for e in h.events.find(type="resource_state_change", after=mark)
+            if e.seq < failed.seq]
+    assert not lost, [(e.resource, e.state) for e in lost]
+    asm = h.status().find("assembly[@name='a']")
+    assert asm.get("last_failure") and asm.get("reason") == failed.reason
