@@ -15,7 +15,13 @@ import threading
 from pathlib import Path
 from typing import IO
 
-from cpe_agent.service import CPE_QUEUE, DPE_HEARTBEATS, EVENT_TOPICS, CpeService
+from cpe_agent.service import (
+    CPE_QUEUE,
+    DPE_HEARTBEATS,
+    EVENT_TOPICS,
+    SERVE_WORKERS,
+    CpeService,
+)
 from cpe_agent.store import Store
 from cpe_agent.supervisor import Supervisor
 from pcloud.bus import Bus, BusError
@@ -89,7 +95,8 @@ class Cped:
                 sub.wait_attached(timeout=10.0)
             bus.on_reconnect(supervisor.bus_reconnected)
             supervisor.start()
-            served = bus.serve(CPE_QUEUE, service.handlers())
+            served = bus.serve(CPE_QUEUE, service.handlers(), workers=SERVE_WORKERS,
+                               serial_key=service.serial_key)
             if not served.wait_attached(timeout=10.0):
                 log.warning("queue %s not attached yet; the bus keeps trying", CPE_QUEUE)
             (self.state_dir / "cped.pid").write_text(f"{os.getpid()}\n")

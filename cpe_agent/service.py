@@ -37,6 +37,8 @@ EVENT_TOPICS = "pcloud.event.#"
 DPE_HEARTBEATS = "pcloud.heartbeat.*.-"
 DPE_CALL_TIMEOUT = 5.0
 STATUS_TIMEOUT = 3.0
+SERVE_WORKERS = 8
+CHANGES = frozenset({"deployable_start", "deployable_stop", "deployable_reload"})
 BACKFILL_PAGE = 500
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -69,6 +71,7 @@ class CpeService:
         self.store = store
         self.supervisor = supervisor
         self.bus = bus
+        self._starting = threading.Lock()
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -80,23 +83,40 @@ class CpeService:
             "events_query": self.events_query,
         }
 
+    @staticmethod
+    def serial_key(method: str, body: etree._Element, msg: Message) -> str | None:
+        """Changes to one deployable run one at a time, in arrival order; everything else
+        (and changes to other deployables) runs concurrently, so a frozen DPE holds up only
+        the requests that must wait for it."""
+        if method in CHANGES and body.tag == "deployable":
+            return body.get("name") or None
+        return None
+
     # --- methods -----------------------------------------------------------------------
 
     def deployable_start(self, body: etree._Element, msg: Message) -> etree._Element:
         dep = self._parse_deployable(body, "deployable_start")
-        assert dep.uuid is not None
-        other = self.store.find_uuid(dep.uuid)
-        if other is not None and other.name != dep.name:
-            self._refuse(dep.name, "duplicate_uuid",
-                         f"uuid {dep.uuid} already belongs to deployable {other.name!r}")
-        try:
-            self.store.start(dep.name, dep.uuid, dep.to_xml(), "starting")
-        except StoreError as exc:
-            self._refuse(dep.name, "duplicate_deployable", str(exc))
+        with self._starting:
+            refusal = self._claim(dep)
+        if refusal is not None:
+            self._refuse(dep.name, *refusal)
         self.supervisor.write_document(dep.name, dep.to_xml())
         self.supervisor.tick()
         log.info("deployable %s accepted: starting its DPE", dep.name)
         return _result(dep.name, "starting")
+
+    def _claim(self, dep: Deployable) -> tuple[str, str] | None:
+        """Store a new deployable unless its uuid or name is taken: (code, message) if so.
+        Starts of different names run concurrently, so check and insert under one lock."""
+        assert dep.uuid is not None
+        other = self.store.find_uuid(dep.uuid)
+        if other is not None and other.name != dep.name:
+            return "duplicate_uuid", f"uuid {dep.uuid} already belongs to deployable {other.name!r}"
+        try:
+            self.store.start(dep.name, dep.uuid, dep.to_xml(), "starting")
+        except StoreError as exc:
+            return "duplicate_deployable", str(exc)
+        return None
 
     def deployable_stop(self, body: etree._Element, msg: Message) -> etree._Element:
         stored = self._named(body, "deployable_stop")
