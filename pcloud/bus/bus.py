@@ -183,7 +183,7 @@ class Bus:
         return protocol.parse_response(response.body)
 
     def _send_to(self, address: str, message: Message) -> None:
-        self._running().post(address, message.to_proton())
+        self._running().post(address, message)
 
     # ---- receiving -----------------------------------------------------------------
 
@@ -228,7 +228,7 @@ class Bus:
         return Subscription(self, handle, address)
 
     def _reply(self, reply_to: str, response: Message) -> None:
-        self._running().post(reply_to, response.to_proton())
+        self._running().post(reply_to, response)
 
     def _cancel(self, handle: int) -> None:
         if self._loop is not None and not self._closed:

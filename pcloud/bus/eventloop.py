@@ -141,8 +141,9 @@ class EventLoop(MessagingHandler):
         self._queue(future, fn, args)
         return future
 
-    def post(self, address: str, message: ProtonMessage) -> None:
-        """Send a message from any thread, in order with other posts and tasks."""
+    def post(self, address: str, message: Message) -> None:
+        """Send a message from any thread, in order with other posts and tasks; it becomes a
+        proton message on this thread."""
         self._queue(None, self._enqueue, (address, message))
 
     def _queue(self, future: Future | None, fn: Callable[..., Any], args: tuple) -> None:
@@ -227,12 +228,12 @@ class EventLoop(MessagingHandler):
         spec.outbox.append(message)
         self._flush(spec)
 
-    def _enqueue(self, address: str, message: ProtonMessage) -> None:
+    def _enqueue(self, address: str, message: Message) -> None:
         """``send`` without the flush: the task drain flushes each touched link once."""
         spec = self._touched.get(address)
         if spec is None:
             spec = self._touched[address] = self._sender_for(address)
-        spec.outbox.append(message)
+        spec.outbox.append(message.to_proton())
 
     def _sender_for(self, address: str) -> LinkSpec:
         """The sender link of an address, created or re-attached when needed."""

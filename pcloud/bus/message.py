@@ -44,19 +44,24 @@ class Message:
             self.body = ""
 
     def to_proton(self) -> ProtonMessage:
-        """Build the proton message carrying this envelope."""
-        props = dict(self.properties)
-        if self.opcode is not None:
-            props[OPCODE] = self.opcode
-        return ProtonMessage(
-            body=self.body,
-            id=self.id,
-            subject=self.subject,
-            reply_to=self.reply_to,
-            correlation_id=self.correlation_id,
-            content_type=CONTENT_TYPE,
-            properties=props or None,
-        )
+        """Build the proton message carrying this envelope (on the proton thread: every
+        proton call releases the GIL, so other threads only hand over plain objects)."""
+        pm = ProtonMessage(body=self.body)
+        pm.content_type = CONTENT_TYPE
+        if self.id is not None:
+            pm.id = self.id
+        if self.subject is not None:
+            pm.subject = self.subject
+        if self.reply_to is not None:
+            pm.reply_to = self.reply_to
+        if self.correlation_id is not None:
+            pm.correlation_id = self.correlation_id
+        if self.properties or self.opcode is not None:
+            props = dict(self.properties)
+            if self.opcode is not None:
+                props[OPCODE] = self.opcode
+            pm.properties = props
+        return pm
 
     @classmethod
     def from_proton(cls, pm: ProtonMessage, address: str | None = None) -> Message:
