@@ -17,6 +17,7 @@ from pcloud.states import AssemblyState as A
 from pcloud.states import ResourceState as R
 
 STOP_TIMEOUT = 20.0
+DEFAULT_BOOT_TIMEOUT = 30.0     # for a driver that does not say its ``boot_timeout``
 
 log = logging.getLogger("dped")
 
@@ -24,12 +25,19 @@ log = logging.getLogger("dped")
 class AssemblyOps:
     """Boot, restart and stop assemblies on the pool (results via the queue)."""
 
+    def _boot_timeout(self, interval: float, misses: int) -> float:
+        """Seconds from boot to the first heartbeat: what the driver needs (a VM boots for
+        30-50 s under TCG), never less than the assembly's own heartbeat timeout."""
+        needed = getattr(self.driver, "boot_timeout", None)
+        return max(DEFAULT_BOOT_TIMEOUT if needed is None else float(needed), interval * misses)
+
     def _boot(self, asm: str) -> None:
         interval, misses = self.dep.assembly(asm).heartbeat()
+        boot_timeout = self._boot_timeout(interval, misses)
         if asm in self.tracker.watches:
-            self.tracker.restart_watch(asm, time.monotonic())
+            self.tracker.restart_watch(asm, time.monotonic(), boot_timeout)
         else:
-            self.tracker.expect(asm, interval, misses, time.monotonic())
+            self.tracker.expect(asm, interval, misses, time.monotonic(), boot_timeout)
         self._assembly_state(asm, A.STARTING)
         self.busy[asm] = "start"
         self.awaiting.add(asm)

@@ -40,7 +40,14 @@ from lxml import etree
 from dpe_agent.assemblies import AssemblyOps
 from dpe_agent.convergence import Convergence, load_engine
 from dpe_agent.detection import Detection
-from dpe_agent.drivers import AssemblySpec, PowerState, get_driver
+from dpe_agent.drivers import (
+    AssemblySpec,
+    DriverError,
+    InfrastructureDriver,
+    PowerState,
+    UnavailableDriver,
+    get_driver,
+)
 from dpe_agent.executor import ActionRunner, GraphRun
 from dpe_agent.heartbeats import HeartbeatTracker
 from dpe_agent.incidents import IncidentTracker, iso
@@ -53,6 +60,7 @@ from dpe_agent.stopping import Stopping
 from dpe_agent.store import DpeStore
 from pcloud.bus import Bus, Message
 from pcloud.deployable import Deployable
+from pcloud.events import EventType
 from pcloud.states import DeployableState as D
 
 log = logging.getLogger("dped")
@@ -83,7 +91,7 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         self.engine = load_engine(engine)
         self.bus = bus or Bus(url=broker_url, name=f"dped-{self.name}")
         self.broker_url = self.bus.url
-        self.driver = driver or get_driver(deployable.infrastructure)
+        self.driver = driver or self._driver_for(deployable.infrastructure)
         self.handle_signals = handle_signals
         self.observed = ObservedState()
         self.tracker = HeartbeatTracker()
@@ -121,6 +129,22 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         self.next_beat = 0.0
         self.subscriptions: list = []
         self._persist = False
+
+    @staticmethod
+    def _driver_for(infrastructure: str) -> InfrastructureDriver:
+        """The deployable's driver; one that cannot be had is reported once started."""
+        try:
+            return get_driver(infrastructure)
+        except DriverError as exc:
+            log.error("%s", exc)
+            return UnavailableDriver(infrastructure, str(exc))
+
+    def _refuse_unavailable_driver(self) -> None:
+        """No driver for the infrastructure: a config_error and ``failed``, nothing launched."""
+        reason = self.driver.reason
+        self.emit(EventType.CONFIG_ERROR, reason=f"infrastructure_unavailable: {reason}")
+        self.gave_up = True
+        self.change_state((), D.FAILED, reason)
 
     def spec(self, assembly: str, dep: Deployable | None = None) -> AssemblySpec:
         asm = (dep or self.dep).assembly(assembly)
@@ -176,6 +200,8 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         else:
             self.states.pop((), None)
             self.change_state((), D.STARTING)
+        if isinstance(self.driver, UnavailableDriver):
+            self._refuse_unavailable_driver()
         now = time.monotonic()
         for asm in self.dep.assemblies:
             self._ensure_states(asm.name)

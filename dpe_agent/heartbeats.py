@@ -131,12 +131,19 @@ class HeartbeatTracker:
         for watch in self.watches.values():
             watch.grace_until = now + (seconds if seconds is not None else watch.timeout)
 
-    def restart_watch(self, assembly: str, now: float) -> None:
-        """The assembly is being (re)booted: wait for its first beat again."""
+    def restart_watch(self, assembly: str, now: float,
+                      boot_timeout: float | None = None) -> None:
+        """The assembly is being (re)booted: wait for its first beat again.
+
+        ``boot_timeout`` replaces the watch's: an adopted assembly was watched with a short
+        one, its reboot needs the driver's.
+        """
         watch = self.watches.get(assembly)
         if watch is not None:
             watch.liveness, watch.since, watch.last = Liveness.BOOTING, now, None
             watch.seq = watch.started = watch.digest = None
+            if boot_timeout is not None:
+                watch.boot_timeout = boot_timeout
 
     def _silent(self, watch: Watch, now: float) -> bool:
         """Silent for longer than one and a half beats: no beat is merely late."""

@@ -12,6 +12,12 @@ Example ``/etc/pcloud/agent.conf``::
     state_dir = /var/lib/pcloud-agent
     heartbeat_interval = 1
     pidfile = /run/pcloud-agent.pid
+    kernel_cmdline = yes      ; optional: identity from /proc/cmdline (assembly VMs)
+
+With ``kernel_cmdline = yes`` (assembly images set it), ``pcloud.deployable=``,
+``pcloud.assembly=``, ``pcloud.uuid=`` and ``pcloud.heartbeat_interval=`` arguments on the kernel
+command line override the file: the VM driver puts the deployable's names there, so one image
+serves whichever assembly boots it. Command-line flags still win over both.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ DEFAULT_STATE_DIR = "/var/lib/pcloud-agent"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _UUID = re.compile(r"^\S{1,64}$")
 KEYS = ("deployable", "assembly", "uuid", "broker_url", "broker_user", "broker_password",
-        "state_dir", "heartbeat_interval", "pidfile")
+        "state_dir", "heartbeat_interval", "pidfile", "kernel_cmdline")
+KERNEL_CMDLINE = "/proc/cmdline"
+CMDLINE_KEYS = ("deployable", "assembly", "uuid", "heartbeat_interval")
 
 
 class ConfigError(Exception):
@@ -83,11 +91,37 @@ def read_file(path: str, required: bool) -> dict[str, str]:
     return values
 
 
-def load(path: str | None, overrides: dict[str, str | None]) -> AgentConfig:
-    """Merge file and flags (flags win), check every value, fill defaults."""
+def cmdline_overrides(text: str) -> dict[str, str]:
+    """The ``pcloud.<key>=<value>`` arguments of a kernel command line (last one wins)."""
+    found: dict[str, str] = {}
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        name = key.removeprefix("pcloud.")
+        if sep and key.startswith("pcloud.") and name in CMDLINE_KEYS and value:
+            found[name] = value
+    return found
+
+
+def _from_kernel_cmdline(values: dict[str, str], where: str, cmdline: str) -> dict[str, str]:
+    setting = values.pop("kernel_cmdline", "no").strip().lower()
+    if setting not in ("yes", "no", "true", "false", "1", "0"):
+        raise ConfigError(f"{where}: kernel_cmdline must be yes or no, not {setting!r}")
+    if setting not in ("yes", "true", "1"):
+        return {}
+    try:
+        with open(cmdline, encoding="utf-8", errors="replace") as f:
+            return cmdline_overrides(f.read())
+    except OSError:
+        return {}
+
+
+def load(path: str | None, overrides: dict[str, str | None],
+         cmdline: str = KERNEL_CMDLINE) -> AgentConfig:
+    """Merge file, kernel command line (if enabled) and flags (flags win), check, fill defaults."""
     values = read_file(path or DEFAULT_CONFIG, required=path is not None)
-    values.update({k: v for k, v in overrides.items() if v is not None})
     where = f"config {path or DEFAULT_CONFIG}"
+    values.update(_from_kernel_cmdline(values, where, cmdline))
+    values.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("deployable", "assembly"):
         value = values.get(key, "").strip()
         if not value:

@@ -16,7 +16,7 @@ from lxml import etree
 from pcloud import schemas, xmlsafe
 from pcloud.xmlsafe import XMLError
 
-INFRASTRUCTURES = ("process", "libvirt", "openstack")
+INFRASTRUCTURES = ("process", "qemu", "libvirt", "openstack")
 SERVICE_CLASSES = ("ocf", "lsb", "systemd", "process")
 DEFAULT_HEARTBEAT_INTERVAL = 1.0
 DEFAULT_HEARTBEAT_MISSES = 3

@@ -22,10 +22,10 @@ from typing import Any
 from lxml import etree
 
 from pcloud import paths, schemas, xmlsafe
+from pcloud.deployable import INFRASTRUCTURES
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 FORMAT_VERSION = 1
-INFRASTRUCTURES = ("process", "libvirt", "openstack")
 
 
 class CatalogueError(Exception):

@@ -179,15 +179,48 @@ class Commands:
 
     # --- assemblies --------------------------------------------------------------------
 
+    def _built_jeos(self, jeos: str, arch: str | None) -> str | None:
+        """The catalogue name of the JEOS image meant by the arguments, if one is built."""
+        images = _images()
+        names = [f"{jeos}-{arch}" if arch else jeos]
+        try:
+            names.append(images.jeos_name(jeos, arch or "x86_64"))
+        except images.ImageError:
+            pass
+        built = {i.name for i in images.jeos_list(self.catalogue.images_dir)}
+        return next((n for n in names if n in built), None)
+
     @command("<assembly> <jeos|distro> [<arch>]", "new", "jeos", "arch")
     def cmd_assembly_create(self, args: list[str]) -> None:
-        """Create an assembly from a JEOS; resources are added with assembly_resource_add."""
+        """Create an assembly from a JEOS; resources are added with assembly_resource_add.
+
+        When that JEOS has been built (jeos_create), the assembly image is built on it too
+        (about 20 s), for the qemu and libvirt infrastructures; otherwise only the catalogue
+        entry is made, which the process infrastructure needs alone.
+        """
         name, jeos, *rest = _args(args, "assembly_create", 2, 3)
-        if rest:
-            jeos = f"{jeos}-{rest[0]}"
-        self.catalogue.assembly_create(name, jeos)
-        self.say(f"assembly {name} created on JEOS {jeos} (the process infrastructure runs it "
-                 "as a sandbox; libvirt needs an image built on that JEOS)")
+        built = self._built_jeos(jeos, rest[0] if rest else None)
+        if built is None:
+            jeos = f"{jeos}-{rest[0]}" if rest else jeos
+            self.catalogue.assembly_create(name, jeos)
+            self.say(f"assembly {name} created on JEOS {jeos} (no image: JEOS {jeos} is not "
+                     "built, so only the process infrastructure can run it)")
+            return
+        if name in self.catalogue.assemblies():
+            raise CommandError(f"assembly {name!r} already exists")
+        images = _images()
+        try:
+            image = images.assembly_create(name, built, self.catalogue.images_dir,
+                                           broker_url=self.broker_url or config.broker_url(),
+                                           progress=self.say)
+        except images.ImageError as exc:
+            raise CommandError(str(exc)) from None
+        try:
+            self.catalogue.assembly_create(name, built, str(image.path))
+        except CatalogueError:
+            images.assembly_delete(name, self.catalogue.images_dir)
+            raise
+        self.say(f"assembly {name} created on JEOS {built}, image {image.path}")
 
     @command("<assembly> <new_assembly>", "assembly", "new")
     def cmd_assembly_clone(self, args: list[str]) -> None:
@@ -223,11 +256,13 @@ class Commands:
         """List the assemblies."""
         _args(args, "assembly_list", 0)
         rows = [{"name": name, "uuid": a["uuid"], "jeos": a["jeos"],
+                 "image": a.get("image") or "-",
                  "resources": ",".join(a["resources"]) or "-",
                  "escalation": _escalation(a.get("escalation"))}
                 for name, a in sorted(self.catalogue.assemblies().items())]
         self.rows(rows, (("name", "NAME"), ("uuid", "UUID"), ("jeos", "JEOS"),
-                         ("resources", "RESOURCES"), ("escalation", "ESCALATION")))
+                         ("image", "IMAGE"), ("resources", "RESOURCES"),
+                         ("escalation", "ESCALATION")))
 
     @command("<resource> <template> <assembly>", "new", "template", "assembly")
     def cmd_assembly_resource_add(self, args: list[str]) -> None:

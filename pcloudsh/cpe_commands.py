@@ -19,7 +19,7 @@ from pcloudsh import display
 from pcloudsh.commands import CommandError, Commands, _args, command
 
 
-@command("<deployable> [process|libvirt|openstack]", "new", "infrastructure")
+@command("<deployable> [process|qemu|libvirt|openstack]", "new", "infrastructure")
 def cmd_deployable_create(self: Commands, args: list[str]) -> None:
     """Create a deployable in the catalogue; add assemblies with deployable_assembly_add."""
     name, *rest = _args(args, "deployable_create", 1, 2)

@@ -38,6 +38,9 @@ ROOT_LABEL = "jeosroot"
 GUEST_DNS = "10.0.2.3"
 RECIPE_VERSION = 2
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+# Baked into an image made for no deployable in particular. The VM drivers pass the real
+# names on the kernel command line, which the agent prefers (``kernel_cmdline = yes``).
+UNASSIGNED = "unassigned"
 
 
 class ImageError(Exception):
@@ -490,13 +493,17 @@ def _existing(name: str, dest: Path, exist_ok: bool, same: Callable[[Image], boo
     raise ImageExistsError(f"assembly {name!r} already exists in {dest.parent}")
 
 
-def assembly_create(name: str, jeos: str, catalogue_dir: str | Path, *, deployable: str,
-                    broker_url: str, uuid: str | None = None, heartbeat_interval: float = 1.0,
-                    progress: Progress | None = None, exist_ok: bool = False) -> Image:
+def assembly_create(name: str, jeos: str, catalogue_dir: str | Path, *, broker_url: str,
+                    deployable: str = UNASSIGNED, uuid: str | None = None,
+                    heartbeat_interval: float = 1.0, progress: Progress | None = None,
+                    exist_ok: bool = False) -> Image:
     """Create an assembly: a qcow2 overlay on ``jeos`` with the guest agent baked in.
 
     ``broker_url`` is the broker as the host sees it, with the credentials this assembly's
-    agent uses; the image gets the same URL pointed at the guest's forward address. With
+    agent uses; the image gets the same URL pointed at the guest's forward address (only its
+    port and credentials matter: the VM driver forwards that port to the DPE's broker).
+    ``deployable``, the assembly name, ``uuid`` and ``heartbeat_interval`` are defaults only:
+    a VM driver boots the image with the deployable's values on the kernel command line. With
     ``exist_ok``, an existing assembly of the same JEOS and deployable is returned as is.
     """
     _check_name(name, "assembly")

@@ -107,10 +107,36 @@ def test_agent_config_is_what_the_agent_reads(tmp_path):
              "guest_broker_url": images.guest_broker_url(BROKER), "heartbeat_interval": 0.5}
     path = tmp_path / "agent.conf"
     path.write_text(guest_payload.agent_config(ident))
-    loaded = agent_config.load(str(path), {"state_dir": str(tmp_path / "state")})
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("root=/dev/vda rw console=ttyS0\n")
+    loaded = agent_config.load(str(path), {"state_dir": str(tmp_path / "state")},
+                               cmdline=str(cmdline))
     assert (loaded.deployable, loaded.assembly, loaded.uuid) == ("dep1", "web", "u-1")
     assert loaded.broker_url == "amqp://asm-user:s3cret@10.0.2.100:5700"
     assert loaded.heartbeat_interval == 0.5
+
+
+def test_kernel_command_line_names_the_assembly_an_image_boots_as(tmp_path):
+    from guest_agent import config as agent_config
+
+    ident = {"deployable": images.UNASSIGNED, "name": "tmpl", "uuid": "u-1",
+             "guest_broker_url": images.guest_broker_url(BROKER), "heartbeat_interval": 1.0}
+    path = tmp_path / "agent.conf"
+    path.write_text(guest_payload.agent_config(ident))
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("root=/dev/vda pcloud.deployable=shop pcloud.assembly=db "
+                       "pcloud.uuid=u-2 pcloud.heartbeat_interval=0.5 pcloud.broker_url=x "
+                       "systemd.hostname=db\n")
+    state = {"state_dir": str(tmp_path / "state")}
+    loaded = agent_config.load(str(path), state, cmdline=str(cmdline))
+    assert (loaded.deployable, loaded.assembly, loaded.uuid) == ("shop", "db", "u-2")
+    assert loaded.heartbeat_interval == 0.5
+    assert loaded.broker_url == "amqp://asm-user:s3cret@10.0.2.100:5700"
+    flags = agent_config.load(str(path), {**state, "assembly": "web"}, cmdline=str(cmdline))
+    assert flags.assembly == "web"
+    path.write_text(path.read_text().replace("kernel_cmdline = yes", "kernel_cmdline = no"))
+    ignored = agent_config.load(str(path), state, cmdline=str(cmdline))
+    assert (ignored.deployable, ignored.assembly) == (images.UNASSIGNED, "tmpl")
 
 
 def test_bad_names_and_missing_images_are_refused(tmp_path):
@@ -227,3 +253,38 @@ def test_assembly_clone_gets_a_fresh_identity_and_delete_removes_it(catalogue):
     images.assembly_delete("db2", catalogue)
     assert [a.name for a in images.assembly_list(catalogue)] == ["db"]
     assert not any(p.name.startswith(".") for p in (catalogue / "assemblies").iterdir())
+
+
+def pcloudsh(state: Path, *args: str) -> str:
+    """Run ``pcloudsh`` as an operator would; its output (progress included) on success."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PCLOUD_STATE_DIR=str(state), PCLOUD_BROKER_URL=BROKER)
+    result = subprocess.run([str(Path(sys.executable).with_name("pcloudsh")), *args],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_shell_builds_lists_clones_and_deletes_assembly_images(tmp_path):
+    reason = build_tools_missing()
+    if reason:
+        pytest.skip(reason)
+    state = tmp_path / "state"
+    jeos = cached_jeos(state / "pcloudsh" / "images")
+    out = pcloudsh(state, "assembly_create", "web", "debian12", "x86_64")
+    assert "libguestfs" in out and f"created on JEOS {jeos.name}, image" in out
+    out = pcloudsh(state, "assembly_clone", "web", "web2")
+    assert "fresh identity" in out
+    listed = {a["name"]: a for a in json.loads(pcloudsh(state, "--json", "assembly_list"))}
+    assert set(listed) == {"web", "web2"}
+    assert listed["web2"]["image"] == str(state / "pcloudsh" / "images" / "assemblies" / "web2")
+    assert [a.name for a in images.assembly_list(state / "pcloudsh" / "images")] == \
+        ["web", "web2"]
+    out = pcloudsh(state, "assembly_create", "sandbox", "F14", "x86_64")
+    assert "no image" in out
+    assert json.loads(pcloudsh(state, "--json", "jeos_list"))[0]["name"] == jeos.name
+    pcloudsh(state, "assembly_delete", "web2")
+    assert [a.name for a in images.assembly_list(state / "pcloudsh" / "images")] == ["web"]

@@ -62,6 +62,7 @@ def test_domain_xml_boots_kernel_directly_with_broker_only_network(assembly_dir,
     assert root.findtext("os/kernel") == str(assembly_dir / "vmlinuz")
     assert root.findtext("os/initrd") == str(assembly_dir / "initrd.img")
     assert "root=/dev/vda" in root.findtext("os/cmdline")
+    assert f"pcloud.assembly=web pcloud.uuid={spec.uuid}" in root.findtext("os/cmdline")
     disk = root.find("devices/disk")
     assert disk.find("target").get("bus") == "virtio"
     assert disk.find("source").get("file") == str(assembly_dir / "disk.qcow2")

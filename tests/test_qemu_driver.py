@@ -61,6 +61,16 @@ def test_command_line_isolates_the_guest(spec):
     assert "guestfwd=tcp:10.0.2.100:5700-cmd:nc 127.0.0.1 5700" in netdev
     assert argv[argv.index("-m") + 1] == "128"
     assert argv[argv.index("-uuid") + 1] == spec.uuid
+    cmdline = argv[argv.index("-append") + 1].split()
+    assert cmdline[:3] == ["root=/dev/vda", "rw", "console=ttyS0"]
+    assert {"pcloud.deployable=dep1", "pcloud.assembly=web", f"pcloud.uuid={spec.uuid}",
+            "pcloud.heartbeat_interval=1", "systemd.hostname=web"} <= set(cmdline)
+
+
+def test_identity_that_cannot_go_on_the_kernel_command_line_is_refused(spec):
+    bad = AssemblySpec(**{**spec.__dict__, "uuid": "two words"})
+    with pytest.raises(DriverError, match="kernel command line"):
+        QemuDriver().command(bad)
 
 
 def test_stale_pidfile_of_another_process_is_not_running(spec):

@@ -1,8 +1,10 @@
 """Infrastructure drivers by name (the deployable's ``infrastructure`` attribute).
 
 Drivers are imported lazily: the ``libvirt`` driver needs libvirt-python, which a host that only
-runs process sandboxes does not have. ``AssemblySpec.state_dir`` handed to every driver is the
-assembly's own directory, ``<state>/dpe/<dep>/assemblies/<asm>``.
+runs process sandboxes does not have. ``openstack`` is a valid infrastructure name in the
+deployable schema but has no driver in this build: asking for it is a clear DriverError.
+``AssemblySpec.state_dir`` handed to every driver is the assembly's own directory,
+``<state>/dpe/<dep>/assemblies/<asm>``.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ from dpe_agent.drivers.base import (
     DriverError,
     InfrastructureDriver,
     PowerState,
+    UnavailableDriver,
 )
 
-__all__ = ["AssemblySpec", "DriverError", "InfrastructureDriver", "PowerState", "DRIVERS",
-           "get_driver"]
+__all__ = ["AssemblySpec", "DriverError", "InfrastructureDriver", "PowerState",
+           "UnavailableDriver", "DRIVERS", "get_driver"]
 
-DRIVERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "process": ("dpe_agent.drivers.process", ("ProcessDriver",)),
-    "libvirt": ("dpe_agent.drivers.libvirt", ("LibvirtDriver",)),
-    "qemu": ("dpe_agent.drivers.qemu", ("QemuDriver",)),
-    "openstack": ("dpe_agent.drivers.openstack", ("OpenStackDriver", "Driver")),
+#: infrastructure name -> (module, driver class); None: accepted by the schema, not built
+DRIVERS: dict[str, tuple[str, str] | None] = {
+    "process": ("dpe_agent.drivers.process", "ProcessDriver"),
+    "libvirt": ("dpe_agent.drivers.libvirt", "LibvirtDriver"),
+    "qemu": ("dpe_agent.drivers.qemu", "QemuDriver"),
+    "openstack": None,
 }
 
 
@@ -32,13 +36,13 @@ def get_driver(name: str, **options: Any) -> InfrastructureDriver:
     """Instantiate the driver called ``name``; DriverError if unknown or unavailable."""
     if name not in DRIVERS:
         raise DriverError(f"unknown infrastructure {name!r} (known: {', '.join(DRIVERS)})")
-    module_name, class_names = DRIVERS[name]
+    entry = DRIVERS[name]
+    if entry is None:
+        raise DriverError(f"infrastructure {name!r} is not available in this build "
+                          f"(available: {', '.join(k for k, v in DRIVERS.items() if v)})")
+    module_name, class_name = entry
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise DriverError(f"infrastructure {name!r} is not available here: {exc}") from exc
-    for class_name in class_names:
-        cls = getattr(module, class_name, None)
-        if cls is not None:
-            return cls(**options)
-    raise DriverError(f"infrastructure {name!r}: {module_name} defines no driver class")
+    return getattr(module, class_name)(**options)

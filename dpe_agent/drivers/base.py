@@ -37,9 +37,15 @@ class AssemblySpec:
 
 
 class InfrastructureDriver(Protocol):
-    """Boots, stops, fences and inspects assemblies on one kind of infrastructure."""
+    """Boots, stops, fences and inspects assemblies on one kind of infrastructure.
+
+    ``boot_timeout`` is how many seconds after ``start`` the DPE waits for an assembly's first
+    heartbeat before it declares it lost and fences it: a process sandbox's agent is up in
+    about a second, a VM under TCG needs 30-50 s here, so each driver says what it needs.
+    """
 
     name: str
+    boot_timeout: float
 
     def start(self, assembly: AssemblySpec) -> None:
         """Boot the assembly (its guest agent comes up inside and starts heartbeating)."""
@@ -52,3 +58,30 @@ class InfrastructureDriver(Protocol):
 
     def status(self, assembly: AssemblySpec) -> PowerState:
         """Report whether the assembly is powered on."""
+
+
+class UnavailableDriver:
+    """Stands in for an infrastructure this build or host cannot drive.
+
+    The DPE keeps running with it so it can report the problem (a ``config_error`` event, the
+    deployable ``failed``) and answer ``deployable_stop``, instead of exiting and being
+    restarted in a loop by the CPE. Nothing can be started; nothing of it ever runs.
+    """
+
+    boot_timeout = 0.0
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+
+    def start(self, assembly: AssemblySpec) -> None:
+        raise DriverError(self.reason)
+
+    def stop(self, assembly: AssemblySpec, timeout: float) -> None:
+        """Nothing runs: nothing to stop."""
+
+    def fence(self, assembly: AssemblySpec) -> None:
+        """Nothing runs: nothing to fence."""
+
+    def status(self, assembly: AssemblySpec) -> PowerState:
+        return PowerState.STOPPED

@@ -19,7 +19,7 @@ from typing import Any
 from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
 from dpe_agent.drivers.vmboot import (
     BOOT_TIMEOUT,
-    KERNEL_CMDLINE,
+    kernel_cmdline,
     load_vm_image,
     netdev_option,
     nic_option,
@@ -76,7 +76,7 @@ def domain_xml(spec: AssemblySpec) -> str:
     _sub(os_el, "type", "hvm", arch="x86_64", machine="pc")
     _sub(os_el, "kernel", str(image.kernel))
     _sub(os_el, "initrd", str(image.initrd))
-    _sub(os_el, "cmdline", KERNEL_CMDLINE)
+    _sub(os_el, "cmdline", kernel_cmdline(spec))
     _sub(_sub(domain, "features"), "acpi")
     _sub(domain, "on_poweroff", "destroy")
     _sub(domain, "on_reboot", "restart")

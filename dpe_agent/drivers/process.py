@@ -125,6 +125,9 @@ class ProcessDriver:
     """Sandboxes on this host; one instance per DPE, safe to call from several threads."""
 
     name = "process"
+    # The agent heartbeats about a second after start; the margin covers Python's start-up on
+    # a loaded host, and is what a DPE allowed every assembly before drivers said their own.
+    boot_timeout = 30.0
 
     def __init__(self, use_pid_namespace: bool | None = None,
                  agent_argv: list[str] | None = None) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
 from dpe_agent.drivers.vmboot import (
     BOOT_TIMEOUT,
-    KERNEL_CMDLINE,
+    kernel_cmdline,
     load_vm_image,
     netdev_option,
     nic_option,
@@ -80,7 +80,7 @@ class QemuDriver:
                 "-accel", self._accel, "-machine", "pc", "-nodefaults", "-display", "none",
                 "-m", str(image.memory_mib), "-smp", str(image.vcpus),
                 "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-                "-append", KERNEL_CMDLINE,
+                "-append", kernel_cmdline(spec),
                 "-drive", f"file={image.disk},if=virtio,format=qcow2",
                 "-netdev", netdev_option(image, spec.broker_url),
                 "-device", nic_option(image),

@@ -6,11 +6,17 @@ was configured with). The VMs boot the JEOS kernel directly and reach exactly on
 the broker: user-mode networking with ``restrict=on`` cuts the guest off from the host and the
 outside, and one ``guestfwd`` rule turns connections to ``GUEST_BROKER_ADDR:port`` into a
 ``nc`` to the broker the DPE itself uses.
+
+The assembly's identity is not taken from the image: the kernel command line carries it
+(``pcloud.deployable=… pcloud.assembly=… pcloud.uuid=… pcloud.heartbeat_interval=…``, read by
+the guest agent, see ``guest_agent.config``; ``systemd.hostname=…`` for the host name), so an
+image built for one deployable boots as whatever assembly the deployable document says.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -39,6 +45,22 @@ class VmImage:
     guest_broker_port: int
     memory_mib: int = 1024
     vcpus: int = 1
+
+
+_CMDLINE_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def kernel_cmdline(spec: AssemblySpec) -> str:
+    """The VM's kernel command line: root disk, serial console, the assembly's identity."""
+    identity = {"pcloud.deployable": spec.deployable, "pcloud.assembly": spec.name,
+                "pcloud.uuid": spec.uuid,
+                "pcloud.heartbeat_interval": f"{spec.heartbeat_interval:g}",
+                "systemd.hostname": spec.name.replace("_", "-").strip("-").lower() or "assembly"}
+    for key, value in identity.items():
+        if not _CMDLINE_VALUE.match(value):
+            raise DriverError(f"assembly {spec.deployable}/{spec.name}: {key} value {value!r} "
+                              "cannot go on a kernel command line")
+    return " ".join([KERNEL_CMDLINE, *(f"{k}={v}" for k, v in identity.items())])
 
 
 def broker_endpoint(url: str) -> tuple[str, int]:
