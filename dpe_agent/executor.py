@@ -109,6 +109,22 @@ class GraphRun:
         if not self.aborted:
             self.aborted = reason
 
+    def abandon_node(self, node: str) -> list[Action]:
+        """Stop waiting for the actions running on a lost assembly, and abort.
+
+        Their agent is gone, so their calls can only time out; waiting for that would delay
+        the next graph (and the fencing in it) by a whole operation timeout. Their late
+        results are ignored by the caller, as for any action on an assembly not online.
+        """
+        abandoned = [self.graph.by_id[i] for i in self.running
+                     if self.graph.by_id[i].node == node]
+        for action in abandoned:
+            self.running.discard(action.id)
+            self.done.add(action.id)
+        if abandoned:
+            self.abort(f"assembly {node} lost with {len(abandoned)} action(s) running")
+        return abandoned
+
     @property
     def finished(self) -> bool:
         """Nothing runs and nothing more will be launched."""

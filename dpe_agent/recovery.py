@@ -41,6 +41,8 @@ class Recovery:
         if self._escalate(decision, reason):
             return
         self.observed.set_lost(asm)
+        if self.run is not None:
+            self.run.abandon_node(asm)
         if decision.delay:
             self.holds[(asm,)] = time.monotonic() + decision.delay
         self._abort(f"assembly {asm} lost")

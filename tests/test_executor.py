@@ -63,6 +63,23 @@ def test_failed_action_aborts_new_launches_but_running_ones_finish():
     assert [a.id for a in launched] == [1, 5]
 
 
+def test_lost_assembly_abandons_its_running_actions_so_the_graph_finishes():
+    launched = []
+    run = GraphRun(chain(), 1, launched.append)
+    run.start()                                  # stop on web and probe on db run
+    abandoned = run.abandon_node("web")
+    assert [a.id for a in abandoned] == [1]
+    assert run.aborted and not run.finished      # the probe on db still runs
+    run.complete(next(a for a in launched if a.id == 5), ok=True)
+    assert run.finished and [a.id for a in launched] == [1, 5]
+
+
+def test_abandoning_an_assembly_with_nothing_running_changes_nothing():
+    run = GraphRun(chain(), 1, lambda action: None)
+    run.start()
+    assert run.abandon_node("app") == [] and not run.aborted
+
+
 def test_external_abort_stops_launches():
     launched = []
     run = GraphRun(chain(), 1, launched.append)
