@@ -115,6 +115,18 @@ def test_subscriber_drops_duplicate_ids(server, bus, wait_until):
     assert [m.subject for m in got] == ["once", "marker"]
 
 
+def test_messages_published_just_before_close_are_sent(broker, bus, wait_until):
+    key = unique("pcloud.test.last")
+    got = []
+    assert bus.subscribe(key, got.append).wait_attached()
+    for n in range(3):
+        publisher = Bus(broker.url, name="test-last-words").start(timeout=30)
+        publisher.publish(key, Message(body=f"<first n='{n}'/>"))
+        publisher.publish(key, Message(body=f"<last n='{n}'/>"))
+        publisher.close()
+    wait_until(lambda: len(got) == 6, message="every message published just before close")
+
+
 def test_repeated_request_is_answered_from_cache_not_rerun(server, bus, wait_until):
     runs = []
     queue = serve(server, {"count": lambda body, msg: runs.append(1) or f"<n v='{len(runs)}'/>"})

@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -42,6 +43,7 @@ HEARTBEAT = 4.0
 PREFETCH = 200
 MAX_IDLE_SENDERS = 64
 RELINK_DELAY = 1.0
+CLOSE_DRAIN = 2.0
 
 
 class LinkSpec:
@@ -182,12 +184,16 @@ class EventLoop(MessagingHandler):
                 except Exception:
                     log.exception("bus %s: cannot queue a message", self.name)
                 continue
+            self._flush_touched()  # what was posted before a task goes out before it runs
             if not future.set_running_or_notify_cancel():
                 continue
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:  # handed to the waiting thread
                 future.set_exception(exc)
+        self._flush_touched()
+
+    def _flush_touched(self) -> None:
         touched, self._touched = self._touched, {}
         for spec in touched.values():
             self._flush(spec)
@@ -215,7 +221,14 @@ class EventLoop(MessagingHandler):
             self.url, reconnect=ResettingBackoff(), heartbeat=HEARTBEAT,
             allowed_mechs="PLAIN", allow_insecure_mechs=True, ssl_domain=self._ssl_domain)
 
-    def _on_loop_shutdown(self) -> None:
+    def _on_loop_shutdown(self, deadline: float | None = None) -> None:
+        """Close once the broker has settled what was sent (waiting at most CLOSE_DRAIN s),
+        so that a process may publish its last event and exit."""
+        now = time.monotonic()
+        deadline = now + CLOSE_DRAIN if deadline is None else deadline
+        if self.connected.is_set() and now < deadline and self._output_pending():
+            self._container.schedule(0.02, _Timer(lambda: self._on_loop_shutdown(deadline)))
+            return
         self.closing = True
         if self._conn is not None:
             self._conn.close()
@@ -323,6 +336,9 @@ class EventLoop(MessagingHandler):
             delivery = link.send(message)
             spec.inflight += 1
             self._unsettled[delivery] = (spec, message)
+
+    def _output_pending(self) -> bool:
+        return bool(self._unsettled) or any(spec.outbox for spec in self._senders.values())
 
     def _flush_all(self) -> None:
         for spec in list(self._senders.values()):
