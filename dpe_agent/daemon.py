@@ -128,6 +128,7 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         self.beat_seq = 0
         self.next_beat = 0.0
         self.subscriptions: list = []
+        self.impostor_events: dict[str, float] = {}   # assembly -> last uuid config_error
         self._persist = False
 
     @staticmethod

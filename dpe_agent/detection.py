@@ -3,6 +3,13 @@
 Bus callbacks only queue; the ``_handle_*`` methods run on the main loop, feed the
 heartbeat tracker and the observed state, and hand failures to :mod:`dpe_agent.recovery`.
 A mixin of :class:`dpe_agent.daemon.Dpe`.
+
+Heartbeats and reports are untrusted input (anyone with write access to the topic can
+publish): each must have the right opcode, pass its schema and carry the uuid of the
+assembly it names, else it is dropped with one log line. A uuid mismatch (a stale clone,
+an agent configured for another instance, an impostor) also raises a ``config_error`` event
+naming the assembly, at most once per ``IMPOSTOR_EVENT_INTERVAL`` per assembly, so a lost
+assembly is never kept "alive" by someone else's beats.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ from dpe_agent.cib import rsc_id
 from dpe_agent.drivers import DriverError, PowerState
 from dpe_agent.heartbeats import BeatKind
 from dpe_agent.observed import AssemblyStatus
-from pcloud import xmlsafe
+from pcloud import schemas, xmlsafe
 from pcloud.bus import Message
 from pcloud.events import EventType
 from pcloud.states import AssemblyState as A
 from pcloud.states import DeployableState as D
 
 RECONNECT_GRACE = 5.0
+IMPOSTOR_EVENT_INTERVAL = 60.0
 
 log = logging.getLogger("dped")
 
@@ -35,10 +43,10 @@ class Detection:
         self.queue.put(("heartbeat", msg, time.monotonic()))
 
     def _handle_heartbeat(self, msg: Message, received: float) -> None:
-        root = xmlsafe.parse(msg.body, source="heartbeat")
-        asm = root.get("assembly")
-        if root.tag != "heartbeat" or root.get("deployable") != self.name or asm in (None, "-"):
+        root = self._agent_document(msg, "heartbeat")
+        if root is None:
             return
+        asm = root.get("assembly")
         beat = self.tracker.beat(asm, int(root.get("seq", "0")), root.get("started", ""),
                                  received, root.get("digest"))
         if beat is None or self.stopping:
@@ -117,10 +125,11 @@ class Detection:
         self.queue.put(("report", msg, time.time()))
 
     def _handle_report(self, msg: Message, received: float) -> None:
-        root = xmlsafe.parse(msg.body, source="report")
+        root = self._agent_document(msg, "report")
+        if root is None:
+            return
         asm, svc = root.get("assembly"), root.get("resource")
-        if (root.tag != "report" or root.get("deployable") != self.name or self.stopping
-                or self._service(asm, svc) is None
+        if (self.stopping or self._service(asm, svc) is None
                 or self.observed.status(asm) is not AssemblyStatus.ONLINE):
             return
         rc = int(root.get("rc", "1"))
@@ -138,6 +147,45 @@ class Detection:
             return
         reason = root.get("reason") or f"monitor returned rc {rc}"
         self._resource_failed(asm, svc, reason, _report_time(root, received))
+
+    def _agent_document(self, msg: Message, kind: str) -> etree._Element | None:
+        """The heartbeat or report in ``msg`` if it is fit to act on, else None (logged)."""
+        if msg.opcode != kind:
+            log.warning("dropped a message with opcode %r on the %s topic (%s)", msg.opcode,
+                        kind, msg.address)
+            return None
+        try:
+            root = xmlsafe.parse(msg.body, source=kind)
+            schemas.validate(root, kind)
+        except xmlsafe.XMLError as exc:
+            log.warning("dropped an invalid %s: %s", kind, exc)
+            return None
+        asm = root.get("assembly")
+        if root.get("deployable") != self.name or asm in (None, "-"):
+            return None                  # another deployable's, or this DPE's own heartbeat
+        try:
+            expected = self.dep.assembly(asm).uuid or asm
+        except KeyError:
+            log.info("dropped a %s of assembly %s, which %s does not have", kind, asm,
+                     self.name)
+            return None
+        uuid = root.get("uuid")
+        if uuid != expected:
+            self._impostor(kind, asm, uuid, expected)
+            return None
+        return root
+
+    def _impostor(self, kind: str, asm: str, uuid: str | None, expected: str) -> None:
+        """One log line per dropped message, one config_error per assembly per interval."""
+        reason = (f"{kind} from an agent with uuid {uuid or '(none)'}, expected {expected}: "
+                  "ignored")
+        log.warning("assembly %s: %s", asm, reason)
+        now = time.monotonic()
+        last = self.impostor_events.get(asm)
+        if last is not None and now - last < IMPOSTOR_EVENT_INTERVAL:
+            return
+        self.impostor_events[asm] = now
+        self.emit(EventType.CONFIG_ERROR, asm, reason=reason)
 
 
 def _report_time(root: etree._Element, received: float) -> float:

@@ -14,8 +14,9 @@ from lxml import etree
 
 from dpe_agent.recovery import rebuild_policy
 from dpe_agent.status import ComponentRecords, status_document, summary
+from pcloud import schemas, xmlsafe
 from pcloud.bus import Message, MethodError
-from pcloud.deployable import Deployable, diff
+from pcloud.deployable import Deployable, DeployableError, diff
 from pcloud.events import Event, EventType
 from pcloud.states import DeployableState as D
 
@@ -26,18 +27,44 @@ class Methods:
     """Method handlers of the DPE queue (state-touching ones run on the main loop)."""
 
     def _handlers(self) -> dict:
-        def on_loop(fn):
+        def on_loop(fn, check):
             def handler(body: etree._Element, msg: Message):
+                check(body)
                 future: Future = Future()
                 self.queue.put(("call", fn, body, future))
                 return future.result(timeout=30.0)
             return handler
 
-        return {"deployable_status": on_loop(self._status),
-                "deployable_reload": on_loop(self._reload),
-                "deployable_stop": on_loop(self._stop_method),
-                "event_raise": on_loop(self._event_raise),
+        return {"deployable_status": on_loop(self._status, self._check_ref),
+                "deployable_reload": on_loop(self._reload, self._check_reload),
+                "deployable_stop": on_loop(self._stop_method, self._check_ref),
+                "event_raise": on_loop(self._event_raise, self._check_event),
                 "events_query": self._events_query}
+
+    def _check_ref(self, body: etree._Element) -> None:
+        """``<deployable name/>`` naming this DPE's deployable: a stop sent to the wrong
+        queue must never stop this one."""
+        _validate(body, "deployable_ref")
+        self._check_name(body.get("name"))
+
+    def _check_reload(self, body: etree._Element) -> None:
+        if body.tag != "deployable":
+            raise MethodError("invalid_request",
+                              f"deployable_reload takes a <deployable> document, not <{body.tag}>")
+        self._check_name(body.get("name"))
+
+    def _check_event(self, body: etree._Element) -> None:
+        """Only the CPE's ``config_error`` may be raised: any other type would let a client
+        forge state changes into the event log (and the CPE's stored state)."""
+        _validate(body, "event_raise")
+        self._check_name(body.get("deployable"))
+        if body.get("type") != EventType.CONFIG_ERROR.value:
+            raise MethodError("invalid_request",
+                              f"event_raise raises config_error events, not {body.get('type')!r}")
+
+    def _check_name(self, name: str | None) -> None:
+        if name != self.name:
+            raise MethodError("wrong_deployable", f"this DPE manages {self.name!r}, not {name!r}")
 
     def _handle_call(self, fn, body: etree._Element, future: Future) -> None:
         try:
@@ -63,6 +90,9 @@ class Methods:
         return event.to_element()
 
     def _events_query(self, body: etree._Element, msg: Message) -> etree._Element:
+        _validate(body, "events")
+        if body.get("deployable") is not None:
+            self._check_name(body.get("deployable"))
         try:
             since = int(body.get("since_seq", "0"))
             limit = min(int(body.get("limit", "100")), 10000)
@@ -74,7 +104,10 @@ class Methods:
         return root
 
     def _reload(self, body: etree._Element) -> etree._Element:
-        new = Deployable.from_xml(body, source="deployable_reload")
+        try:
+            new = Deployable.from_xml(body, source="deployable_reload")
+        except (DeployableError, xmlsafe.XMLError) as exc:
+            raise MethodError("invalid_deployable", f"invalid deployable: {exc}") from None
         if new.name != self.name:
             raise MethodError("wrong_deployable",
                               f"this DPE manages {self.name!r}, not {new.name!r}")
@@ -113,6 +146,15 @@ class Methods:
                     self.change_state((), D.STARTING, "reload added components")
         self._abort("reload")
         return self._summary()
+
+
+def _validate(body: etree._Element, schema: str) -> None:
+    """A request body that fails its schema is the caller's error: ``invalid_request``."""
+    try:
+        schemas.validate(body, schema)
+    except xmlsafe.XMLError as exc:
+        raise MethodError("invalid_request", f"{schema}: {exc.message}"
+                          + (f" (line {exc.line})" if exc.line else "")) from None
 
 
 def _describe(change) -> str:

@@ -52,6 +52,11 @@ class RequestServer:
                 self._send(request, body)
             return
         method = request.subject or ""
+        if request.opcode not in (None, "method_request"):
+            self._finish(request, protocol.error_response(
+                "invalid_opcode", f"queue {self.queue} takes method requests (pcloud.opcode "
+                f"method_request), not {request.opcode!r}"))
+            return
         handler = self.handlers.get(method)
         if handler is None:
             known = ", ".join(sorted(self.handlers)) or "none"
