@@ -88,6 +88,7 @@ class Cped:
         supervisor = Supervisor(store, self.state_dir, self.broker_url, self.dped_command)
         service = CpeService(store, supervisor, bus)
         supervisor.request_stop = service.request_stop
+        supervisor.bus_connected = lambda: bus.connected
         try:
             subs = [bus.subscribe(EVENT_TOPICS, service.on_event),
                     bus.subscribe(DPE_HEARTBEATS, service.on_heartbeat)]

@@ -26,11 +26,15 @@ from pathlib import Path
 
 from cpe_agent.store import DESIRED_RUNNING, Store, StoredEvent, write_atomic
 from dpe_agent.store import DpeStore
+from pcloud.bus.eventloop import HEARTBEAT
 
 log = logging.getLogger("pcloud.cpe.supervisor")
 
 FIRST_HEARTBEAT_GRACE = 20.0
 HEARTBEAT_MISSES = 3
+# A frozen broker silences every DPE before our own connection notices (proton's idle
+# timeout): a DPE is never judged silent over a shorter span than that detection takes.
+OUTAGE_DETECTION = 1.5 * HEARTBEAT
 BACKOFF_CAP = 30.0
 STABLE_AFTER = 30.0
 STOP_RESEND = 5.0
@@ -121,6 +125,7 @@ class Supervisor:
         self._lock = threading.RLock()
         self._dpes: dict[str, DpeProcess] = {}
         self._heartbeat_watch_from = clock()
+        self.bus_connected: Callable[[], bool] = lambda: True   # set by the daemon
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -325,7 +330,11 @@ class Supervisor:
             log.warning("stop request to the DPE of %s failed: %s", name, exc)
 
     def _silent(self, dpe: DpeProcess, now: float) -> bool:
-        limit = dpe.heartbeat_interval * HEARTBEAT_MISSES + 0.5
+        """No heartbeat for too long; never while our own broker connection is down (the
+        silence proves nothing: ``bus_reconnected`` restarts the watch)."""
+        if not self.bus_connected():
+            return False
+        limit = max(dpe.heartbeat_interval * HEARTBEAT_MISSES + 0.5, OUTAGE_DETECTION)
         if dpe.last_heartbeat is None:
             return now - max(dpe.since, self._heartbeat_watch_from) > FIRST_HEARTBEAT_GRACE
         return now - dpe.last_heartbeat > limit and now - self._heartbeat_watch_from > limit
