@@ -11,10 +11,36 @@ from dpe_agent.engines import ENGINES, EngineError, get_engine
 MAX_CIB_BYTES = 256 * 1024 * 1024
 
 
+class Refused(Exception):
+    """What the operator gave cannot be used; the message is the whole one-line answer."""
+
+
 def parse_now(text: str) -> datetime:
     """ISO 8601 ("2026-11-21T09:00:00Z"); a time without zone is taken as UTC."""
-    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00")
+                                       .replace("z", "+00:00"))
+    except ValueError:
+        raise Refused(f"--now: {text!r} is not an ISO 8601 time "
+                      "(e.g. 2026-11-21T09:00:00Z)") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def read_cib(path: str) -> bytes:
+    """The CIB's bytes; an unreadable file is one plain sentence, not Python's errno text."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as src:
+            return src.read()
+    except FileNotFoundError:
+        raise Refused(f"cannot read {path}: no such file") from None
+    except IsADirectoryError:
+        raise Refused(f"cannot read {path}: it is a directory") from None
+    except PermissionError:
+        raise Refused(f"cannot read {path}: permission denied") from None
+    except OSError as exc:
+        raise Refused(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,11 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from pcloud import xmlsafe
 
     try:
-        if args.cib == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(args.cib, "rb") as src:
-                data = src.read()
+        data = read_cib(args.cib)
         cib = xmlsafe.parse(data, source=args.cib, max_bytes=MAX_CIB_BYTES)
         if cib.tag != "cib":
             raise ValueError(f"{args.cib}: expected a <cib> document, got <{cib.tag}>")
@@ -46,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             now = datetime.now(UTC)
         graph = get_engine(args.engine).compute(cib, now)
-    except (OSError, ValueError, EngineError, xmlsafe.XMLError) as exc:
+    except (Refused, OSError, ValueError, EngineError, xmlsafe.XMLError) as exc:
         print(f"pcloud-transition: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     sys.stdout.write(graph.to_xml())

@@ -48,8 +48,13 @@ def test_bad_input_one_line_exit_1(capsys, tmp_path, content, words):
     assert words in err and err.count("\n") == 1
 
 
-def test_missing_file_and_bad_time(capsys, tmp_path):
-    rc, _, err = run(capsys, str(tmp_path / "nope.xml"))
-    assert rc == 1 and err.startswith("pcloud-transition:")
-    rc, _, err = run(capsys, "--now", "yesterday", str(SCENARIO / "cib.xml"))
-    assert rc == 1 and err.count("\n") == 1
+def test_missing_file_and_bad_time_are_plain_sentences(capsys, tmp_path):
+    missing = tmp_path / "nope.xml"
+    rc, _, err = run(capsys, str(missing))
+    assert rc == 1 and err == f"pcloud-transition: cannot read {missing}: no such file\n"
+    rc, _, err = run(capsys, str(tmp_path))
+    assert rc == 1 and err == f"pcloud-transition: cannot read {tmp_path}: it is a directory\n"
+    rc, _, err = run(capsys, "--now", "garbage", str(SCENARIO / "cib.xml"))
+    assert rc == 1
+    assert err.startswith("pcloud-transition: --now: 'garbage' is not an ISO 8601 time")
+    assert err.count("\n") == 1 and "Errno" not in err and "isoformat" not in err
