@@ -8,8 +8,10 @@ stays one sequence), else numbered and persisted by the CPE itself.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
+import shutil
 import threading
 from collections.abc import Callable
 
@@ -38,7 +40,8 @@ DPE_HEARTBEATS = "pcloud.heartbeat.*.-"
 DPE_CALL_TIMEOUT = 5.0
 STATUS_TIMEOUT = 3.0
 SERVE_WORKERS = 8
-CHANGES = frozenset({"deployable_start", "deployable_stop", "deployable_reload"})
+CHANGES = frozenset({"deployable_start", "deployable_stop", "deployable_reload",
+                     "deployable_delete"})
 BACKFILL_PAGE = 500
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -78,6 +81,7 @@ class CpeService:
             "deployable_start": self.deployable_start,
             "deployable_stop": self.deployable_stop,
             "deployable_reload": self.deployable_reload,
+            "deployable_delete": self.deployable_delete,
             "deployable_status": self.deployable_status,
             "deployables_list": self.deployables_list,
             "events_query": self.events_query,
@@ -96,6 +100,9 @@ class CpeService:
 
     def deployable_start(self, body: etree._Element, msg: Message) -> etree._Element:
         dep = self._parse_deployable(body, "deployable_start")
+        problem = infrastructure_problem(dep.infrastructure)
+        if problem is not None:
+            self._refuse(dep.name, "infrastructure_unavailable", problem)
         with self._starting:
             refusal = self._claim(dep)
         if refusal is not None:
@@ -112,10 +119,28 @@ class CpeService:
         other = self.store.find_uuid(dep.uuid)
         if other is not None and other.name != dep.name:
             return "duplicate_uuid", f"uuid {dep.uuid} already belongs to deployable {other.name!r}"
+        clash = self._assembly_uuid_owner(dep)
+        if clash is not None:
+            return "duplicate_uuid", clash
         try:
             self.store.start(dep.name, dep.uuid, dep.to_xml(), "starting")
         except StoreError as exc:
             return "duplicate_deployable", str(exc)
+        return None
+
+    def _assembly_uuid_owner(self, dep: Deployable) -> str | None:
+        """Why ``dep`` may not run if one of its assembly uuids is another stored deployable's
+        (two agents with one identity: each DPE would take the other's beats), else None."""
+        mine = {a.uuid: a.name for a in dep.assemblies if a.uuid}
+        for stored in self.store.list():
+            if stored.name == dep.name:
+                continue
+            document = xmlsafe.parse(stored.document, source="stored document")
+            for assembly in document.iter("assembly"):
+                uuid = assembly.get("uuid")
+                if uuid in mine:
+                    return (f"assembly {mine[uuid]!r} has uuid {uuid}, already used by assembly "
+                            f"{assembly.get('name')!r} of deployable {stored.name!r}")
         return None
 
     def deployable_stop(self, body: etree._Element, msg: Message) -> etree._Element:
@@ -173,8 +198,23 @@ class CpeService:
         current = self.store.get(dep.name)
         return _result(dep.name, current.state if current else stored.state)
 
+    def deployable_delete(self, body: etree._Element, msg: Message) -> etree._Element:
+        """Forget a stopped deployable: store rows, event history and its DPE's files."""
+        stored = self._named(body, "deployable_delete")
+        if (stored.desired != DESIRED_STOPPED or stored.state != "stopped"
+                or self.supervisor.is_running(stored.name)):
+            self._refuse(stored.name, "not_stopped",
+                         f"deployable {stored.name!r} is {stored.state}: stop it first "
+                         "(deployable_stop), then delete it")
+        try:
+            self.supervisor.delete(stored.name, lambda: self.store.delete(stored.name))
+        except StoreError as exc:
+            self._refuse(stored.name, "not_stopped", str(exc))
+        log.info("deployable %s deleted", stored.name)
+        return _result(stored.name, "stopped", "deleted")
+
     def deployable_status(self, body: etree._Element, msg: Message) -> etree._Element:
-        stored = self._named(body, "deployable_status")
+        stored = self._named(body, "deployable_status", event=False)
         if self.supervisor.is_running(stored.name):
             try:
                 result = self.bus.call(dpe_queue(stored.name), "deployable_status",
@@ -194,8 +234,15 @@ class CpeService:
             raise MethodError("invalid_request", "deployables_list takes <deployables/>")
         result = etree.Element("deployables")
         for stored in self.store.list():
-            etree.SubElement(result, "deployable", name=stored.name, state=stored.state,
-                             uuid=stored.uuid)
+            element = etree.SubElement(result, "deployable", name=stored.name,
+                                       state=stored.state, uuid=stored.uuid)
+            try:
+                document = xmlsafe.parse(stored.document, source="stored document")
+            except xmlsafe.XMLError:
+                continue
+            element.set("infrastructure", document.get("infrastructure", "process"))
+            element.set("assemblies", " ".join(a.get("name", "")
+                                               for a in document.iter("assembly")))
         return result
 
     def events_query(self, body: etree._Element, msg: Message) -> etree._Element:
@@ -230,11 +277,16 @@ class CpeService:
                 self._refuse(name, "invalid_deployable", message)
             raise MethodError("invalid_deployable", message) from None
 
-    def _named(self, body: etree._Element, method: str) -> StoredDeployable:
-        """The stored deployable a ``<deployable name="…"/>`` request refers to."""
+    def _named(self, body: etree._Element, method: str, event: bool = True
+               ) -> StoredDeployable:
+        """The stored deployable a ``<deployable name="…"/>`` request refers to. Only a
+        change (``event``) refused for a typo becomes a config_error event: a read-only
+        request never publishes or stores anything."""
         _check(body, "deployable_ref", method)
         name = body.get("name", "")
         stored = self.store.get(name)
+        if stored is None and not event:
+            raise MethodError("unknown_deployable", f"no deployable named {name!r}")
         if stored is None:
             self._refuse(name, "unknown_deployable", f"no deployable named {name!r}")
         assert stored is not None
@@ -316,10 +368,17 @@ class CpeService:
                            format_time(event.time), event.to_xml())
 
     def on_heartbeat(self, msg: Message) -> None:
-        """A DPE heartbeat: liveness for the supervisor, state for the store."""
+        """A DPE heartbeat: liveness for the supervisor, state for the store. Only a valid
+        one counts: a garbage "heartbeat" must neither keep a hung DPE alive nor reach the
+        store."""
         try:
             root = xmlsafe.parse(msg.body, source="heartbeat")
-        except xmlsafe.XMLError:
+            schemas.validate(root, "heartbeat")
+        except xmlsafe.XMLError as exc:
+            log.warning("dropped an invalid DPE heartbeat: %s", exc)
+            return
+        if msg.opcode != "heartbeat":
+            log.warning("dropped a DPE heartbeat with opcode %r", msg.opcode)
             return
         name = root.get("deployable", "")
         if root.tag != "heartbeat" or root.get("assembly") != "-" or not _NAME.match(name):
@@ -362,6 +421,26 @@ class CpeService:
             if len(events) < BACKFILL_PAGE:
                 return
             since = max(int(e.get("seq", "0")) for e in events)
+
+
+def infrastructure_problem(infrastructure: str) -> str | None:
+    """Why ``infrastructure`` cannot run on this host, or None: refused before anything is
+    stored (the DPE checks again when it starts: a second line, e.g. for ``dped`` by hand)."""
+    from dpe_agent.drivers import DRIVERS
+
+    if infrastructure not in DRIVERS:
+        return f"unknown infrastructure {infrastructure!r} (known: {', '.join(DRIVERS)})"
+    available = ", ".join(name for name, entry in DRIVERS.items() if entry)
+    if DRIVERS[infrastructure] is None:
+        return (f"infrastructure {infrastructure!r} is not available in this build "
+                f"(available: {available})")
+    if infrastructure == "libvirt" and importlib.util.find_spec("libvirt") is None:
+        return ("infrastructure 'libvirt' needs libvirt-python, which is not installed here "
+                "(apt-get install python3-libvirt, or pip install libvirt-python)")
+    if infrastructure == "qemu" and shutil.which("qemu-system-x86_64") is None:
+        return ("infrastructure 'qemu' needs qemu-system-x86_64, which is not installed here "
+                "(apt-get install qemu-system-x86)")
+    return None
 
 
 def _topic_of(event: StoredEvent) -> str:

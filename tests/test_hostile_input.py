@@ -287,8 +287,9 @@ def test_cpe_topic_garbage_is_dropped(target: Target) -> None:
                     reply_to=False)
         target.send(f"/topic/pcloud.heartbeat.{target.name}.-", body, "heartbeat", "heartbeat",
                     reply_to=False)
-    wait_until(lambda: target.cped.log.read_text(errors="replace").count(
-        "dropped an invalid event") >= 4, 15, "the CPE to drop the bad events")
+    for line in ("dropped an invalid event", "dropped an invalid DPE heartbeat"):
+        wait_until(lambda text=line: target.cped.log.read_text(errors="replace").count(text)
+                   >= 4, 15, f"the CPE log to say {line!r} for each")
     assert target.client.listing()[target.name] == "running"
 
 
