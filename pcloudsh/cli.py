@@ -49,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None and not (args.interactive or sys.stdin.isatty()):
         parser.print_help(sys.stderr)
         return 2
-    from pcloudsh.commands import CommandError, Commands
+    from pcloudsh.commands import CommandError, Commands, check_broker_url
+
+    if args.broker_url is not None:
+        try:
+            check_broker_url(args.broker_url)
+        except CommandError as exc:
+            print(f"pcloudsh: --broker-url: {exc}", file=sys.stderr)
+            return 2
 
     # Bus trouble reaches the operator as the command's one-line error, not as log noise.
     if args.verbose:

@@ -13,13 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from lxml import etree
 
 from pcloud import config, xmlsafe
 from pcloud.bus import Bus, BusError, BusTimeout, MethodError
-from pcloudsh import display
-from pcloudsh.catalogue import Catalogue, CatalogueError, template_names
+from pcloudsh import display, validate
+from pcloudsh.catalogue import NAME_RE, Catalogue, CatalogueError, template_names
 
 CPE_QUEUE = "pcloud.cpe"
 CALL_TIMEOUT = 15.0
@@ -56,6 +57,22 @@ def _args(args: list[str], spec_name: str, low: int, high: int | None = None) ->
     if not low <= len(args) <= high:
         raise CommandError(f"usage: {REGISTRY[spec_name].usage}")
     return args
+
+
+def check_deployable_name(name: str) -> str:
+    """Refuse a bad name here: the CPE would only say which XML attribute is invalid."""
+    if not NAME_RE.match(name):
+        raise CommandError(f"invalid deployable name {name!r}: use letters, digits, _ and -")
+    return name
+
+
+def check_broker_url(url: str) -> str:
+    """Refuse at once what is not an AMQP URL, instead of waiting for a connection to fail."""
+    scheme = urlsplit(url).scheme
+    if scheme not in ("amqp", "amqps"):
+        shown = f"{scheme}://…" if scheme else repr(url.split("@")[-1])
+        raise CommandError(f"the broker URL must be amqp://… or amqps://…, not {shown}")
+    return url
 
 
 def _images() -> Any:
@@ -104,7 +121,7 @@ class Commands:
 
     def bus(self) -> Bus:
         if self._bus is None:
-            url = self.broker_url or config.broker_url()
+            url = check_broker_url(self.broker_url or config.broker_url())
             bus = Bus(url=url, name="pcloudsh")
             try:
                 bus.start(timeout=5.0)
@@ -130,16 +147,31 @@ class Commands:
         return {d.get("name"): d.get("state") for d in (result if result is not None else [])}
 
     def _document(self, target: str) -> str:
-        """A catalogue deployable's document, or the contents of a deployable XML file."""
+        """A catalogue deployable's document, or a deployable XML file checked here first.
+
+        The file is validated locally, as ``validate`` does, so a mistake comes back as
+        ``FILE:LINE: message`` rather than as the CPE's view of an anonymous request body.
+        """
         if target.endswith(".xml") or "/" in target:
             try:
-                return Path(target).read_text(encoding="utf-8")
+                text = Path(target).read_text(encoding="utf-8")
             except OSError as exc:
-                raise CommandError(f"cannot read {target}: {exc.strerror}") from None
+                raise CommandError(f"cannot read {target}: {(exc.strerror or str(exc)).lower()}"
+                                   ) from None
+            except UnicodeDecodeError:
+                raise CommandError(f"{target}: not UTF-8 text") from None
+            try:
+                kind = validate.check(target)
+            except xmlsafe.XMLError as exc:
+                raise CommandError(validate.problem(exc, target)) from None
+            if kind != "deployable":
+                raise CommandError(f"{target}: a <{kind}> document, not a <deployable>")
+            return text
         return self.catalogue.document(target)
 
     def _ref(self, name: str) -> str:
-        return etree.tostring(etree.Element("deployable", name=name), encoding="unicode")
+        return etree.tostring(etree.Element("deployable", name=check_deployable_name(name)),
+                              encoding="unicode")
 
     # --- JEOS images -------------------------------------------------------------------
 

@@ -2,19 +2,13 @@
 
 ``deployable_start dep1`` builds the ``<deployable>`` document from the catalogue and sends it
 to the CPE; given a file (``deployable_start xml/examples/webshop.xml``) it sends that file.
+The ``events`` command is in ``event_commands``.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from typing import Any
-
 from lxml import etree
 
-from pcloud import xmlsafe
-from pcloud.bus import Message
-from pcloud.events import Event
 from pcloudsh import display
 from pcloudsh.commands import CommandError, Commands, _args, command
 
@@ -146,103 +140,3 @@ def cmd_deployable_show(self: Commands, args: list[str]) -> None:
     """Print the <deployable> document deployable_start would send."""
     (deployable,) = _args(args, "deployable_show", 1)
     self.say(self.catalogue.document(deployable).rstrip())
-
-
-@command("[<deployable>] [--type TYPE] [--since SEQ [--follow]] [--count N] [--timeout S]",
-         "deployable")
-def cmd_events(self: Commands, args: list[str]) -> None:
-    """Show events as they happen (Ctrl-C ends); --since SEQ shows the stored history."""
-    options = _event_options(args)
-    name, wanted = options["deployable"], options["type"]
-    shown = 0
-    if options["since"] is not None:
-        query = etree.Element("events", since_seq=str(options["since"]), limit="1000")
-        if name:
-            query.set("deployable", name)
-        history = self.cpe("events_query", query)
-        lines = [_line(e, wanted) for e in (history if history is not None else [])]
-        lines = [line for line in lines if line]
-        if self.json:
-            self.say(display.as_json([dict(e.attrib) for e in history or []
-                                      if not wanted or e.get("type") == wanted]))
-        else:
-            for line in lines:
-                self.say(line)
-        shown = len(lines)
-        if not options["follow"]:
-            return
-    _follow(self, name, wanted, options["count"] - shown if options["count"] else None,
-            options["timeout"])
-
-
-def _event_options(args: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {"deployable": None, "type": None, "since": None,
-                               "follow": False, "count": None, "timeout": None}
-    rest = list(args)
-    try:
-        while rest:
-            word = rest.pop(0)
-            if word == "--type":
-                options["type"] = rest.pop(0)
-            elif word == "--since":
-                options["since"] = int(rest.pop(0))
-            elif word == "--follow":
-                options["follow"] = True
-            elif word == "--count":
-                options["count"] = int(rest.pop(0))
-            elif word == "--timeout":
-                options["timeout"] = float(rest.pop(0))
-            elif not word.startswith("-") and options["deployable"] is None:
-                options["deployable"] = word
-            else:
-                raise CommandError(f"unexpected {word!r}; usage: events [<deployable>] "
-                                   "[--type TYPE] [--since SEQ [--follow]] [--count N] "
-                                   "[--timeout S]")
-    except (IndexError, ValueError):
-        raise CommandError("usage: events [<deployable>] [--type TYPE] [--since SEQ "
-                           "[--follow]] [--count N] [--timeout S]") from None
-    return options
-
-
-def _line(element: etree._Element, wanted: str | None) -> str | None:
-    if wanted and element.get("type") != wanted:
-        return None
-    try:
-        return Event.from_xml(element, source="event").describe(local_time=True)
-    except xmlsafe.XMLError:
-        return None
-
-
-def _follow(self: Commands, name: str | None, wanted: str | None, count: int | None,
-            timeout: float | None) -> None:
-    """Print live events until Ctrl-C, ``count`` events or ``timeout`` seconds."""
-    done = threading.Event()
-    seen = [0]
-
-    def on_event(msg: Message) -> None:
-        try:
-            element = xmlsafe.parse(msg.body, source="event")
-        except xmlsafe.XMLError:
-            return
-        line = _line(element, wanted)
-        if line is None:
-            return
-        self.say(display.as_json(dict(element.attrib)) if self.json else line)
-        seen[0] += 1
-        if count is not None and seen[0] >= count:
-            done.set()
-
-    sub = self.bus().subscribe(f"pcloud.event.{name}.#" if name else "pcloud.event.#",
-                               on_event)
-    sub.wait_attached(timeout=10.0)
-    if not self.json:
-        self.say(f"(watching events{' of ' + name if name else ''}; Ctrl-C to stop)")
-    deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        while not done.wait(0.2):
-            if deadline is not None and time.monotonic() > deadline:
-                break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sub.cancel()

@@ -18,7 +18,7 @@ from typing import Any
 from pcloud import xmlsafe
 from pcloud.bus import Message
 from pcloud.events import Event
-from pcloudsh import cpe_commands, validate
+from pcloudsh import cpe_commands, event_commands, validate
 from pcloudsh.catalogue import template_names
 from pcloudsh.commands import REGISTRY, CommandError, Commands, command
 
@@ -27,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover - readline is part of CPython on Linux
     readline = None  # type: ignore[assignment]
 
-assert cpe_commands  # registers the deployable commands
+assert cpe_commands and event_commands  # register the deployable and event commands
 BUILTINS = ("help", "quit", "exit", "watch")
 
 
@@ -62,6 +62,37 @@ class Shell(cmd.Cmd):
             readline.set_history_length(1000)
         if self.live_events:
             threading.Thread(target=self._start_watch, daemon=True).start()
+
+    def cmdloop(self, intro: Any = None) -> None:
+        """``cmd.Cmd.cmdloop`` with bash's Ctrl-C: cancel the line, show a fresh prompt.
+
+        Ctrl-D and ``quit`` leave; Ctrl-C only drops what was typed (the stock loop would
+        end the whole shell on the first KeyboardInterrupt).
+        """
+        self.preloop()
+        old_completer = None
+        if readline is not None:
+            old_completer = readline.get_completer()
+            readline.set_completer(self.complete)
+            readline.parse_and_bind(self.completekey + ": complete")
+        try:
+            text = self.intro if intro is None else intro
+            if text:
+                self.commands.say(str(text))
+            stop = False
+            while not stop:
+                try:
+                    line = input(self.prompt)
+                except EOFError:
+                    line = "EOF"
+                except KeyboardInterrupt:
+                    self.commands.say("")
+                    continue
+                stop = self.postcmd(self.onecmd(self.precmd(line)), line)
+        finally:
+            self.postloop()
+            if readline is not None:
+                readline.set_completer(old_completer)
 
     def postloop(self) -> None:
         if readline is not None:

@@ -32,15 +32,20 @@ def check(path: str, stdin: TextIO | None = None) -> str:
     return name
 
 
+def problem(exc: XMLError, path: str) -> str:
+    """``FILE:LINE: message``: one line that names the file, for every command that reads one."""
+    where = exc.source or ("<stdin>" if path == "-" else path)
+    prefix = f"{where}:{exc.line}: " if exc.line else f"{where}: "
+    return prefix + " ".join(exc.message.split())
+
+
 def run(path: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
         stdin: TextIO | None = None) -> int:
     """The command: print the verdict and return the exit status."""
     try:
         check(path, stdin)
     except XMLError as exc:
-        where = exc.source or ("<stdin>" if path == "-" else path)
-        prefix = f"{where}:{exc.line}: " if exc.line else f"{where}: "
-        print(prefix + exc.message, file=err)
+        print(problem(exc, path), file=err)
         return 1
     print("valid", file=out)
     return 0

@@ -82,6 +82,35 @@ def test_errors_are_one_line_and_exit_1(tmp_path: Path, args: tuple[str, ...],
     assert result.stderr.count("\n") == 1 and result.stdout == ""
 
 
+def test_bad_input_is_refused_here_in_one_line(tmp_path: Path) -> None:
+    """Mistakes are named before anything is sent: the file's line, the bad name, the URL."""
+    bad = tmp_path / "bad.xml"
+    bad.write_text('<deployable name="d" infrastructure="process">\n  <assemblies>\n'
+                   '    <assembly name="a"><services/></assembly>\n  <nonsense/>\n'
+                   '</assemblies></deployable>\n')
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<deployable>\n<oops\n")
+    for args, words in [
+        (("deployable_start", str(bad)), f"{bad}:"),
+        (("deployable_start", str(broken)), f"{broken}:"),
+        (("deployable_reload", str(bad)), f"{bad}:"),
+        (("deployable_start", str(tmp_path / "none.xml")), "none.xml: no such file"),
+        (("deployable_status", "bad name!"),
+         "invalid deployable name 'bad name!': use letters, digits, _ and -"),
+        (("deployable_stop", "bad name!"), "invalid deployable name"),
+        (("events", "--type", "bogus"), "unknown event type 'bogus'; the types are "),
+        (("events", "--count", "0"), "--count must be 1 or more"),
+    ]:
+        result = sh(tmp_path, *args)
+        assert result.returncode == 1, args
+        assert words in result.stderr, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and "attribute" not in result.stderr, args
+    result = sh(tmp_path, "--broker-url", "http://x", "deployable_list")
+    assert result.returncode == 2
+    assert result.stderr == ("pcloudsh: --broker-url: the broker URL must be amqp://… or "
+                             "amqps://…, not http://…\n")
+
+
 def test_assembly_in_use_cannot_be_deleted(tmp_path: Path) -> None:
     ok(tmp_path, "assembly_create", "a", "F14")
     ok(tmp_path, "deployable_create", "d")

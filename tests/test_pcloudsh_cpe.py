@@ -46,6 +46,20 @@ def test_seed_flow_start_status_events_stop(broker, tmp_path: Path) -> None:
         assert "shdep  deployable running" in history
         only = sh("events", "shdep", "--since", "0", "--type", "deployable_state_change")
         assert only and all("deployable" in line for line in only.splitlines())
+        assert len(sh("events", "shdep", "--since", "0", "--count", "3").splitlines()) == 3
+        as_json = subprocess.run([str(BIN / "pcloudsh"), "--json", "events", "shdep", "--since",
+                                  "0"], capture_output=True, text=True, env=env, timeout=60)
+        assert as_json.returncode == 0 and as_json.stderr == ""
+        stored = json.loads(as_json.stdout)
+        assert [e["seq"] for e in stored] == list(range(1, len(stored) + 1))
+        assert all(isinstance(e.get("fail_count", 0), int) for e in stored)
+        assert all(isinstance(e["deployable"], str) for e in stored)
+        for args, words in ((("events", "nosuch"), "no deployable named 'nosuch'"),
+                            (("events", "--type", "bogus"), "unknown event type 'bogus'")):
+            refused = subprocess.run([str(BIN / "pcloudsh"), *args], capture_output=True,
+                                     text=True, env=env, timeout=60)
+            assert refused.returncode == 1 and words in refused.stderr
+            assert refused.stderr.count("\n") == 1
 
         live = subprocess.Popen([str(BIN / "pcloudsh"), "events", "shdep", "--type",
                                  "deployable_state_change", "--count", "2", "--timeout", "60"],

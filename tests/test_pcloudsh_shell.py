@@ -45,6 +45,23 @@ class Terminal:
         before, _, self.buffer = self.buffer.partition(text)
         return before
 
+    def interrupt(self, timeout: float = 10.0) -> None:
+        """Ctrl-C once the shell is back waiting for keys, as a person's pause would ensure.
+
+        Python's readline only notices a signal that interrupts its wait for input: one that
+        lands while it is still echoing the previous keys is seen at the next key.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                wchan = Path(f"/proc/{self.pid}/wchan").read_text()
+            except OSError:
+                break
+            if "poll" in wchan or "select" in wchan:
+                break
+            time.sleep(0.01)
+        self.send("\x03")
+
     def wait_exit(self, timeout: float = 20.0) -> int:
         """Drain the terminal until the shell exits; its exit status."""
         deadline = time.monotonic() + timeout
@@ -105,3 +122,40 @@ def test_interactive_session_with_completion_help_and_history(tmp_path: Path) ->
     history = (tmp_path / "pcloudsh" / "history").read_text()
     assert "assembly_create assy1 F14 x86_64" in history
     assert "assembly_clone assy1 assy2" in history
+
+
+def test_ctrl_c_cancels_the_line_and_ctrl_d_leaves(tmp_path: Path) -> None:
+    """Like bash: Ctrl-C drops what was typed and shows a fresh prompt; Ctrl-D ends the shell."""
+    term = Terminal(tmp_path, "amqp://nobody:nothing@127.0.0.1:1")
+    try:
+        term.expect("pcloudsh# ")
+        term.send("deployable_li")
+        term.expect("deployable_li")
+        term.interrupt()
+        term.expect("pcloudsh# ")
+        term.send("template_list\r")
+        listing = term.expect("pcloudsh# ")
+        assert "dummy" in listing and "deployable_li" not in listing
+        term.interrupt()
+        term.expect("pcloudsh# ")
+        term.send("\x04")
+        assert term.wait_exit() == 0
+    finally:
+        term.close()
+
+
+def test_ctrl_c_ends_live_events_on_a_line_of_its_own(broker, tmp_path: Path) -> None:
+    term = Terminal(tmp_path, broker.url)
+    try:
+        term.expect("pcloudsh# ")
+        term.send("events --type bogus\r")
+        assert "*** unknown event type 'bogus'" in term.expect("pcloudsh# ")
+        term.send("events --timeout 120\r")
+        term.expect("(watching events; Ctrl-C to stop)")
+        term.interrupt()
+        before = term.expect("pcloudsh# ")
+        assert before.endswith("\n"), repr(before)
+        term.send("quit\r")
+        assert term.wait_exit() == 0
+    finally:
+        term.close()
