@@ -1,8 +1,10 @@
 """Where pcloud finds its broker and its state.
 
 Order for the broker URL: ``PCLOUD_BROKER_URL``; the config file (``$PCLOUD_CONFIG`` or
-``/etc/pcloud/pcloud.conf``, section ``[bus]``, key ``url``); the private broker started by
-``pcloud-broker`` in the state dir, if running; else ``amqp://127.0.0.1:5672``.
+``/etc/pcloud/pcloud.conf``, section ``[bus]``, key ``url``); the private broker set up by
+``pcloud-broker`` in the state dir, whether or not it runs now (falling back to another
+broker would talk to someone else's, with the wrong credentials); else
+``amqp://127.0.0.1:5672``.
 
 TLS options for ``amqps://`` URLs come from ``[bus]`` keys ``ca``, ``cert``, ``key``,
 ``verify`` (``true``/``false``) or the environment ``PCLOUD_TLS_CA``, ``PCLOUD_TLS_CERT``,
@@ -50,8 +52,30 @@ def broker_url() -> str:
         return url
     from pcloud import broker
 
-    url = broker.running_url(state_dir())
-    return url or DEFAULT_BROKER_URL
+    try:
+        settings = broker.load_settings(state_dir())
+    except OSError:
+        settings = None
+    return settings.url if settings is not None else DEFAULT_BROKER_URL
+
+
+def unreachable(url: str, error: object) -> str:
+    """The sentence for "no connection to ``url``": password masked, and when ``url`` is the
+    state dir's private broker and that is down, how to start it."""
+    from pcloud import broker
+    from pcloud.urls import mask_url, mask_urls
+
+    text = f"cannot reach the broker at {mask_url(url)}"
+    try:
+        settings = broker.load_settings(state_dir())
+        down = settings is not None and settings.url == url and not broker.is_running(
+            state_dir())
+    except OSError:
+        down = False
+    if down:
+        return (f"{text} (the private broker of {state_dir()} is not running: "
+                "pcloud-broker start)")
+    return f"{text}: {mask_urls(str(error))}"
 
 
 @dataclass(frozen=True)

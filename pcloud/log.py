@@ -10,14 +10,17 @@ import logging
 import os
 import sys
 
+from pcloud.urls import mask_urls
+
 _HANDLER_MARK = "_pcloud_handler"
 
 
 class OneLineFormatter(logging.Formatter):
-    """Fold multi-line messages and tracebacks into one line (`` | `` between lines)."""
+    """Fold multi-line messages and tracebacks into one line (`` | `` between lines); mask
+    broker passwords wherever a URL appears."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).replace("\r", "").replace("\n", " | ")
+        return mask_urls(super().format(record).replace("\r", "").replace("\n", " | "))
 
 
 def setup_logging(name: str, verbose: bool = False, level: int | str | None = None) -> None:

@@ -127,7 +127,7 @@ class Commands:
                 bus.start(timeout=5.0)
             except BusError as exc:
                 bus.close()
-                raise CommandError(f"cannot reach the broker at {url}: {exc}") from None
+                raise CommandError(config.unreachable(url, exc)) from None
             self._bus = bus
         return self._bus
 

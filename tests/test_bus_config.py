@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from pcloud import config
+from pcloud import broker, config
 from pcloud.bus.addressing import RabbitMQProfile
+from pcloud.bus.recovery import redact
 from pcloud.log import setup_logging
+from pcloud.urls import mask_urls
 
 
 @pytest.fixture
@@ -63,3 +70,65 @@ def test_log_lines_are_one_event_each(capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("tester[") and "]: ERROR it failed | Traceback" in lines[0]
+
+
+def _private_broker_settings(state: Path, password: str = "secret") -> broker.Settings:
+    """A private broker set up in ``state`` (settings written) that is not running."""
+    settings = broker.Settings(node=f"pcloud-test-{broker.free_port()}@localhost",
+                               port=broker.free_port(), dist_port=broker.free_port(),
+                               epmd_port=broker.free_port(), user="pcloud", password=password)
+    directory = broker.broker_dir(state)
+    directory.mkdir(parents=True)
+    (directory / "settings.json").write_text(json.dumps(settings.__dict__))
+    return settings
+
+
+def test_a_stopped_private_broker_is_still_the_broker(clean_env):
+    """Never a silent fall-back to whatever listens on 5672 (someone else's broker)."""
+    state = clean_env / "state"
+    settings = _private_broker_settings(state)
+    assert not broker.is_running(state)
+    assert config.broker_url() == settings.url
+    message = config.unreachable(settings.url, "no answer")
+    assert message == (f"cannot reach the broker at amqp://pcloud:***@127.0.0.1:{settings.port} "
+                       f"(the private broker of {state} is not running: pcloud-broker start)")
+    other = config.unreachable("amqp://pcloud:wrong@127.0.0.1:1", "broker "
+                               "amqp://pcloud:wrong@127.0.0.1:1 refused the credentials")
+    assert "wrong" not in other and other.count("amqp://pcloud:***@127.0.0.1:1") == 2
+
+
+def test_deployable_list_fails_without_its_cpe(clean_env):
+    state = clean_env / "state"
+    settings = _private_broker_settings(state, password="hush")
+    env = {k: v for k, v in os.environ.items() if k != "PCLOUD_BROKER_URL"}
+    env.update(PCLOUD_STATE_DIR=str(state), PCLOUD_CONFIG=str(clean_env / "absent.conf"))
+    result = subprocess.run([str(Path(sys.executable).parent / "pcloudsh"), "deployable_list"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode != 0
+    assert f"127.0.0.1:{settings.port}" in result.stderr and "pcloud-broker start" in result.stderr
+    assert "5672" not in result.stderr and "hush" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("text, masked", [
+    ("amqp://u:p@h:1", "amqp://u:***@h:1"),
+    ("amqp://h:5672", "amqp://h:5672"),
+    ("amqp://u@h:1", "amqp://u@h:1"),
+    ("at amqps://u:p@ss@h:5671/x: broker amqp://u:***@h:1 (y)",
+     "at amqps://u:***@h:5671/x: broker amqp://u:***@h:1 (y)"),
+    ("url 'amqp://a:b@h' and mail x@y", "url 'amqp://a:***@h' and mail x@y"),
+])
+def test_every_url_is_masked(text, masked):
+    assert mask_urls(text) == masked
+    assert redact(text) == masked
+
+
+def test_log_lines_mask_passwords(capsys):
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    setup_logging("tester", level="INFO")
+    try:
+        logging.getLogger("pcloud.test").warning("cannot reach %s", "amqp://u:pw@h:1")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    assert "amqp://u:***@h:1" in capsys.readouterr().err

@@ -39,6 +39,22 @@ from pcloud.bus.recovery import ResettingBackoff, fatal_at_start, redact
 
 log = logging.getLogger("pcloud.bus")
 
+
+class _SocketErrorFilter(logging.Filter):
+    """proton logs ``ERROR Couldn't recv: ConnectionResetError(...)`` whenever the broker
+    drops the connection (a normal broker stop): say what it means, as a warning; the bus
+    reconnects by itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text.startswith(("Couldn't recv:", "Couldn't send:")):
+            record.msg, record.args = f"the broker connection dropped ({text})", None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger("proton").addFilter(_SocketErrorFilter())
+
 HEARTBEAT = 4.0
 PREFETCH = 200
 MAX_IDLE_SENDERS = 64

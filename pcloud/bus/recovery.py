@@ -7,6 +7,8 @@ from typing import Any
 
 from proton.reactor import Backoff
 
+from pcloud.urls import mask_url
+
 
 class ResettingBackoff(Backoff):
     """Capped exponential back-off that starts again from zero after each success.
@@ -35,9 +37,4 @@ def fatal_at_start(cond: Any) -> bool:
 
 def redact(url: str) -> str:
     """The URL without its password, for logs and error messages."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+    return mask_url(url)
