@@ -13,6 +13,7 @@ import logging
 import re
 import shutil
 import threading
+import time
 from collections.abc import Callable
 
 from lxml import etree
@@ -39,6 +40,7 @@ EVENT_TOPICS = "pcloud.event.#"
 DPE_HEARTBEATS = "pcloud.heartbeat.*.-"
 DPE_CALL_TIMEOUT = 5.0
 STATUS_TIMEOUT = 3.0
+DPE_EXIT_WAIT = 10.0
 SERVE_WORKERS = 8
 CHANGES = frozenset({"deployable_start", "deployable_stop", "deployable_reload",
                      "deployable_delete"})
@@ -201,11 +203,13 @@ class CpeService:
     def deployable_delete(self, body: etree._Element, msg: Message) -> etree._Element:
         """Forget a stopped deployable: store rows, event history and its DPE's files."""
         stored = self._named(body, "deployable_delete")
-        if (stored.desired != DESIRED_STOPPED or stored.state != "stopped"
-                or self.supervisor.is_running(stored.name)):
+        if stored.desired != DESIRED_STOPPED or stored.state != "stopped":
             self._refuse(stored.name, "not_stopped",
                          f"deployable {stored.name!r} is {stored.state}: stop it first "
                          "(deployable_stop), then delete it")
+        deadline = time.monotonic() + DPE_EXIT_WAIT     # "stopped" comes just before its exit
+        while self.supervisor.is_running(stored.name) and time.monotonic() < deadline:
+            time.sleep(0.1)
         try:
             self.supervisor.delete(stored.name, lambda: self.store.delete(stored.name))
         except StoreError as exc:

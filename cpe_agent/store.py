@@ -198,6 +198,19 @@ class Store:
             if cursor.rowcount != 1:
                 raise StoreError(f"no deployable named {name!r}")
 
+    def delete(self, name: str) -> None:
+        """Forget a stopped deployable and its event history (a later start under the same
+        name begins a new history, as its DPE's own files are gone too)."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT desired, state FROM deployables WHERE name = ?",
+                               (name,)).fetchone()
+            if row is None:
+                raise StoreError(f"no deployable named {name!r}")
+            if row["desired"] != DESIRED_STOPPED or row["state"] != "stopped":
+                raise StoreError(f"deployable {name!r} is {row['state']}: stop it first")
+            conn.execute("DELETE FROM events WHERE deployable = ?", (name,))
+            conn.execute("DELETE FROM deployables WHERE name = ?", (name,))
+
     def set_state(self, name: str, state: str) -> None:
         """Record the last known state (from a DPE event, heartbeat or the supervisor)."""
         with self._tx() as conn:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpe_agent.store import DESIRED_RUNNING, Store, StoredEvent, write_atomic
+from cpe_agent.store import DESIRED_RUNNING, Store, StoredEvent, StoreError, write_atomic
 from dpe_agent.store import DpeStore
 from pcloud.bus.eventloop import HEARTBEAT
 
@@ -217,6 +217,20 @@ class Supervisor:
         with self._lock:
             dpe = self._dpes.get(name)
             return dpe.pid if dpe is not None and dpe.alive() else None
+
+    def delete(self, name: str, drop_stored: Callable[[], None]) -> None:
+        """Forget a stopped deployable: ``drop_stored`` (the store's part), then its DPE
+        directory. Under the supervisor's lock, so no tick starts a DPE for it meanwhile;
+        StoreError (from ``drop_stored``) when it is not stopped, and nothing is removed."""
+        with self._lock:
+            dpe = self._dpes.get(name)
+            pid = self._pid_from_file(name)
+            if (dpe is not None and dpe.alive()) or (pid is not None and _is_dped_of(pid, name)):
+                raise StoreError(f"the DPE of {name!r} is still finishing the stop: try again "
+                                 "in a moment")
+            drop_stored()
+            self._dpes.pop(name, None)
+            shutil.rmtree(dpe_dir(self.state_dir, name), ignore_errors=True)
 
     def stop_requested(self, name: str) -> None:
         with self._lock:

@@ -45,6 +45,9 @@ class Convergence:
             return
         if self.gave_up:
             return
+        if not self._bus_steady() or self._awaiting_beats():
+            self.dirty = True           # nothing can be learnt or done now: ask again later
+            return
         for asm in self._assemblies():
             if self._needs_boot(asm):
                 self._boot(asm)
@@ -90,10 +93,11 @@ class Convergence:
         self._note_launch(action)
         run = self.run
         transition = self.transition_id
+        launched = self.reconnects if self.bus.connected else -1
 
         def work() -> None:
             result = self.runner.run(action)
-            self.queue.put(("action_done", run, transition, action, result))
+            self.queue.put(("action_done", run, transition, action, result, launched))
 
         self.pool.submit(work)
 
@@ -114,10 +118,29 @@ class Convergence:
             elif state in (R.RUNNING, R.FAILED, R.BLOCKED):
                 self._resource_state(asm, svc, R.STOPPING)
 
+    def _awaiting_beats(self) -> bool:
+        """After a reconnect, until each online assembly's agent beats again (or is lost)."""
+        self.reprobe_on_beat = {asm for asm in self.reprobe_on_beat
+                                if self.observed.status(asm) is AssemblyStatus.ONLINE}
+        return bool(self.reprobe_on_beat)
+
+    def _bus_steady(self, since: int | None = None) -> bool:
+        """Connected now, and (given the reconnect count at some moment) ever since."""
+        return self.bus.connected and (since is None or since == self.reconnects)
+
     def _handle_action_done(self, run: GraphRun, transition: int, action: Action,
-                            result: ActionResult) -> None:
+                            result: ActionResult, launched: int = -1) -> None:
         now = result.finished or time.time()
         ok = result.succeeded(action)
+        if result.no_answer and not self.stopping and not self._bus_steady(launched):
+            # No answer while our own broker connection was down or flapping: that says
+            # nothing about the resource. Not recorded; the next graph asks again.
+            log.info("%s got no answer across a broker outage (%s): asking again later",
+                     action.name, result.reason)
+            if run is not None:
+                run.complete(action, False)
+            self.dirty = True
+            return
         if action.kind == "rsc_op" and action.node and (
                 self.observed.status(action.node) is not AssemblyStatus.ONLINE
                 or self.busy.get(action.node) == "stop"):

@@ -58,7 +58,7 @@ from dpe_agent.recovery import Recovery, policy_for
 from dpe_agent.status import decode_keyed, encode_keyed
 from dpe_agent.stopping import Stopping
 from dpe_agent.store import DpeStore
-from pcloud.bus import Bus, Message
+from pcloud.bus import Bus, BusError, Message
 from pcloud.deployable import Deployable
 from pcloud.events import EventType
 from pcloud.states import DeployableState as D
@@ -66,6 +66,9 @@ from pcloud.states import DeployableState as D
 log = logging.getLogger("dped")
 
 DPE_HEARTBEAT_INTERVAL = 1.0
+CONNECT_ATTEMPT = 10.0
+CONNECT_BACKOFF_START = 0.5
+CONNECT_BACKOFF_CAP = 5.0
 ADOPT_TIMEOUT = 10.0
 
 
@@ -89,6 +92,7 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         self.name = deployable.name
         self.store.set("deployable_xml", deployable.to_xml())
         self.engine = load_engine(engine)
+        self._own_bus = bus is None
         self.bus = bus or Bus(url=broker_url, name=f"dped-{self.name}")
         self.broker_url = self.bus.url
         self.driver = driver or self._driver_for(deployable.infrastructure)
@@ -114,6 +118,9 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         self.transition_id = 0
         self.busy: dict[str, str] = {}           # assembly -> driver operation in flight
         self.awaiting: set[str] = set()          # sandbox up (booted or adopted), no beat yet
+        self.adding: set[tuple[str, ...]] = set()   # added by a reload, not yet running
+        self.reconnects = 0                      # bus reconnects so far (dispatcher thread)
+        self.reprobe_on_beat: set[str] = set()   # re-probe once its agent beats again
         self.holds: dict[tuple[str, ...], float] = {}   # back-off: key -> monotonic due
         self.dirty = True
         self.idle_computes = 0
@@ -187,7 +194,7 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
                 if reason:
                     self.reasons[(key,)] = reason
         dep_state = self.store.states("deployable").get(self.name)
-        self.bus.start(timeout=30.0)
+        self._connect()
         key = self.name
         subs = [self.bus.subscribe(f"pcloud.heartbeat.{key}.*", self._on_heartbeat),
                 self.bus.subscribe(f"pcloud.report.{key}.*", self._on_report),
@@ -195,7 +202,7 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         for sub in subs:
             sub.wait_attached(10.0)
         self.subscriptions = subs
-        self.bus.on_reconnect(lambda: self.queue.put(("reconnect",)))
+        self.bus.on_reconnect(self._on_reconnect)
         if dep_state and dep_state[0] not in (D.STOPPED, D.STOPPING, D.FAILED):
             self.states[()] = dep_state[0]
         else:
@@ -212,6 +219,30 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
                 self.tracker.expect(asm.name, interval, misses, now,
                                     boot_timeout=max(ADOPT_TIMEOUT, interval * misses))
                 self.awaiting.add(asm.name)
+
+    def _connect(self) -> None:
+        """Connect, waiting as long as it takes for a broker that is down (a DPE started
+        during an outage, e.g. by the CPE after the previous one died). Nothing is done
+        meanwhile: without the bus nothing can be learnt, so nothing can have failed. Bad
+        credentials or an untrusted certificate cannot get better: BusError at once."""
+        delay, waiting = CONNECT_BACKOFF_START, False
+        while True:
+            try:
+                self.bus.start(timeout=CONNECT_ATTEMPT)
+            except BusError as exc:
+                if not self._own_bus or "cannot connect" not in str(exc):
+                    raise
+                if not waiting:
+                    log.warning("%s; waiting for the broker", exc)
+                    waiting = True
+                time.sleep(delay)
+                delay = min(CONNECT_BACKOFF_CAP, delay * 2)
+                self.bus = Bus(url=self.broker_url, name=f"dped-{self.name}")
+                self.runner.bus = self.bus
+                continue
+            if waiting:
+                log.info("the broker is reachable again")
+            return
 
     def _write_pid(self) -> None:
         tmp = self.dir / "dped.pid.tmp"

@@ -52,10 +52,15 @@ class Detection:
         if beat is None or self.stopping:
             return
         status = self.observed.status(asm)
+        back = asm in self.reprobe_on_beat
+        self.reprobe_on_beat.discard(asm)
         if BeatKind.FIRST in beat.kinds and status is not AssemblyStatus.LOST:
             self._assembly_online(asm)
         elif BeatKind.RESTARTED in beat.kinds and status is AssemblyStatus.ONLINE:
             log.info("agent of %s restarted: probing its resources again", asm)
+            self._reprobe(asm)
+        elif back and status is AssemblyStatus.ONLINE:
+            log.info("agent of %s beats after the reconnect: probing its resources again", asm)
             self._reprobe(asm)
         self._check_heartbeats(received)
 
@@ -114,12 +119,20 @@ class Detection:
             if gone and self.tracker.declare_lost(asm):
                 self._assembly_lost(asm, "its sandbox is gone")
 
+    def _on_reconnect(self) -> None:
+        """Dispatcher thread: count at once (action results check it), act on the loop."""
+        self.reconnects += 1
+        self.queue.put(("reconnect",))
+
     def _handle_reconnect(self) -> None:
-        log.info("bus reconnected: grace period for agents, then re-probing")
+        """Each online assembly is re-probed on its agent's next beat: before that its agent
+        may not be connected yet (its queue may not even exist on a restarted broker), and
+        an unanswered probe would pass for a failed resource."""
+        log.info("bus reconnected: grace period for agents, re-probing each on its next beat")
         self.tracker.grace(time.monotonic(), RECONNECT_GRACE)
-        for asm in self._assemblies():
-            if self.observed.status(asm) is AssemblyStatus.ONLINE:
-                self._reprobe(asm)
+        self.reprobe_on_beat = {asm for asm in self._assemblies()
+                                if self.observed.status(asm) is AssemblyStatus.ONLINE}
+        self._abort("bus reconnected")
 
     def _on_report(self, msg: Message) -> None:
         self.queue.put(("report", msg, time.time()))

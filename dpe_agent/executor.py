@@ -49,6 +49,7 @@ class ActionResult:
     output: str | None = None
     started: float = 0.0
     finished: float = 0.0
+    no_answer: bool = False   # the bus failed (timeout, no connection): the agent said nothing
 
     def succeeded(self, action: Action) -> bool:
         """As expected: the target rc, and for probes also 0 (found running: adopted)."""
@@ -217,11 +218,11 @@ class ActionRunner:
         try:
             result = self.bus.call(queue, f"resource_{action.operation}", body, timeout=timeout)
         except BusTimeout as exc:
-            return ActionResult(RC_ERROR, OP_TIMEOUT, reason=str(exc))
+            return ActionResult(RC_ERROR, OP_TIMEOUT, reason=str(exc), no_answer=True)
         except MethodError as exc:
             return ActionResult(RC_ERROR, OP_ERROR, reason=f"{exc.code}: {exc.message}")
         except BusError as exc:
-            return ActionResult(RC_ERROR, OP_ERROR, reason=str(exc))
+            return ActionResult(RC_ERROR, OP_ERROR, reason=str(exc), no_answer=True)
         if result is None or result.tag != "op_result":
             return ActionResult(RC_ERROR, OP_ERROR, reason="agent answered without op_result")
         status = {"done": OP_DONE, "timeout": OP_TIMEOUT}.get(result.get("status", "done"),

@@ -50,7 +50,7 @@ class Lifecycle:
         etype = {0: EventType.DEPLOYABLE_STATE_CHANGE, 1: EventType.ASSEMBLY_STATE_CHANGE,
                  2: EventType.RESOURCE_STATE_CHANGE}[len(key)]
         self.emit(etype, *key, state=new, reason=reason, previous=old, **extra)
-        log.info("%s %s: %s -> %s%s", kind, "/".join(key) or self.name, old, new,
+        log.info("%s %s: %s -> %s%s", kind, "/".join(key) or self.name, old or "(new)", new,
                  f" ({reason})" if reason else "")
         return True
 
@@ -116,9 +116,16 @@ class Lifecycle:
             return
         if self.tracker.mass_loss:
             return
-        whole = all(self.state(a) == A.RUNNING for a in self._assemblies()) and all(
-            self.state(a.name, s.name) == R.RUNNING for a, s in self.dep.services())
-        if whole:
+        # Components a reload added count once they ran, or failed: until then they are
+        # starting, not a degradation.
+        self.adding = {k for k in self.adding if self.state(*k) in (R.PENDING, R.STARTING)}
+        whole = all(self.state(a) == A.RUNNING or (a,) in self.adding
+                    for a in self._assemblies()) and all(
+            self.state(a.name, s.name) == R.RUNNING or (a.name, s.name) in self.adding
+            for a, s in self.dep.services())
+        if whole and current == D.RUNNING:
+            return
+        if whole and not self.adding:
             self.change_state((), D.RUNNING)
         elif current == D.RUNNING:
             self.change_state((), D.DEGRADED, "a component failed and is being recovered")

@@ -141,9 +141,12 @@ class Methods:
                 watch.interval, watch.misses = interval, misses
         if change:
             self.emit(EventType.CONFIG_RELOAD, reason=_describe(change))
-            if change.assemblies_added or change.services_added:
-                if self.state() in (D.RUNNING, D.DEGRADED):
-                    self.change_state((), D.STARTING, "reload added components")
+            # New components start while the deployable keeps its state: running may not go
+            # back to starting (pcloud.states), and nothing failed, so not degraded either.
+            for asm in change.assemblies_added:
+                self.adding.add((asm,))
+                self.adding.update((asm, s.name) for s in new.assembly(asm).services)
+            self.adding.update(change.services_added)
         self._abort("reload")
         return self._summary()
 

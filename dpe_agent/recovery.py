@@ -29,6 +29,7 @@ class Recovery:
             return
         self.busy.pop(asm, None)
         self.awaiting.discard(asm)
+        self.reprobe_on_beat.discard(asm)
         log.warning("assembly %s lost: %s", asm, reason)
         decision = self.policy.assembly_failed(asm, time.time())
         self.fail_counts[(asm,)] = self.fail_counts.get((asm,), 0) + 1

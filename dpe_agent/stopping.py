@@ -15,6 +15,7 @@ import logging
 
 from dpe_agent.drivers import PowerState
 from dpe_agent.observed import AssemblyStatus, ObservedState
+from dpe_agent.recovery import policy_for
 from pcloud.states import AssemblyState as A
 from pcloud.states import DeployableState as D
 from pcloud.states import ResourceState as R
@@ -93,5 +94,15 @@ class Stopping:
         for asm, svc in [(a.name, s.name) for a, s in self.dep.services()]:
             if self.state(asm, svc) != R.PENDING:
                 self._resource_stopped(asm, svc, "deployable stopped")
+        self._forget_failures()
         self.change_state((), D.STOPPED)
         self.exit_code = 0
+
+    def _forget_failures(self) -> None:
+        """A deliberate stop ends the deployable's run: fail counts, last failures and
+        escalation windows start from zero at its next start (a DPE restart in between
+        keeps them, they are the deployable's memory while it runs)."""
+        self.fail_counts.clear()
+        self.failures.clear()
+        self.policy = policy_for(self.dep)
+        self._persist = True

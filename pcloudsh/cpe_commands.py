@@ -23,36 +23,56 @@ def cmd_deployable_create(self: Commands, args: list[str]) -> None:
 
 @command("<deployable>", "deployable")
 def cmd_deployable_delete(self: Commands, args: list[str]) -> None:
-    """Delete a deployable from the catalogue (refused while the CPE runs it)."""
+    """Delete a stopped deployable: from the CPE (its store, events and DPE files), then
+    from the catalogue."""
     (name,) = _args(args, "deployable_delete", 1)
-    self.catalogue.deployable(name)
-    state = self.cpe_states().get(name)
-    if state not in (None, "stopped"):
-        raise CommandError(f"deployable {name} is {state}: stop it first")
-    self.catalogue.deployable_delete(name)
+    in_catalogue = name in self.catalogue.deployables()
+    try:
+        self.cpe("deployable_delete", self._ref(name))
+        known = True
+    except CommandError as exc:
+        if not str(exc).startswith("unknown_deployable:"):
+            raise
+        known = False
+    if not (known or in_catalogue):
+        raise CommandError(f"no deployable named {name!r}")
+    if in_catalogue:
+        self.catalogue.deployable_delete(name)
     self.say(f"deployable {name} deleted")
 
 
 @command("")
 def cmd_deployable_list(self: Commands, args: list[str]) -> None:
-    """List the deployables of the catalogue and of the CPE, with their state."""
+    """List the deployables of the catalogue and of the CPE, with their state.
+
+    Without a CPE the catalogue is still shown (states ``unknown``), but the command fails:
+    a script must not read "not started" for a deployable that may well be running."""
     _args(args, "deployable_list", 0)
     catalogue = self.catalogue.deployables()
+    unreachable: CommandError | None = None
     try:
-        states = self.cpe_states()
+        listed = self.cpe("deployables_list", "<deployables/>")
     except CommandError as exc:
-        states = {}
-        if not self.json:
-            self.say(f"(CPE not reachable: {exc}; states unknown)")
+        listed, unreachable = None, exc
+    cpe = {d.get("name"): d for d in (listed if listed is not None else [])}
     rows = []
-    for name in sorted(set(catalogue) | set(states)):
-        entry = catalogue.get(name)
-        rows.append({"name": name, "state": states.get(name, "not started"),
-                     "assemblies": ",".join(entry["assemblies"]) if entry else "-",
-                     "infrastructure": entry["infrastructure"] if entry else "-",
-                     "in_catalogue": entry is not None})
+    for name in sorted(set(catalogue) | set(cpe)):
+        entry, known = catalogue.get(name), cpe.get(name)
+        state = "unknown" if unreachable else (known.get("state") if known is not None
+                                               else "not started")
+        assemblies = infrastructure = "-"
+        if known is not None and known.get("infrastructure"):
+            infrastructure = known.get("infrastructure")
+            assemblies = ",".join((known.get("assemblies") or "").split()) or "-"
+        elif entry:
+            infrastructure = entry["infrastructure"]
+            assemblies = ",".join(entry["assemblies"]) or "-"
+        rows.append({"name": name, "state": state, "assemblies": assemblies,
+                     "infrastructure": infrastructure, "in_catalogue": entry is not None})
     self.rows(rows, (("name", "NAME"), ("state", "STATE"), ("infrastructure", "INFRA"),
                      ("assemblies", "ASSEMBLIES")))
+    if unreachable is not None:
+        raise CommandError(f"CPE not reachable, states unknown: {unreachable}")
 
 
 @command("<deployable|FILE.xml>", "deployable")
@@ -105,6 +125,7 @@ def cmd_deployable_assembly_add(self: Commands, args: list[str]) -> None:
     deployable, assembly = _args(args, "deployable_assembly_add", 2)
     self.catalogue.deployable_assembly_add(deployable, assembly)
     self.say(f"assembly {assembly} added to deployable {deployable}")
+    self.reload_hint(deployable=deployable)
 
 
 @command("<deployable> <assembly>", "deployable", "assembly")
@@ -113,6 +134,7 @@ def cmd_deployable_assembly_remove(self: Commands, args: list[str]) -> None:
     deployable, assembly = _args(args, "deployable_assembly_remove", 2)
     self.catalogue.deployable_assembly_remove(deployable, assembly)
     self.say(f"assembly {assembly} removed from deployable {deployable}")
+    self.reload_hint(deployable=deployable)
 
 
 @command("<deployable>", "deployable")
@@ -133,6 +155,7 @@ def cmd_deployable_dependency_add(self: Commands, args: list[str]) -> None:
     deployable, first, then = _args(args, "deployable_dependency_add", 3)
     ident = self.catalogue.deployable_dependency_add(deployable, first, then)
     self.say(f"dependency {ident}: {first} starts before {then}")
+    self.reload_hint(deployable=deployable)
 
 
 @command("<deployable>", "deployable")

@@ -84,13 +84,40 @@ def test_semantically_invalid_deployable_is_refused(cpe) -> None:
     assert name not in client.listing()
 
 
-@pytest.mark.parametrize("method", ["deployable_stop", "deployable_status"])
+@pytest.mark.parametrize("method", ["deployable_stop", "deployable_delete"])
 def test_unknown_deployable_is_refused_with_a_config_error(cpe, method: str) -> None:
     _, client, watcher = cpe
     name = unique("ghost")
     code, _ = client.error(method, f'<deployable name="{name}"/>')
     assert code == "unknown_deployable"
     _config_error(watcher, name, "unknown_deployable")
+    assert name not in client.listing()
+
+
+def test_read_only_typos_publish_and_store_nothing(cpe) -> None:
+    """A mistyped deployable_status is not an event: nothing is published or stored."""
+    _, client, watcher = cpe
+    name = unique("typo")
+    code, message = client.error("deployable_status", f'<deployable name="{name}"/>')
+    assert code == "unknown_deployable" and name in message
+    assert client.error("events_query", f'<events deployable="{name}"/>')[0] == \
+        "unknown_deployable"
+    marker = unique("mark")      # a later event proves the watcher saw everything before it
+    client.error("deployable_stop", f'<deployable name="{marker}"/>')
+    _config_error(watcher, marker, "unknown_deployable")
+    assert not [e for e in watcher.seen if e.get("deployable") == name]
+
+
+@pytest.mark.parametrize("infrastructure", ["openstack"])
+def test_unavailable_infrastructure_is_refused_up_front(cpe, infrastructure: str) -> None:
+    _, client, watcher = cpe
+    name = unique("cloud")
+    document = deployable_xml(name).replace('infrastructure="process"',
+                                            f'infrastructure="{infrastructure}"')
+    code, message = client.error("deployable_start", document)
+    assert code == "infrastructure_unavailable"
+    assert infrastructure in message and "not available" in message
+    _config_error(watcher, name, "infrastructure_unavailable")
     assert name not in client.listing()
 
 

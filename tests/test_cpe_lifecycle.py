@@ -94,9 +94,14 @@ def test_reload_adds_a_service_and_leaves_the_others_alone(cpe) -> None:
     _running(client, name)
     pids = {s: service_pid(cped.state_dir, name, a, s) for a, s in (("a1", "s1"), ("a2", "s2"))}
     assert all(pids.values())
-    client.call("deployable_reload", deployable_xml(name, {"a1": ["s1", "s3"], "a2": ["s2"]}))
+    before = max(int(e.get("seq")) for e in client.events(name))
+    result = client.call("deployable_reload",
+                         deployable_xml(name, {"a1": ["s1", "s3"], "a2": ["s2"]}))
+    assert result.get("state") == "running"     # adding components is neither a (re)start
     wait_until(lambda: service_pid(cped.state_dir, name, "a1", "s3"), 60, "s3 started")
-    _running(client, name)
+    _running(client, name)                      # nor a failure
+    assert not [dict(e.attrib) for e in client.events(name, since=before)
+                if e.get("type") == "deployable_state_change"]
     assert {s: service_pid(cped.state_dir, name, a, s)
             for a, s in (("a1", "s1"), ("a2", "s2"))} == pids
     assert "s3" in (cped.state_dir / "dpe" / name / "deployable.xml").read_text()
@@ -187,3 +192,60 @@ def test_status_falls_back_to_the_last_known_state_when_the_dpe_is_frozen(cpe) -
             [("s1", "running")]
     finally:
         os.kill(dpe, signal.SIGCONT)
+
+
+def test_delete_only_when_stopped_and_then_nothing_is_left(cpe) -> None:
+    cped, client, watcher = cpe
+    name = unique("dep")
+    client.call("deployable_start", deployable_xml(name, {"a1": ["s1"], "a2": ["s2"]}))
+    _running(client, name)
+    listed = next(d for d in client.call("deployables_list", "<deployables/>")
+                  if d.get("name") == name)
+    assert (listed.get("infrastructure"), listed.get("assemblies")) == ("process", "a1 a2")
+    code, message = client.error("deployable_delete", f'<deployable name="{name}"/>')
+    assert code == "not_stopped" and "stop it first" in message
+    watcher.wait_for(lambda e: e.get("deployable") == name and e.get("type") == "config_error"
+                     and "not_stopped" in e.get("reason", ""), 15, "config_error not_stopped")
+    assert client.listing()[name] == "running"
+    client.call("deployable_stop", f'<deployable name="{name}"/>')
+    wait_until(lambda: client.listing()[name] == "stopped", 60, f"{name} stopped")
+    result = client.call("deployable_delete", f'<deployable name="{name}"/>')
+    assert (result.get("name"), result.get("state")) == (name, "stopped")
+    assert name not in client.listing()
+    assert not (cped.state_dir / "dpe" / name).exists()
+    assert client.error("events_query", f'<events deployable="{name}"/>')[0] == \
+        "unknown_deployable"
+    client.call("deployable_start", deployable_xml(name))       # a new history
+    _running(client, name)
+    assert min(int(e.get("seq")) for e in client.events(name)) == 1
+
+
+def test_fail_counts_start_from_zero_after_a_deliberate_stop(cpe) -> None:
+    cped, client, _ = cpe
+    name = unique("dep")
+    client.call("deployable_start", deployable_xml(name))
+    _running(client, name)
+    pid = service_pid(cped.state_dir, name, "a1", "s1")
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: next(client.status(name).iter("resource")).get("fail_count") == "1"
+               and client.status(name).get("state") == "running", 60, "s1 failed once, back")
+    client.call("deployable_stop", f'<deployable name="{name}"/>')
+    wait_until(lambda: client.listing()[name] == "stopped", 60, f"{name} stopped")
+    assert next(client.status(name).iter("resource")).get("fail_count") == "0"
+    client.call("deployable_start", deployable_xml(name))
+    _running(client, name)
+    resource = next(client.status(name).iter("resource"))
+    assert resource.get("fail_count") == "0" and resource.get("last_failure") is None
+
+
+def test_assembly_uuids_of_another_deployable_are_refused(cpe) -> None:
+    _, client, _ = cpe
+    first, second = unique("dep"), unique("dep")
+    uuid = "0b5e1f4c-7d0a-4c51-9a40-6f1f4b3a2c10"
+    with_uuid = '<assembly name="a1" uuid="' + uuid + '" '
+    client.call("deployable_start",
+                deployable_xml(first).replace('<assembly name="a1" ', with_uuid))
+    code, message = client.error(
+        "deployable_start", deployable_xml(second).replace('<assembly name="a1" ', with_uuid))
+    assert code == "duplicate_uuid" and uuid in message and first in message
+    assert second not in client.listing()

@@ -476,3 +476,30 @@ def test_status_has_last_failure_and_reason_and_loss_fails_the_assembly_first(ha
     assert not lost, [(e.resource, e.state) for e in lost]
     asm = h.status().find("assembly[@name='a']")
     assert asm.get("last_failure") and asm.get("reason") == failed.reason
+
+
+def test_dped_status_and_stop_without_a_cpe(harness):
+    """``dped --status`` and ``dped --stop`` drive a CPE-less dped; --stop returns once that
+    dped has stopped everything and exited."""
+    name, t = unique(), tag()
+    h = harness(deployable(name, assembly("a", process_service("svc", f"sleep {t}1"))),
+                subprocess_mode=True)
+    h.wait_running()
+    dped = str(Path(sys.executable).with_name("dped"))
+    env = dict(os.environ, PCLOUD_BROKER_URL=broker_url())
+    status = subprocess.run([dped, "--status", "--name", name, "--state-dir", str(h.state_dir)],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[0] == f"deployable {name}: running"
+    assert "svc: running (fails 0)" in status.stdout
+    stop = subprocess.run([dped, "--stop", "--deployable", str(h.doc), "--state-dir",
+                           str(h.state_dir)], capture_output=True, text=True, env=env, timeout=90)
+    assert stop.returncode == 0, stop.stderr
+    assert stop.stdout.splitlines() == [f"deployable {name}: stopping",
+                                        f"deployable {name}: stopped"]
+    assert h.proc is not None and h.proc.poll() == 0     # it had exited when --stop returned
+    h.proc = None
+    assert not pgrep(f"sleep {t}1")
+    gone = subprocess.run([dped, "--status", "--name", unique(), "--state-dir",
+                           str(h.state_dir)], capture_output=True, text=True, env=env, timeout=60)
+    assert gone.returncode == 1 and "no DPE of" in gone.stderr
