@@ -50,6 +50,22 @@ def template_names() -> list[str]:
         return []
 
 
+#: What each template's service needs besides resource-agents (which pcloud installs): the
+#: Debian package and the program the OCF agent runs. Only ``dummy`` needs nothing more.
+TEMPLATE_NEEDS: dict[str, tuple[str, str]] = {
+    "httpd": ("apache2", "/usr/sbin/apache2"),
+    "mysqld": ("mariadb-server", "/usr/sbin/mysqld"),
+    "nginx": ("nginx", "/usr/sbin/nginx"),
+    "postgresql": ("postgresql-15", "/usr/lib/postgresql/15/bin/pg_ctl"),
+}
+
+
+def template_needs(name: str) -> tuple[str | None, bool]:
+    """The package a template needs (None: nothing) and whether its program is on this host."""
+    package, program = TEMPLATE_NEEDS.get(name, (None, ""))
+    return package, package is None or os.access(program, os.X_OK)
+
+
 def load_template(name: str) -> etree._Element:
     """A resource template: one validated ``<service>`` element."""
     check_name(name, "template")

@@ -20,7 +20,7 @@ from lxml import etree
 from pcloud import config, xmlsafe
 from pcloud.bus import Bus, BusError, BusTimeout, MethodError
 from pcloudsh import display, validate
-from pcloudsh.catalogue import NAME_RE, Catalogue, CatalogueError, template_names
+from pcloudsh.catalogue import NAME_RE, Catalogue, CatalogueError, template_names, template_needs
 
 CPE_QUEUE = "pcloud.cpe"
 CALL_TIMEOUT = 15.0
@@ -214,11 +214,7 @@ class Commands:
     def _built_jeos(self, jeos: str, arch: str | None) -> str | None:
         """The catalogue name of the JEOS image meant by the arguments, if one is built."""
         images = _images()
-        names = [f"{jeos}-{arch}" if arch else jeos]
-        try:
-            names.append(images.jeos_name(jeos, arch or "x86_64"))
-        except images.ImageError:
-            pass
+        names = [f"{jeos}-{arch}" if arch else jeos, _jeos_name(jeos, arch)]
         built = {i.name for i in images.jeos_list(self.catalogue.images_dir)}
         return next((n for n in names if n in built), None)
 
@@ -233,7 +229,7 @@ class Commands:
         name, jeos, *rest = _args(args, "assembly_create", 2, 3)
         built = self._built_jeos(jeos, rest[0] if rest else None)
         if built is None:
-            jeos = f"{jeos}-{rest[0]}" if rest else jeos
+            jeos = _jeos_name(jeos, rest[0] if rest else None)
             self.catalogue.assembly_create(name, jeos)
             self.say(f"assembly {name} created on JEOS {jeos} (no image: JEOS {jeos} is not "
                      "built, so only the process infrastructure can run it)")
@@ -253,6 +249,15 @@ class Commands:
             images.assembly_delete(name, self.catalogue.images_dir)
             raise
         self.say(f"assembly {name} created on JEOS {built}, image {image.path}")
+
+    def reload_hint(self, assembly: str | None = None, deployable: str | None = None) -> None:
+        """Say that a catalogue change reaches a running deployable only through a reload."""
+        users = [deployable] if deployable else sorted(
+            d for d, entry in self.catalogue.deployables().items()
+            if assembly in entry["assemblies"])
+        for name in users:
+            self.say(f"(if deployable {name} is running, it changes only with "
+                     f"'deployable_reload {name}')")
 
     @command("<assembly> <new_assembly>", "assembly", "new")
     def cmd_assembly_clone(self, args: list[str]) -> None:
@@ -302,6 +307,7 @@ class Commands:
         resource, template, assembly = _args(args, "assembly_resource_add", 3)
         self.catalogue.resource_add(resource, template, assembly)
         self.say(f"resource {resource} ({template}) added to assembly {assembly}")
+        self.reload_hint(assembly)
 
     @command("<resource> <assembly>", "resource", "assembly")
     def cmd_assembly_resource_remove(self, args: list[str]) -> None:
@@ -309,6 +315,7 @@ class Commands:
         resource, assembly = _args(args, "assembly_resource_remove", 2)
         self.catalogue.resource_remove(resource, assembly)
         self.say(f"resource {resource} removed from assembly {assembly}")
+        self.reload_hint(assembly)
 
     @command("<assembly>", "assembly")
     def cmd_assembly_resource_list(self, args: list[str]) -> None:
@@ -327,9 +334,19 @@ class Commands:
 
     @command("")
     def cmd_template_list(self, args: list[str]) -> None:
-        """List the resource templates assembly_resource_add accepts."""
+        """List the resource templates and the packages their services need."""
         _args(args, "template_list", 0)
-        self.rows([{"name": n} for n in template_names()], (("name", "TEMPLATE"),))
+        rows = []
+        for name in template_names():
+            package, here = template_needs(name)
+            rows.append({"name": name, "needs": package or "-",
+                         "on_this_host": "yes" if here else "no"})
+        self.rows(rows, (("name", "TEMPLATE"), ("needs", "NEEDS (Debian package)"),
+                         ("on_this_host", "ON THIS HOST")))
+        if not self.json:
+            self.say("Only templates that need nothing run out of the box. The process "
+                     "infrastructure runs services\non this host (install the package here); "
+                     "qemu and libvirt run them in the JEOS image.")
 
     @command("<assembly> <failures> <period_seconds>", "assembly")
     def cmd_escalation_assembly_set(self, args: list[str]) -> None:
@@ -338,6 +355,7 @@ class Commands:
         self.catalogue.escalation_assembly_set(assembly, failures, period)
         self.say(f"assembly {assembly}: {failures} failures within {period} s escalate to "
                  "the deployable")
+        self.reload_hint(assembly)
 
     @command("<assembly> <resource> <failures> <period_seconds>", "assembly", "resource")
     def cmd_escalation_resource_set(self, args: list[str]) -> None:
@@ -346,6 +364,24 @@ class Commands:
         self.catalogue.escalation_resource_set(assembly, resource, failures, period)
         self.say(f"resource {assembly}/{resource}: {failures} failures within {period} s "
                  "escalate to its assembly")
+        self.reload_hint(assembly)
+
+
+def _jeos_name(jeos: str, arch: str | None) -> str:
+    """One spelling per JEOS, the image catalogue's: ``debian12`` → ``debian-12-x86_64``.
+
+    A distribution the image builder knows gets its canonical name (alias resolved, default
+    architecture added); any other name is kept, with ``-<arch>`` when one is given.
+    """
+    literal = f"{jeos}-{arch}" if arch else jeos
+    try:
+        images = _images()
+    except CommandError:
+        return literal
+    try:
+        return images.jeos_name(jeos, arch or "x86_64")
+    except images.ImageError:
+        return literal
 
 
 def _escalation(setting: dict[str, Any] | None) -> str:

@@ -12,6 +12,7 @@ import cmd
 import contextlib
 import shlex
 import sys
+import textwrap
 import threading
 from typing import Any
 
@@ -21,6 +22,7 @@ from pcloud.events import Event
 from pcloudsh import cpe_commands, event_commands, validate
 from pcloudsh.catalogue import template_names
 from pcloudsh.commands import REGISTRY, CommandError, Commands, command
+from pcloudsh.event_commands import SeqOrder
 
 try:
     import readline
@@ -40,6 +42,20 @@ def cmd_validate(self: Commands, args: list[str]) -> None:
         raise CommandError(f"{args[0]} is not valid")
 
 
+HELP_WIDTH, HELP_COLUMNS = 44, 100
+
+
+def _help_line(usage: str, doc: str) -> str:
+    """One command in the help list, wrapped to 100 columns; a usage too long for its column
+    gets a line of its own, so the descriptions stay aligned."""
+    indent = " " * (HELP_WIDTH + 3)
+    text = textwrap.fill(" ".join(doc.split()), HELP_COLUMNS, initial_indent=indent,
+                         subsequent_indent=indent)
+    if len(usage) <= HELP_WIDTH:
+        return f"  {usage:<{HELP_WIDTH}} {text[len(indent):]}"
+    return f"  {usage}\n{text}"
+
+
 class Shell(cmd.Cmd):
     prompt = "pcloudsh# "
     intro = ("Welcome to pcloudsh, the pcloud operator shell.\n"
@@ -50,6 +66,7 @@ class Shell(cmd.Cmd):
         self.commands = commands
         self.live_events = live_events
         self._watch: Any = None
+        self._order: SeqOrder | None = None
         self._history = commands.state_dir / "pcloudsh" / "history"
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -141,11 +158,11 @@ class Shell(cmd.Cmd):
         if args and args[0] not in BUILTINS:
             self.commands.say(f"*** no command {args[0]!r}")
             return
-        lines = [f"  {spec.usage:<62} {(spec.func.__doc__ or '').strip().splitlines()[0]}"
-                 for spec in sorted(REGISTRY.values(), key=lambda s: s.name)]
-        lines.append(f"  {'watch [on|off]':<62} show events live above the prompt")
-        lines.append(f"  {'quit':<62} leave the shell")
-        self.commands.say("Commands:\n" + "\n".join(lines))
+        entries = [(spec.usage, (spec.func.__doc__ or "").strip().split("\n\n")[0])
+                   for spec in sorted(REGISTRY.values(), key=lambda s: s.name)]
+        entries += [("watch [on|off]", "show events live above the prompt"),
+                    ("quit", "leave the shell (or Ctrl-D; Ctrl-C cancels the line)")]
+        self.commands.say("Commands:\n" + "\n".join(_help_line(u, d) for u, d in entries))
 
     # --- completion --------------------------------------------------------------------
 
@@ -208,22 +225,35 @@ class Shell(cmd.Cmd):
     def _start_watch(self) -> None:
         if self._watch is not None:
             return
+        order = SeqOrder(self._show_event)
         try:
-            self._watch = self.commands.bus().subscribe("pcloud.event.#", self._show_event)
+            self._watch = self.commands.bus().subscribe(
+                "pcloud.event.#", lambda msg: self._on_event(msg, order))
         except CommandError as exc:
+            order.close()
             self.commands.say(f"(live events unavailable: {exc})")
+            return
+        self._order = order
 
     def _stop_watch(self) -> None:
         if self._watch is not None:
             with contextlib.suppress(Exception):
                 self._watch.cancel()
             self._watch = None
+        if self._order is not None:
+            self._order.close()
+            self._order = None
 
-    def _show_event(self, msg: Message) -> None:
+    @staticmethod
+    def _on_event(msg: Message, order: SeqOrder) -> None:
         try:
-            line = Event.from_xml(msg.body, source="event").describe(local_time=True)
+            element = xmlsafe.parse(msg.body, source="event")
+            order.add(Event.from_xml(element, source="event"), element)
         except xmlsafe.XMLError:
             return
+
+    def _show_event(self, event: Event, _element: Any) -> None:
+        line = event.describe(local_time=True)
         pending = readline.get_line_buffer() if readline is not None else ""
         if sys.stdin.isatty():
             self.commands.say(f"\r\x1b[K{line}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +16,23 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_demo_shows_both_recoveries_and_leaves_nothing_behind(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PCLOUD_BROKER_URL"}
     env["TMPDIR"] = str(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "pcloudsh.demo"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=240)
+    with contextlib.ExitStack() as stack:
+        # The example's web port taken: the demo must pick another before announcing any.
+        with contextlib.suppress(OSError):
+            busy = stack.enter_context(socket.socket())
+            busy.bind(("127.0.0.1", 8080))
+            busy.listen()
+        result = subprocess.run([sys.executable, "-m", "pcloudsh.demo"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=240)
     out = result.stdout
     assert result.returncode == 0, out[-3000:] + result.stderr[-2000:]
+    moved = re.search(r"port 8080 of the example is busy on this host: the demo uses (\d+)", out)
+    assert moved, out[:3000]
+    assert "127.0.0.1:8080" not in out
+    assert out.index(moved.group(0)) < out.index(f"web : 'httpd', the front end on "
+                                                 f"127.0.0.1:{moved.group(1)}")
+    assert re.search(r"\(from the kill: \d+ ms until pcloud noticed the failure, then \d+ ms "
+                     r"from detection to running: the event's 'recovered in'\)", out)
     assert re.search(r"HTTP GET http://127\.0\.0\.1:\d+/ -> 200", out)
     assert re.search(r"RECOVERED: web/httpd running again \d+ ms after the kill", out)
     assert re.search(r"RECOVERED: assembly web detected failed after .* fenced after .* "
