@@ -3,7 +3,7 @@
 Completion knows command names and, per argument, catalogue names (assemblies, deployables,
 resources, templates, JEOS images); history is kept in ``<state>/pcloudsh/history``. While the
 prompt waits, events are shown live above it, so an operator sees failures and recoveries as
-they happen (the seeds' "user interface feedback").
+they happen (pacemaker-cloud's "user interface feedback").
 """
 
 from __future__ import annotations

@@ -111,6 +111,26 @@ def test_bad_input_is_refused_here_in_one_line(tmp_path: Path) -> None:
                              "amqps://…, not http://…\n")
 
 
+def test_jeos_names_templates_and_reload_hints(tmp_path: Path) -> None:
+    for name, args in (("a1", ("debian12",)), ("a2", ("bookworm", "x86_64")),
+                       ("a3", ("debian-12", "x86_64")), ("a4", ("F14", "x86_64"))):
+        ok(tmp_path, "assembly_create", name, *args)
+    jeos = {a["name"]: a["jeos"] for a in json.loads(ok(tmp_path, "--json", "assembly_list"))}
+    assert jeos == {"a1": "debian-12-x86_64", "a2": "debian-12-x86_64",
+                    "a3": "debian-12-x86_64", "a4": "F14-x86_64"}
+    templates = {t["name"]: t["needs"] for t in
+                 json.loads(ok(tmp_path, "--json", "template_list"))}
+    assert templates["dummy"] == "-" and templates["httpd"] == "apache2"
+    assert "Only templates that need nothing run out of the box" in ok(tmp_path,
+                                                                       "template_list")
+    assert "deployable_reload" not in ok(tmp_path, "assembly_resource_add", "r", "dummy", "a1")
+    ok(tmp_path, "deployable_create", "d")
+    ok(tmp_path, "deployable_assembly_add", "d", "a1")
+    for args in (("assembly_resource_remove", "r", "a1"),
+                 ("escalation_assembly_set", "a1", "3", "60")):
+        assert "changes only with 'deployable_reload d'" in ok(tmp_path, *args)
+
+
 def test_assembly_in_use_cannot_be_deleted(tmp_path: Path) -> None:
     ok(tmp_path, "assembly_create", "a", "F14")
     ok(tmp_path, "deployable_create", "d")
