@@ -70,6 +70,7 @@ CONNECT_ATTEMPT = 10.0
 CONNECT_BACKOFF_START = 0.5
 CONNECT_BACKOFF_CAP = 5.0
 ADOPT_TIMEOUT = 10.0
+MAIN_LOOP_STALL = 2.0        # seconds of oversleep that mean this process was paused
 
 
 def dpe_dir(state_dir: Path, deployable: str) -> Path:
@@ -262,10 +263,13 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         return self.exit_code
 
     def _turn(self) -> None:
+        timeout = self._sleep_time()
+        asked = time.monotonic()
         try:
-            item = self.queue.get(timeout=self._sleep_time())
+            item = self.queue.get(timeout=timeout)
         except queue.Empty:
             item = None
+        self._excuse_stall(time.monotonic() - asked - timeout)
         while item is not None:
             self._dispatch(item)
             try:
@@ -281,6 +285,17 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
             self.store.save_json("escalation", self.policy.snapshot())
             self.store.save_json("fail_counts", encode_keyed(self.fail_counts))
             self.store.save_json("failures", encode_keyed(self.failures))
+
+    def _excuse_stall(self, overslept: float) -> None:
+        """After this process was paused (SIGSTOP, a starved host), restart heartbeat deadlines.
+
+        Beats that arrived while we were frozen are still queued in the broker or the bus;
+        judging silence now would fence healthy assemblies for our own pause.
+        """
+        if overslept > MAIN_LOOP_STALL:
+            log.warning("main loop stalled %.1f s (process paused or starved): heartbeat "
+                        "deadlines restarted", overslept)
+            self.tracker.grace(time.monotonic())
 
     def _sleep_time(self) -> float:
         now = time.monotonic()

@@ -503,3 +503,25 @@ def test_dped_status_and_stop_without_a_cpe(harness):
     gone = subprocess.run([dped, "--status", "--name", unique(), "--state-dir",
                            str(h.state_dir)], capture_output=True, text=True, env=env, timeout=60)
     assert gone.returncode == 1 and "no DPE of" in gone.stderr
+
+
+def test_paused_dpe_does_not_fence_for_its_own_pause(harness):
+    name, t = unique(), tag()
+    h = harness(deployable(name, assembly("a", process_service("svc", f"sleep {t}1"))),
+                subprocess_mode=True)
+    h.wait_running()
+    sandbox = h.sandbox_pid("a")
+    mark = h.events.last_seq()
+    h.proc.send_signal(signal.SIGSTOP)       # longer than the 3 s heartbeat timeout
+    try:
+        time.sleep(5.0)
+    finally:
+        h.proc.send_signal(signal.SIGCONT)
+    # Once a resource failure after the pause has been handled, any verdict on the silence
+    # during the pause has been given too: a lost assembly is judged on the first tick.
+    (victim,) = pgrep(f"sleep {t}1")
+    os.kill(victim, signal.SIGKILL)
+    h.events.wait(type="resource_state_change", resource="svc", state="running", after=mark)
+    assert not h.events.find(type="fencing", after=mark)
+    assert not h.events.find(type="assembly_state_change", after=mark)
+    assert h.sandbox_pid("a") == sandbox
