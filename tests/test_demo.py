@@ -20,6 +20,7 @@ def test_demo_shows_both_recoveries_and_leaves_nothing_behind(tmp_path: Path) ->
         # The example's web port taken: the demo must pick another before announcing any.
         with contextlib.suppress(OSError):
             busy = stack.enter_context(socket.socket())
+            busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             busy.bind(("127.0.0.1", 8080))
             busy.listen()
         result = subprocess.run([sys.executable, "-m", "pcloudsh.demo"], cwd=ROOT, env=env,
