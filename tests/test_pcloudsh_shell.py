@@ -159,3 +159,20 @@ def test_ctrl_c_ends_live_events_on_a_line_of_its_own(broker, tmp_path: Path) ->
         assert term.wait_exit() == 0
     finally:
         term.close()
+
+
+def test_live_events_are_shown_in_seq_order_per_deployable() -> None:
+    """Events arrive one topic per component: a later seq waits for the one before it."""
+    from pcloud.events import Event
+    from pcloudsh.event_commands import SeqOrder
+
+    shown: list[tuple[str, int | None]] = []
+    order = SeqOrder(lambda event, _element: shown.append((event.deployable, event.seq)),
+                     hold=3600)
+    for dep, seq in (("a", 1), ("a", 3), ("b", 7), ("a", 2), ("a", 6), ("b", 8)):
+        event = Event(seq, None, "deployable_state_change", dep, state="running")
+        order.add(event, event.to_element())
+    assert shown == [("a", 1), ("a", 2), ("a", 3)]
+    order.close()
+    assert shown[:3] == [("a", 1), ("a", 2), ("a", 3)]
+    assert sorted(shown[3:]) == [("a", 6), ("b", 7), ("b", 8)]
