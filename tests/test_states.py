@@ -1,4 +1,4 @@
-"""State vocabularies (DESIGN §3) and the allowed transition tables."""
+"""State vocabularies (the public contract, docs/protocol.md) and the allowed transition tables."""
 
 from __future__ import annotations
 

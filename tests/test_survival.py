@@ -1,4 +1,4 @@
-"""Whole-system survival (DESIGN §5): real cped, dped, agents and broker, each lost in turn.
+"""Whole-system survival (the bad-input and survival bars of docs/architecture.md): real cped, dped, agents and broker, each lost in turn.
 
 A cped runs a ``process`` deployable of three assemblies. The broker is killed and restarted,
 or frozen past the heartbeat timeout; cped is killed in the middle of a ``deployable_start``;
