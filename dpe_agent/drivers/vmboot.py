@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from dpe_agent.drivers.base import AssemblySpec, DriverError
 from pcloud import config
+from pcloud.urls import mask_url
 
 GUEST_BROKER_ADDR = "10.0.2.100"
 ASSEMBLY_META = "assembly.json"
@@ -67,7 +68,8 @@ def broker_endpoint(url: str) -> tuple[str, int]:
     """Return the (host, port) of a broker URL as the host sees it."""
     parts = urlsplit(url)
     if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-        raise DriverError(f"broker URL {url!r} is not amqp://host[:port] or amqps://host[:port]")
+        raise DriverError(f"broker URL {mask_url(url)!r} is not amqp://host[:port] or "
+                          "amqps://host[:port]")
     return parts.hostname, parts.port or DEFAULT_PORTS[parts.scheme]
 
 
