@@ -40,6 +40,7 @@ STABLE_AFTER = 30.0
 STOP_RESEND = 5.0
 FIRST_STOP_DELAY = 1.0
 STOP_ATTEMPTS = 3
+SUPERVISOR_STALL = 2.0     # seconds of oversleep that mean this process was paused
 
 
 def default_dped_command() -> list[str]:
@@ -253,11 +254,27 @@ class Supervisor:
             self._thread.join(timeout=5.0)
 
     def _run(self, period: float) -> None:
+        last = self.clock()
         while not self._stop.wait(period):
+            now = self.clock()
+            if now - last > period + SUPERVISOR_STALL:
+                self._excuse_stall(now - last - period)
+            last = now
             try:
-                self.tick()
+                self.tick(now)
             except Exception:
                 log.exception("supervisor tick failed")
+
+    def _excuse_stall(self, overslept: float) -> None:
+        """After the CPE itself was paused, DPE silence proves nothing: restart the watch.
+
+        Their heartbeats are still queued in the broker; judging them now would kill healthy
+        DPEs for our own pause (the DPE does the same for its agents).
+        """
+        log.warning("supervisor stalled %.1f s (process paused or starved): DPE heartbeat "
+                    "watch restarted", overslept)
+        with self._lock:
+            self._heartbeat_watch_from = self.clock()
 
     def adopt_all(self) -> None:
         """After a CPE (re)start: find the DPEs that still run, before starting any."""

@@ -29,6 +29,8 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass
 
+from pcloud.urls import mask_url
+
 DEFAULT_CONFIG = "/etc/pcloud/agent.conf"
 DEFAULT_STATE_DIR = "/var/lib/pcloud-agent"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -158,7 +160,8 @@ def _broker_url(values: dict[str, str], where: str) -> str:
         url = broker_url()
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-        raise ConfigError(f"{where}: broker_url {url!r} is not amqp://host:port or amqps://…")
+        raise ConfigError(f"{where}: broker_url {mask_url(url)!r} is not amqp://host:port "
+                          "or amqps://…")
     user, password = values.get("broker_user"), values.get("broker_password")
     if user:
         auth = urllib.parse.quote(user, safe="")

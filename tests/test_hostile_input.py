@@ -1,4 +1,4 @@
-"""Garbage on every queue and topic of a running deployable (the bad-input and survival bars of docs/architecture.md).
+"""Garbage on every queue and topic of a running deployable (docs/architecture.md, "Bad input").
 
 A cped runs one ``process`` deployable of three assemblies; a plain proton client (no pcloud
 bus code) sends bad input to ``pcloud.cpe``, ``pcloud.dpe.<dep>``, ``pcloud.agent.<dep>.<asm>``

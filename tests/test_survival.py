@@ -1,4 +1,6 @@
-"""Whole-system survival (the bad-input and survival bars of docs/architecture.md): real cped, dped, agents and broker, each lost in turn.
+"""Whole-system survival (docs/architecture.md, "Bad input and survival").
+
+Real cped, dped, agents and broker, each lost in turn.
 
 A cped runs a ``process`` deployable of three assemblies. The broker is killed and restarted,
 or frozen past the heartbeat timeout; cped is killed in the middle of a ``deployable_start``;
@@ -263,3 +265,20 @@ def test_impostor_beats_do_not_keep_a_silent_assembly_alive(system: System) -> N
                and "uuid impostor" in e.get("reason", "") for e in events)
     assert any(e.get("type") == "assembly_state_change" and e.get("assembly") == "a1"
                and e.get("state") == "failed" for e in events)
+
+
+def test_cped_paused_past_the_dpe_silence_limit_keeps_its_dpe(system: System) -> None:
+    start(system)
+    services, dpe = system.services(), system.dpe_pid()
+    since = system.last_seq()
+    system.cped.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(8.0)              # longer than the CPE's 6 s DPE silence limit
+    finally:
+        system.cped.proc.send_signal(signal.SIGCONT)
+    system.wait_running()
+    # A recovery handled and persisted after the pause: the supervisor has ticked since.
+    os.kill(services["s3"], signal.SIGKILL)
+    wait_until(lambda: any(e.get("resource") == "s3" and e.get("state") == "running"
+                           for e in system.events(since)), 30, "s3 restarted after the pause")
+    assert system.dpe_pid() == dpe and system.dped_pids() == [dpe]
