@@ -1,7 +1,7 @@
 """A plain AMQP 1.0 client and a cped runner for the CPE tests.
 
-The client speaks only the public contract (docs/protocol.md) with qpid-proton's blocking API, none of
-pcloud's own bus code, so the tests check what any other program would see. Cleanup kills
+The client speaks only the public contract (docs/protocol.md) with qpid-proton's blocking API, none
+of pcloud's own bus code, so the tests check what any other program would see. Cleanup kills
 only processes that name the test's own state directory.
 """
 
