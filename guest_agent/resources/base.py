@@ -122,6 +122,35 @@ class Resource(ABC):
         self.on_failure = None
 
 
+class ScriptResource(Resource):
+    """A class that runs one helper script per operation (an OCF agent, an LSB init script).
+
+    Start, stop and monitor differ only in the action passed to the script; subclasses name
+    their monitor action and say how one action runs and how its exit code maps to OCF.
+    """
+
+    monitor_action = "monitor"
+
+    @abstractmethod
+    def run_action(self, action: str, timeout: float, interval_ms: int = 0) -> OpResult:
+        """Run the script with one action and turn its outcome into an OCF result."""
+
+    def start(self, timeout: float) -> OpResult:
+        return self.run_action("start", timeout)
+
+    def stop(self, timeout: float) -> OpResult:
+        return self.run_action("stop", timeout)
+
+    def monitor(self, timeout: float, interval_ms: int = 0) -> OpResult:
+        return self.run_action(self.monitor_action, timeout, interval_ms)
+
+
+def timed_out(action: str, timeout: float, output: str, duration_ms: int) -> OpResult:
+    """The result of a helper script killed at its deadline."""
+    return OpResult(OCF_ERR_GENERIC, "timeout", f"{action} timed out after {timeout:g}s",
+                    output, duration_ms)
+
+
 def check_name(value: str, what: str) -> str:
     """Refuse names that could escape a directory or break a command line."""
     if not _NAME.match(value or "") or ".." in value:

@@ -11,11 +11,12 @@ from guest_agent.resources.base import (
     OCF_NOT_RUNNING,
     OCF_SUCCESS,
     OpResult,
-    Resource,
     ResourceSpec,
+    ScriptResource,
     check_name,
     exit_code,
     run_command,
+    timed_out,
 )
 
 INIT_DIR = "/etc/init.d"
@@ -39,22 +40,23 @@ def map_action(action: str, code: int) -> int:
     return code
 
 
-class LSBResource(Resource):
+class LSBResource(ScriptResource):
     """Runs ``/etc/init.d/<type> start|stop|status``."""
+
+    monitor_action = "status"
 
     def __init__(self, spec: ResourceSpec, reaper: Reaper, state_dir: str) -> None:
         super().__init__(spec, reaper, state_dir)
         self.path = os.path.join(INIT_DIR, check_name(spec.type, "type"))
 
-    def _run(self, action: str, timeout: float) -> OpResult:
+    def run_action(self, action: str, timeout: float, interval_ms: int = 0) -> OpResult:
         if not os.access(self.path, os.X_OK):
             return OpResult(OCF_ERR_INSTALLED, "error", f"init script {self.path} is not installed")
         env = dict(os.environ, LANG="C")
         status, output, took = run_command(self.reaper, [self.path, action], env, timeout, "/")
         duration = int(took * 1000)
         if status is None:
-            return OpResult(OCF_ERR_GENERIC, "timeout", f"{action} timed out after {timeout:g}s",
-                            output, duration)
+            return timed_out(action, timeout, output, duration)
         code = exit_code(status)
         if code is None:
             return OpResult(OCF_ERR_GENERIC, "error", f"{action} killed by signal", output,
@@ -62,12 +64,3 @@ class LSBResource(Resource):
         rc = map_status(code) if action == "status" else map_action(action, code)
         reason = "" if rc == OCF_SUCCESS else f"{self.path} {action} exited with status {code}"
         return OpResult(rc, "done", reason, output, duration)
-
-    def start(self, timeout: float) -> OpResult:
-        return self._run("start", timeout)
-
-    def stop(self, timeout: float) -> OpResult:
-        return self._run("stop", timeout)
-
-    def monitor(self, timeout: float, interval_ms: int = 0) -> OpResult:
-        return self._run("status", timeout)

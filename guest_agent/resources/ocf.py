@@ -13,12 +13,13 @@ from guest_agent.resources.base import (
     OCF_NOT_RUNNING,
     OCF_SUCCESS,
     OpResult,
-    Resource,
     ResourceError,
     ResourceSpec,
+    ScriptResource,
     check_name,
     exit_code,
     run_command,
+    timed_out,
 )
 
 _PARAM = re.compile(r"^[A-Za-z0-9_]{1,64}$")
@@ -29,7 +30,7 @@ def ocf_root() -> str:
     return os.environ.get("OCF_ROOT", "/usr/lib/ocf")
 
 
-class OCFResource(Resource):
+class OCFResource(ScriptResource):
     """Runs ``<agent> start|stop|monitor`` with the OCF environment; exit codes are OCF rcs."""
 
     def __init__(self, spec: ResourceSpec, reaper: Reaper, state_dir: str) -> None:
@@ -61,7 +62,7 @@ class OCFResource(Resource):
             env[f"OCF_RESKEY_{key}"] = value
         return env
 
-    def _run(self, action: str, timeout: float, interval_ms: int = 0) -> OpResult:
+    def run_action(self, action: str, timeout: float, interval_ms: int = 0) -> OpResult:
         if not os.access(self.path, os.X_OK):
             return OpResult(OCF_ERR_INSTALLED, "error",
                             f"OCF agent {self.path} is not installed or not executable")
@@ -71,8 +72,7 @@ class OCFResource(Resource):
                                            timeout, cwd="/")
         duration = int(took * 1000)
         if status is None:
-            return OpResult(OCF_ERR_GENERIC, "timeout", f"{action} timed out after {timeout:g}s",
-                            output, duration)
+            return timed_out(action, timeout, output, duration)
         code = exit_code(status)
         if code is None:
             return OpResult(OCF_ERR_GENERIC, "error",
@@ -90,15 +90,6 @@ class OCFResource(Resource):
         if action == "stop" and code == OCF_NOT_RUNNING:
             code = OCF_SUCCESS
         return code
-
-    def start(self, timeout: float) -> OpResult:
-        return self._run("start", timeout)
-
-    def stop(self, timeout: float) -> OpResult:
-        return self._run("stop", timeout)
-
-    def monitor(self, timeout: float, interval_ms: int = 0) -> OpResult:
-        return self._run("monitor", timeout, interval_ms)
 
 
 def _reason(action: str, code: int, output: str) -> str:
