@@ -23,6 +23,7 @@ from lxml import etree
 
 from pcloud import paths, schemas, xmlsafe
 from pcloud.deployable import INFRASTRUCTURES
+from pcloud.fsutil import write_json_atomic
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 FORMAT_VERSION = 1
@@ -134,13 +135,7 @@ class Catalogue:
             fcntl.flock(lock, fcntl.LOCK_EX)
             data = self.load()
             yield data
-            tmp = self.path.with_name(f".catalogue.{os.getpid()}.tmp")
-            with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, indent=2, sort_keys=True)
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
+            write_json_atomic(self.path, data)
 
     # --- assemblies --------------------------------------------------------------------
 
