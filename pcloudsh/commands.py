@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -81,6 +82,16 @@ def _images() -> Any:
     except ImportError as exc:
         raise CommandError(f"image commands are not yet available ({exc})") from None
     return images
+
+
+@contextmanager
+def _image_errors() -> Iterator[Any]:
+    """The images module, with its ImageError turned into the operator's one-line error."""
+    images = _images()
+    try:
+        yield images
+    except images.ImageError as exc:
+        raise CommandError(str(exc)) from None
 
 
 class Commands:
@@ -179,12 +190,9 @@ class Commands:
     def cmd_jeos_create(self, args: list[str]) -> None:
         """Build a JEOS image (debootstrap); takes a few minutes."""
         distro, arch = _args(args, "jeos_create", 2)
-        images = _images()
-        try:
+        with _image_errors() as images:
             image = images.jeos_create(distro, arch, self.catalogue.images_dir,
                                        progress=self.say)
-        except images.ImageError as exc:
-            raise CommandError(str(exc)) from None
         self.say(f"JEOS {image.name} ready in {image.path}")
 
     @command("")
@@ -202,11 +210,8 @@ class Commands:
     def cmd_jeos_delete(self, args: list[str]) -> None:
         """Delete a JEOS image (refused while assemblies are built on it)."""
         (name,) = _args(args, "jeos_delete", 1)
-        images = _images()
-        try:
+        with _image_errors() as images:
             images.jeos_delete(name, self.catalogue.images_dir)
-        except images.ImageError as exc:
-            raise CommandError(str(exc)) from None
         self.say(f"JEOS {name} deleted")
 
     # --- assemblies --------------------------------------------------------------------
@@ -236,13 +241,10 @@ class Commands:
             return
         if name in self.catalogue.assemblies():
             raise CommandError(f"assembly {name!r} already exists")
-        images = _images()
-        try:
+        with _image_errors() as images:
             image = images.assembly_create(name, built, self.catalogue.images_dir,
                                            broker_url=self.broker_url or config.broker_url(),
                                            progress=self.say)
-        except images.ImageError as exc:
-            raise CommandError(str(exc)) from None
         try:
             self.catalogue.assembly_create(name, built, str(image.path))
         except CatalogueError:
@@ -265,12 +267,9 @@ class Commands:
         source, name = _args(args, "assembly_clone", 2)
         image = None
         if self.catalogue.assembly(source).get("image"):
-            images = _images()
-            try:
+            with _image_errors() as images:
                 image = str(images.assembly_clone(source, name, self.catalogue.images_dir,
                                                   progress=self.say).path)
-            except images.ImageError as exc:
-                raise CommandError(str(exc)) from None
         self.catalogue.assembly_clone(source, name, image)
         self.say(f"assembly {name} cloned from {source}")
 
@@ -281,11 +280,8 @@ class Commands:
         had_image = self.catalogue.assembly(name).get("image")
         self.catalogue.assembly_delete(name)
         if had_image:
-            images = _images()
-            try:
+            with _image_errors() as images:
                 images.assembly_delete(name, self.catalogue.images_dir)
-            except images.ImageError as exc:
-                raise CommandError(str(exc)) from None
         self.say(f"assembly {name} deleted")
 
     @command("")
