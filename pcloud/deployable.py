@@ -1,8 +1,9 @@
 """The deployable model (DESIGN §3): assemblies, their services and dependencies.
 
 ``Deployable.from_xml`` is the one way in: it validates against schemas/deployable.rng, then
-checks what a grammar cannot (unique names, existing dependency endpoints, no cycles, what
-each service class needs) and assigns missing uuids, so the stored document keeps them.
+checks what a grammar cannot (:mod:`pcloud.deployable_checks`: unique names, existing
+dependency endpoints, no cycles, what each service class needs) and assigns missing uuids, so
+the stored document keeps them.
 """
 
 from __future__ import annotations
@@ -14,17 +15,13 @@ from dataclasses import dataclass, field, fields, replace
 from lxml import etree
 
 from pcloud import schemas, xmlsafe
-from pcloud.xmlsafe import XMLError
+from pcloud.deployable_checks import DeployableError, check, service_problem, source_lines
 
 INFRASTRUCTURES = ("process", "qemu", "libvirt", "openstack")
 SERVICE_CLASSES = ("ocf", "lsb", "systemd", "process")
 DEFAULT_HEARTBEAT_INTERVAL = 1.0
 DEFAULT_HEARTBEAT_MISSES = 3
 DEFAULT_MONITOR_INTERVAL = 10.0
-
-
-class DeployableError(XMLError):
-    """A deployable that is well-formed and schema-valid but makes no sense."""
 
 
 def _new_uuid() -> str:
@@ -149,7 +146,7 @@ class Service:
         root = _root(root_or_text, source)
         schemas.validate(root, "service", source)
         service = cls.from_element(root)
-        problem = _service_problem(service)
+        problem = service_problem(service)
         if problem:
             raise DeployableError(f'service "{service.name}": {problem}', root.sourceline, source)
         return service
@@ -303,7 +300,7 @@ class Deployable:
             dependencies=tuple(Dependency.from_element(e)
                                for e in (constraints if constraints is not None else ())
                                if e.tag == "service_dependency"))
-        _check(deployable, _lines(root), source)
+        check(deployable, source_lines(root), source)
         return deployable.with_uuids() if assign_uuids else deployable
 
     def with_uuids(self) -> Deployable:
@@ -401,160 +398,14 @@ def diff(old: Deployable, new: Deployable) -> DeployableDiff:
         dependencies_removed=tuple(d for d in old.dependencies if d not in new_deps))
 
 
-# --- reading and semantic checks ------------------------------------------------------------
-
 def _root(root_or_text: etree._Element | str | bytes, source: str | None) -> etree._Element:
+    """The document's root element, parsing text safely (no entities, no network)."""
     if isinstance(root_or_text, str | bytes):
         return xmlsafe.parse(root_or_text, source=source)
     return root_or_text
 
 
-def _lines(root: etree._Element) -> dict[tuple[str, ...], list[int]]:
-    """Source lines of components (every occurrence of a name), so a semantic error points
-    at the right line."""
-    lines: dict[tuple[str, ...], list[int]] = {("deployable",): [root.sourceline or 1]}
-    for asm in root.iterfind("assemblies/assembly"):
-        lines.setdefault(("assembly", asm.get("name")), []).append(asm.sourceline)
-        for svc in asm.iterfind("services/service"):
-            key = ("service", asm.get("name"), svc.get("name"))
-            lines.setdefault(key, []).append(svc.sourceline)
-    for dep in root.iterfind("constraints/service_dependency"):
-        lines.setdefault(("dependency", dep.get("id")), []).append(dep.sourceline)
-    return lines
-
-
-def _escalation_problem(failures: int | None, period: float | None) -> str | None:
-    if failures is not None and period is None:
-        return "escalation_failures needs escalation_period (the window they are counted in)"
-    if period is not None and failures is None:
-        return "escalation_period needs escalation_failures (how many failures escalate)"
-    return None
-
-
-def _probe_problem(probe: Probe) -> str | None:
-    needs = {"http": "url", "tcp": "port", "exec": "command"}[probe.kind]
-    kind = f"an {probe.kind}" if probe.kind == "exec" else f"a {probe.kind}"
-    if getattr(probe, needs) is None:
-        return f'{kind} probe needs the attribute "{needs}"'
-    extra = [n for n in ("url", "port", "host", "command", "expect_status")
-             if getattr(probe, n) is not None and n not in {
-                 "http": ("url", "expect_status"), "tcp": ("port", "host"),
-                 "exec": ("command",)}[probe.kind]]
-    if extra:
-        return f'{kind} probe does not take the attribute "{extra[0]}"'
-    if probe.timeout and probe.interval and probe.timeout > probe.interval:
-        return "the probe timeout is longer than its interval"
-    return None
-
-
-def _service_problem(service: Service) -> str | None:
-    """What is wrong with one service on its own, or None."""
-    if service.klass == "ocf" and not (service.provider and service.type):
-        return 'class "ocf" needs both "provider" and "type" (e.g. provider="heartbeat" ' \
-               'type="apache")'
-    if service.klass in ("lsb", "systemd") and not service.type:
-        what = "init script" if service.klass == "lsb" else "unit"
-        return f'class "{service.klass}" needs "type" (the {what})'
-    if service.klass != "ocf" and service.provider:
-        return f'class "{service.klass}" takes no "provider"'
-    names = [name for name, _ in service.parameters]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        return f'parameter "{duplicates[0]}" is given twice'
-    if service.klass == "process" and not service.params.get("command", "").strip():
-        return 'class "process" needs a non-empty "command" parameter'
-    if service.probe is not None:
-        problem = _probe_problem(service.probe)
-        if problem:
-            return problem
-    return _escalation_problem(service.escalation_failures, service.escalation_period)
-
-
-def _check(dep: Deployable, lines: dict[tuple[str, ...], list[int]],
-           source: str | None) -> None:
-    """Raise DeployableError for the first semantic problem of a deployable."""
-
-    def fail(message: str, key: tuple[str, ...] = ("deployable",), occurrence: int = 0
-             ) -> None:
-        found = lines.get(key) or lines[("deployable",)]
-        raise DeployableError(message, found[min(occurrence, len(found) - 1)], source)
-
-    problem = _escalation_problem(dep.escalation_failures, dep.escalation_period)
-    if problem:
-        fail(f'deployable "{dep.name}": {problem}')
-    seen_asms: set[str] = set()
-    seen_uuids: set[str] = set()
-    for asm in dep.assemblies:
-        key = ("assembly", asm.name)
-        if asm.name in seen_asms:
-            fail(f'assembly name "{asm.name}" is used twice', key, 1)
-        seen_asms.add(asm.name)
-        if asm.uuid and asm.uuid in seen_uuids:
-            fail(f'assembly "{asm.name}" has the uuid of another component', key)
-        if asm.uuid:
-            seen_uuids.add(asm.uuid)
-        problem = _escalation_problem(asm.escalation_failures, asm.escalation_period)
-        if problem:
-            fail(f'assembly "{asm.name}": {problem}', key)
-        seen_svcs: set[str] = set()
-        for svc in asm.services:
-            key = ("service", asm.name, svc.name)
-            if svc.name in seen_svcs:
-                fail(f'service name "{svc.name}" is used twice in assembly "{asm.name}"',
-                     key, 1)
-            seen_svcs.add(svc.name)
-            problem = _service_problem(svc)
-            if problem:
-                fail(f'service "{asm.name}:{svc.name}": {problem}', key)
-    _check_dependencies(dep, fail)
-
-
-def _check_dependencies(dep: Deployable, fail) -> None:
-    services = {f"{a.name}:{s.name}" for a, s in dep.services()}
-    ids: set[str] = set()
-    edges: dict[str, list[str]] = {}
-    for d in dep.dependencies:
-        key = ("dependency", d.id)
-        if d.id in ids:
-            fail(f'dependency id "{d.id}" is used twice', key, 1)
-        ids.add(d.id)
-        for end, ref in (("first", d.first), ("then", d.then)):
-            if ref not in services:
-                asm = ref.partition(":")[0]
-                why = (f'no service "{ref.partition(":")[2]}" in assembly "{asm}"'
-                       if asm in {a.name for a in dep.assemblies} else f'no assembly "{asm}"')
-                fail(f'dependency "{d.id}": {end} "{ref}" names no service ({why})', key)
-        if d.first == d.then:
-            fail(f'dependency "{d.id}": a service cannot depend on itself', key)
-        edges.setdefault(d.first, []).append(d.then)
-    cycle = _find_cycle(edges)
-    if cycle:
-        culprit = next(d for d in dep.dependencies if d.first == cycle[-2] and d.then == cycle[-1])
-        fail("dependencies form a cycle: " + " -> ".join(cycle), ("dependency", culprit.id))
-
-
-def _find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
-    """A cycle in the dependency graph as a path that ends where it starts, or None."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in edges.get(node, ()):
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
-            if nxt not in state:
-                found = visit(nxt)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for start in sorted(edges):
-        if start not in state:
-            found = visit(start)
-            if found:
-                return found
-    return None
+__all__ = [
+    "INFRASTRUCTURES", "SERVICE_CLASSES", "Assembly", "Dependency", "Deployable",
+    "DeployableDiff", "DeployableError", "Probe", "Service", "diff",
+]
