@@ -6,6 +6,7 @@ that kill or restart it are skipped. Otherwise a private node is started with
 side by side) and stopped at the end of the session, even on failure. While it runs,
 ``PCLOUD_BROKER_URL`` points at it so that daemons spawned by tests find it.
 
+``broker_url`` (module): that broker's URL.
 ``bus`` (function): a started ``pcloud.bus.Bus`` on that broker, closed afterwards.
 ``wait_until`` (function): poll a condition with a deadline; tests never assert on sleeps.
 
@@ -102,6 +103,12 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBroker]:
     finally:
         os.environ.pop("PCLOUD_BROKER_URL", None)
         private_broker.stop(state)
+
+
+@pytest.fixture(scope="module")
+def broker_url(broker: TestBroker) -> str:
+    """The session broker's URL, for modules that hand only a URL to what they start."""
+    return broker.url
 
 
 @pytest.fixture

@@ -17,30 +17,11 @@ import pytest
 from lxml import etree
 
 from pcloud.bus import Bus, MethodError
+from tests.helpers import ignores_sigterm, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = str(Path(sys.executable).with_name("pcloud-agent"))
-DEV_BROKER = "amqp://pcloud:pcloud@127.0.0.1:5700"
 DUMMY = "/usr/lib/ocf/resource.d/heartbeat/Dummy"
-
-
-def wait_for(predicate, timeout: float = 10.0, step: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
-@pytest.fixture(scope="module")
-def broker_url(request):
-    """The shared conftest broker when there is one, else the dev broker."""
-    try:
-        return request.getfixturevalue("broker").url
-    except pytest.FixtureLookupError:
-        return os.environ.get("PCLOUD_BROKER_URL", DEV_BROKER)
 
 
 @pytest.fixture(scope="module")
@@ -218,16 +199,10 @@ def test_stop_timeout_escalates_over_the_bus(agent):
     params = {"command": "trap '' TERM; sleep 60", "shell": "true"}
     assert agent.op("resource_start", "stubborn", **params).get("rc") == "0"
     pid = int(status_of(agent, "stubborn").get("pid"))
-    wait_for(lambda: _ignores_term(pid))
+    wait_for(lambda: ignores_sigterm(pid))
     result = agent.op("resource_stop", "stubborn", timeout=1000, **params)
     assert result.get("rc") == "0" and "SIGKILL" in result.get("reason")
     assert not agent.reports.items
-
-
-def _ignores_term(pid: int) -> bool:
-    with open(f"/proc/{pid}/status") as f:
-        mask = next(line for line in f if line.startswith("SigIgn:")).split()[1]
-    return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
 
 
 @pytest.mark.parametrize("method,body,code", [

@@ -5,29 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import pytest
 
 from guest_agent.reaper import become_subreaper, shared
 from guest_agent.resources import make_resource
 from guest_agent.resources.base import ResourceError, ResourceSpec
-
-
-def wait_for(predicate, timeout: float = 10.0, step: float = 0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
-def ignores_sigterm(pid: int) -> bool:
-    with open(f"/proc/{pid}/status") as f:
-        mask = next(line for line in f if line.startswith("SigIgn:")).split()[1]
-    return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
+from tests.helpers import ignores_sigterm, wait_for
 
 
 @pytest.fixture(scope="module")

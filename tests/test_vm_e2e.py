@@ -27,7 +27,6 @@ from pcloudsh.guestfs_support import guestfs_available
 pytestmark = pytest.mark.slow
 
 CACHE = Path(os.environ.get("PCLOUD_TEST_CACHE", "/var/tmp/pcloud-test-cache"))
-DEV_BROKER = "amqp://pcloud:pcloud@127.0.0.1:5700"
 BOOT_TIMEOUT = float(os.environ.get("PCLOUD_TEST_BOOT_TIMEOUT", "300"))
 
 
@@ -41,15 +40,6 @@ def missing() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} missing: install the Debian package {package}"
     return guestfs_available()
-
-
-@pytest.fixture(scope="module")
-def broker_url(request) -> str:
-    """The shared conftest broker when there is one, else the dev broker."""
-    try:
-        return request.getfixturevalue("broker").url
-    except pytest.FixtureLookupError:
-        return os.environ.get("PCLOUD_BROKER_URL", DEV_BROKER)
 
 
 @pytest.fixture(scope="module")
