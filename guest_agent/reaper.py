@@ -31,11 +31,11 @@ ExitCallback = Callable[[int, int | None], None]
 """Called with (pid, wait status or None when unknown) on the reaper thread."""
 
 
-def become_subreaper() -> bool:
+def become_subreaper(enable: bool = True) -> bool:
     """Mark this process a child subreaper so orphaned descendants become our children."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, int(enable), 0, 0, 0) != 0:
             log.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: %s",
                         os.strerror(ctypes.get_errno()))
             return False
@@ -120,14 +120,34 @@ class Reaper:
         self._orphan_callbacks: list[Callable[[int], None]] = []
         self._epoll = select.epoll()
         self._started = False
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         """Start the reaping and pidfd threads (idempotent)."""
         if self._started:
             return
         self._started = True
-        threading.Thread(target=self._reap_loop, name="reaper", daemon=True).start()
-        threading.Thread(target=self._pidfd_loop, name="pidwatch", daemon=True).start()
+        self._threads = [
+            threading.Thread(target=self._reap_loop, name="reaper", daemon=True),
+            threading.Thread(target=self._pidfd_loop, name="pidwatch", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Stop both threads, so the process gets its children's exit statuses back.
+
+        The agent never stops its reaper; a process that only borrows one (a test run) must,
+        or the reaper goes on collecting the statuses of children it never started.
+        """
+        self._stopping.set()
+        with self._lock:
+            self._have_children.notify_all()
+        waker = subprocess.Popen(["true"])     # ends the blocking waitid
+        for thread in self._threads:
+            thread.join(timeout=5.0)
+        waker.wait()
+        self._epoll.close()
 
     def on_orphan_exit(self, callback: Callable[[int], None]) -> None:
         """Call back when a process nobody watches dies (e.g. a daemon an OCF agent started)."""
@@ -179,7 +199,7 @@ class Reaper:
             os.close(fd)
 
     def _reap_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
             except ChildProcessError:
@@ -188,6 +208,8 @@ class Reaper:
                 continue
             except InterruptedError:
                 continue
+            if self._stopping.is_set():
+                return
             self._reap_all()
 
     def _reap_all(self) -> None:
@@ -223,8 +245,8 @@ class Reaper:
             log.exception("exit callback failed")
 
     def _pidfd_loop(self) -> None:
-        while True:
-            for fd, _ in self._epoll.poll():
+        while not self._stopping.is_set():
+            for fd, _ in self._epoll.poll(1.0):
                 self._pidfd_ready(fd)
 
     def _pidfd_ready(self, fd: int) -> None:
@@ -252,3 +274,12 @@ def shared() -> Reaper:
             _shared = Reaper()
             _shared.start()
         return _shared
+
+
+def stop_shared() -> None:
+    """Stop the process's reaper, if one runs (a borrowing process is done with it)."""
+    global _shared
+    with _shared_lock:
+        if _shared is not None:
+            _shared.stop()
+            _shared = None

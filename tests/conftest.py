@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from guest_agent.reaper import Reaper, become_subreaper, shared, stop_shared
 from pcloud import broker as private_broker
 from pcloud.bus import Bus
 
@@ -137,3 +138,16 @@ def _wait_until(predicate: Callable[[], object], timeout: float = 10.0,
 def wait_until() -> Callable[..., object]:
     """``wait_until(predicate, timeout=10, message=...)``: poll with a deadline."""
     return _wait_until
+
+
+@pytest.fixture(scope="module")
+def reaper() -> Iterator[Reaper]:
+    """The guest agent's reaper, borrowed by this test process for one module, then given back.
+
+    Left running, it would collect the exit statuses of later tests' subprocesses, and the
+    subreaper flag would make this process the parent of their orphans.
+    """
+    become_subreaper()
+    yield shared()
+    stop_shared()
+    become_subreaper(False)

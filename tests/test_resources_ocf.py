@@ -6,18 +6,12 @@ import os
 
 import pytest
 
-from guest_agent.reaper import shared
 from guest_agent.resources import make_resource
 from guest_agent.resources.base import ResourceError, ResourceSpec
 from guest_agent.resources.lsb import map_action, map_status
 from guest_agent.resources.systemd import systemd_running
 
 DUMMY = "/usr/lib/ocf/resource.d/heartbeat/Dummy"
-
-
-@pytest.fixture(scope="module")
-def reaper():
-    return shared()
 
 
 @pytest.mark.skipif(not os.access(DUMMY, os.X_OK), reason="resource-agents not installed")

@@ -8,16 +8,9 @@ import threading
 
 import pytest
 
-from guest_agent.reaper import become_subreaper, shared
 from guest_agent.resources import make_resource
 from guest_agent.resources.base import ResourceError, ResourceSpec
 from tests.helpers import ignores_sigterm, wait_for
-
-
-@pytest.fixture(scope="module")
-def reaper():
-    become_subreaper()
-    return shared()
 
 
 @pytest.fixture
