@@ -28,14 +28,13 @@ def _new_uuid() -> str:
     return str(uuidlib.uuid4())
 
 
-def _real_uuid(value: str | None) -> str | None:
-    """``value`` when it is a UUID; None for placeholders such as DESIGN's ``uuid="…"``."""
-    if value is None:
-        return None
-    try:
-        return str(uuidlib.UUID(value))
-    except ValueError:
-        return None
+# Written where a uuid goes but meaning "assign one" (DESIGN's examples use ``uuid="…"``).
+UUID_PLACEHOLDERS = frozenset({"", "…", "..."})
+
+
+def _is_placeholder(value: str | None) -> bool:
+    """True for a uuid attribute that counts as missing: empty, blank or ``…``/``...``."""
+    return value is not None and value.strip() in UUID_PLACEHOLDERS
 
 
 def _seconds(text: str | None) -> float | None:
@@ -278,17 +277,18 @@ class Deployable:
                  source: str | None = None, assign_uuids: bool = True) -> Deployable:
         """Read, validate (schema and semantics) and complete a deployable document.
 
-        A uuid attribute that is not a UUID (a placeholder such as ``…``) counts as missing.
-        ``root_or_text`` given as an element may be modified that way.
+        Every uuid is kept verbatim (any identifier without blanks, as schemas/common.rng
+        says), except the placeholders ``…``, ``...`` and an empty value, which count as
+        missing. ``root_or_text`` given as an element may be modified that way.
 
         Raises XMLError for malformed or schema-invalid input and DeployableError (a subclass)
         for semantic errors; both carry a line number.
         """
         root = _root(root_or_text, source)
-        schemas.validate(root, "deployable", source)
         for element in root.iter("deployable", "assembly", "service"):
-            if "uuid" in element.attrib and _real_uuid(element.get("uuid")) is None:
+            if _is_placeholder(element.get("uuid")):
                 del element.attrib["uuid"]
+        schemas.validate(root, "deployable", source)
         a = root.attrib
         constraints = root.find("constraints")
         deployable = cls(

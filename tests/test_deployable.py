@@ -55,6 +55,24 @@ def test_missing_and_placeholder_uuids_are_assigned():
     assert 'uuid="…"' not in dep.to_xml()
 
 
+def test_any_given_uuid_is_kept_verbatim():
+    text = ('<deployable name="d" uuid="my-dep-0001"><assemblies>'
+            '<assembly name="a" uuid="ABCDEF00-0000-4000-8000-0000000000AA">'
+            '<services><service name="s" class="process" uuid="{svc-1}">'
+            '<parameters><parameter name="command" value="sleep 1"/></parameters></service></services>'
+            '</assembly><assembly name="b" uuid="..."/><assembly name="c" uuid=""/>'
+            '</assemblies></deployable>')
+    dep = Deployable.from_xml(text)
+    assert dep.uuid == "my-dep-0001"
+    assert dep.assembly("a").uuid == "ABCDEF00-0000-4000-8000-0000000000AA"
+    assert dep.assembly("a").service("s").uuid == "{svc-1}"
+    assert _is_uuid(dep.assembly("b").uuid) and _is_uuid(dep.assembly("c").uuid)
+    assert Deployable.from_xml(dep.to_xml()) == dep
+    bare = Deployable.from_xml(text, assign_uuids=False)
+    assert bare.uuid == "my-dep-0001"
+    assert bare.assembly("b").uuid is None and bare.assembly("c").uuid is None
+
+
 def test_given_uuids_are_kept_and_round_trip_is_equal():
     first = Deployable.from_xml(WEBSHOP)
     again = Deployable.from_xml(first.to_xml())
