@@ -41,9 +41,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+VALIDATE_USAGE = """usage: pcloudsh validate FILE|-
+
+Checks any pcloud XML document (a deployable, an event, a CPE method body, ...) against the
+schema its root element calls for, and a deployable's rules too. Prints 'valid' (exit 0) or
+the first error as FILE:LINE: message (exit 1). '-' reads standard input."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "validate" and args.args in (["-h"], ["--help"]):
+        print(VALIDATE_USAGE)
+        return 0
     if args.command == "validate" and len(args.args) == 1:
         return validate.run(args.args[0])
     if args.command is None and not (args.interactive or sys.stdin.isatty()):

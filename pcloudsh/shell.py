@@ -38,7 +38,7 @@ def cmd_validate(self: Commands, args: list[str]) -> None:
     """Check a pcloud XML document against its schema; prints 'valid' or the first error."""
     if len(args) != 1:
         raise CommandError("usage: validate <FILE>")
-    if validate.run(args[0], out=self.out, err=self.out) != 0:
+    if validate.run(args[0], out=self.out) != 0:
         raise CommandError(f"{args[0]} is not valid")
 
 

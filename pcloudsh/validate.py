@@ -39,13 +39,16 @@ def problem(exc: XMLError, path: str) -> str:
     return prefix + " ".join(exc.message.split())
 
 
-def run(path: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
-        stdin: TextIO | None = None) -> int:
-    """The command: print the verdict and return the exit status."""
+def run(path: str, out: TextIO = sys.stdout, stdin: TextIO | None = None) -> int:
+    """The command: print the verdict and return the exit status.
+
+    The verdict, ``valid`` or the first error, always goes to standard output, so a script
+    reads it from one place; the exit status says which it was.
+    """
     try:
         check(path, stdin)
     except XMLError as exc:
-        print(problem(exc, path), file=err)
+        print(problem(exc, path), file=out)
         return 1
     print("valid", file=out)
     return 0

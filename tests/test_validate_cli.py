@@ -24,15 +24,15 @@ def test_invalid_document_prints_file_line_message_and_exits_1():
     path = DATA / "bad" / "service-missing-name.xml"
     result = _run(str(path))
     assert result.returncode == 1
-    assert result.stdout == ""
-    assert result.stderr == f'{path}:16: element "service" missing required attribute "name"\n'
+    assert result.stderr == ""
+    assert result.stdout == f'{path}:16: element "service" missing required attribute "name"\n'
 
 
 def test_semantic_error_is_reported_too():
     path = DATA / "bad" / "dependency-cycle.xml"
     result = _run(str(path))
     assert result.returncode == 1
-    assert result.stderr.startswith(f"{path}:24: dependencies form a cycle")
+    assert result.stdout.startswith(f"{path}:24: dependencies form a cycle")
 
 
 def test_stdin_is_read_with_dash():
@@ -40,22 +40,22 @@ def test_stdin_is_read_with_dash():
     assert (result.returncode, result.stdout) == (0, "valid\n")
     result = _run("-", stdin="<events limit='0'/>")
     assert result.returncode == 1
-    assert result.stderr.startswith("<stdin>:1: ")
+    assert result.stdout.startswith("<stdin>:1: ")
 
 
 def test_missing_file_is_one_line_error():
     result = _run("/nonexistent/deployable.xml")
     assert result.returncode == 1
-    assert result.stderr == ("/nonexistent/deployable.xml: cannot read file: "
+    assert result.stdout == ("/nonexistent/deployable.xml: cannot read file: "
                              "No such file or directory\n")
 
 
 def test_malformed_xml_and_unknown_root():
     result = _run("-", stdin="<deployable name='x'>")
-    assert result.returncode == 1 and result.stderr.startswith("<stdin>:1: ")
+    assert result.returncode == 1 and result.stdout.startswith("<stdin>:1: ")
     result = _run("-", stdin="<cib/>")
     assert result.returncode == 1
-    assert 'unknown document element "cib"' in result.stderr
+    assert 'unknown document element "cib"' in result.stdout
 
 
 def test_examples_and_templates_are_valid():
@@ -65,3 +65,8 @@ def test_examples_and_templates_are_valid():
         result = _run(str(path))
         assert result.returncode == 0, result.stderr
 
+
+
+def test_help_describes_the_command():
+    result = _run("--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: pcloudsh validate FILE")
