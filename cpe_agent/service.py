@@ -101,7 +101,16 @@ class CpeService:
     # --- methods -----------------------------------------------------------------------
 
     def deployable_start(self, body: etree._Element, msg: Message) -> etree._Element:
-        dep = self._parse_deployable(body, "deployable_start")
+        name = body.get("name") if body.tag == "deployable" else None
+        stored = self.store.get(name) if name and _NAME.match(name) else None
+        if stored is None:
+            dep = self._parse_deployable(body, "deployable_start")
+        else:
+            # Started again (after a stop): its components keep their uuids, as its DPE
+            # keeps them (adopt_uuids), so list, status and a later reload all agree.
+            dep = self._parse_deployable(body, "deployable_start", assign_uuids=False)
+            old = Deployable.from_xml(stored.document, source="stored document")
+            dep = dep.adopt_uuids(old).with_uuids()
         problem = infrastructure_problem(dep.infrastructure)
         if problem is not None:
             self._refuse(dep.name, "infrastructure_unavailable", problem)
@@ -147,8 +156,10 @@ class CpeService:
 
     def deployable_stop(self, body: etree._Element, msg: Message) -> etree._Element:
         stored = self._named(body, "deployable_stop")
-        if stored.desired == DESIRED_STOPPED:
-            return _result(stored.name, stored.state)
+        if stored.desired == DESIRED_STOPPED:     # idempotent: the contract's one answer
+            return _result(stored.name, "stopping",
+                           "already stopped" if stored.state == "stopped" else
+                           "already stopping")
         self.store.set_desired(stored.name, DESIRED_STOPPED, "stopping")
         self.supervisor.stop_requested(stored.name)
         if self.supervisor.is_running(stored.name):

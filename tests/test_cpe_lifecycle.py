@@ -249,3 +249,40 @@ def test_assembly_uuids_of_another_deployable_are_refused(cpe) -> None:
         "deployable_start", deployable_xml(second).replace('<assembly name="a1" ', with_uuid))
     assert code == "duplicate_uuid" and uuid in message and first in message
     assert second not in client.listing()
+
+
+def _uuids(document: str) -> dict[str, str]:
+    from lxml import etree
+    root = etree.fromstring(document.encode())
+    return {f"{e.tag}:{e.get('name')}": e.get("uuid")
+            for e in root.iter("deployable", "assembly", "service")}
+
+
+def test_a_restart_without_uuids_keeps_them_and_a_second_stop_says_stopping(cpe) -> None:
+    cped, client, _ = cpe
+    name = unique("dep")
+    client.call("deployable_start", deployable_xml(name))
+    _running(client, name)
+    listed = {d.get("name"): d.get("uuid")
+              for d in client.call("deployables_list", "<deployables/>")}[name]
+    document = cped.state_dir / "dpe" / name / "deployable.xml"
+    before = _uuids(document.read_text())
+    assert before[f"deployable:{name}"] == listed and all(before.values())
+
+    assert client.call("deployable_stop", f'<deployable name="{name}"/>').get("state") == \
+        "stopping"
+    again = client.call("deployable_stop", f'<deployable name="{name}"/>')
+    assert again.get("state") == "stopping"
+    wait_until(lambda: client.listing()[name] == "stopped", 60, f"{name} stopped")
+    stopped = client.call("deployable_stop", f'<deployable name="{name}"/>')
+    assert (stopped.get("state"), stopped.get("reason")) == ("stopping", "already stopped")
+    assert client.listing()[name] == "stopped"
+
+    client.call("deployable_start", deployable_xml(name))
+    _running(client, name)
+    assert {d.get("name"): d.get("uuid")
+            for d in client.call("deployables_list", "<deployables/>")}[name] == listed
+    assert _uuids(document.read_text()) == before
+    shown = deployable_xml(name, {"a1": ["s1", "s2"]}).replace(
+        f'name="{name}"', f'name="{name}" uuid="{listed}"', 1)
+    assert client.call("deployable_reload", shown).get("state") == "running"
