@@ -34,6 +34,20 @@ class EventType(StrEnum):
 _FIELDS = ("seq", "time", "type", "deployable", "assembly", "resource", "state", "reason")
 
 
+#: Longest free-text attribute the event schema accepts (``text.type`` in schemas/common.rng).
+MAX_TEXT = 4096
+#: Extra attributes with a structured type of their own: never truncated.
+_STRUCTURED = frozenset({"previous", "detected_at", "recovered_at", "duration_ms", "incident",
+                         "escalated_to"})
+#: Largest seq SQLite can store (a signed 64-bit integer): ``since_seq`` is clamped to it.
+MAX_SEQ = 2**63 - 1
+
+
+def bounded_text(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, ending with an ellipsis when it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def format_time(when: datetime) -> str:
     """ISO 8601 in UTC with milliseconds and ``Z``: ``2026-11-21T10:00:00.123Z``."""
     if when.tzinfo is None:
@@ -103,8 +117,11 @@ class Event:
         set_(self, "assembly", assembly or None)
         set_(self, "resource", resource or None)
         set_(self, "state", None if state is None else _as_text(state))
-        set_(self, "reason", reason)
-        set_(self, "extra", {k: _as_text(v) for k, v in extra.items() if v is not None})
+        # Free text is bounded here, where every event is built: a receiver validating
+        # against the schema would otherwise drop an over-long event for good (a seq gap).
+        set_(self, "reason", None if reason is None else bounded_text(str(reason)))
+        set_(self, "extra", {k: _as_text(v) if k in _STRUCTURED else bounded_text(_as_text(v))
+                             for k, v in extra.items() if v is not None})
 
     def with_seq(self, seq: int, time: datetime | None = None) -> Event:
         """The same event numbered (and stamped) by the DPE."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pcloud import schemas
-from pcloud.events import Event, EventType, format_time, parse_time
+from pcloud.events import MAX_TEXT, Event, EventType, format_time, parse_time
 from pcloud.xmlsafe import XMLError
 
 DESIGN_EVENT = (Path(__file__).resolve().parent / "data" / "design-event.xml").read_text()
@@ -110,3 +110,18 @@ def test_events_are_hashable_and_comparable():
     a = Event(1, "2026-11-21T10:00:00.000Z", "fencing", "d", "a", incident="x")
     b = Event(1, "2026-11-21T10:00:00.000Z", "fencing", "d", "a", incident="x")
     assert a == b and hash(a) == hash(b)
+
+
+def test_over_long_free_text_is_truncated_with_an_ellipsis_and_stays_valid():
+    long = "x" * (MAX_TEXT * 2)
+    event = Event(7, None, EventType.CONFIG_ERROR, "d1", reason="prefix: " + long,
+                  detail=long, incident="abc-1", previous="running")
+    assert len(event.reason) == MAX_TEXT and event.reason.endswith("x…")
+    assert event.reason.startswith("prefix: xxx")
+    assert len(event.extra["detail"]) == MAX_TEXT and event.extra["detail"].endswith("…")
+    assert (event.extra["incident"], event.extra["previous"]) == ("abc-1", "running")
+    root = event.to_element()
+    schemas.validate(root, "event")
+    assert Event.from_xml(root) == event
+    exact = "y" * MAX_TEXT
+    assert Event(1, None, EventType.CONFIG_ERROR, "d1", reason=exact).reason == exact
