@@ -130,7 +130,12 @@ def _control(args: argparse.Namespace, state_dir: Path) -> int:
     queue = f"pcloud.dpe.{name}"
     try:
         if args.status:
-            print(_status_text(bus.call(queue, "deployable_status", ref, timeout=10.0)))
+            status = bus.call(queue, "deployable_status", ref, timeout=10.0)
+            if status is None:
+                print(f"dped: the DPE of {name} answered deployable_status with no status",
+                      file=sys.stderr)
+                return EXIT_FAILED
+            print(_status_text(status))
             return 0
         pid = _dpe_pid(state_dir, name)
         bus.call(queue, "deployable_stop", ref, timeout=10.0)
@@ -178,7 +183,8 @@ def _wait_stopped(bus, queue: str, ref: str, pid: int | None, timeout: float,
                 return 0
         else:
             try:
-                state = bus.call(queue, "deployable_status", ref, timeout=5.0).get("state")
+                status = bus.call(queue, "deployable_status", ref, timeout=5.0)
+                state = status.get("state") if status is not None else None
             except BusTimeout:
                 state = "stopped"      # it took the stop and no longer answers: it exited
             except (BusError, MethodError):

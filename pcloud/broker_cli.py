@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from pcloud import broker, config
+from pcloud.urls import mask_url
 
 EXIT_NOT_RUNNING = 3
 
@@ -30,10 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "start":
             if broker.is_running(state):
-                print(f"pcloud broker already running: {broker.running_url(state)}")
+                print(f"pcloud broker already running: {mask_url(broker.running_url(state))}")
                 return 0
             url = broker.start(state, port=args.port)
-            print(f"pcloud broker started: {url}")
+            print(f"pcloud broker started: {mask_url(url)} ('pcloud-broker url' prints it "
+                  "with its password)")
         elif args.command == "stop":
             was = broker.stop(state)
             print("pcloud broker stopped" if was else "pcloud broker was not running")
