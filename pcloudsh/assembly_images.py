@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from dpe_agent.drivers.vmboot import ASSEMBLY_META, DISK_NAME, GUEST_BROKER_ADDR
+from pcloud.urls import mask_url
 from pcloudsh import guest_payload
 from pcloudsh.guestfs_support import open_disk
 from pcloudsh.image_catalogue import (
@@ -56,12 +57,8 @@ def _hostname(name: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """A URL without its password, for metadata and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    """A URL without its password, for metadata and messages (pcloud's one masking rule)."""
+    return mask_url(url)
 
 
 def _identity(name: str, deployable: str, asm_uuid: str | None, broker_url: str,
