@@ -21,6 +21,7 @@ from lxml import etree
 from cpe_agent.store import (
     DESIRED_RUNNING,
     DESIRED_STOPPED,
+    MAX_QUERY_LIMIT,
     Store,
     StoredDeployable,
     StoredEvent,
@@ -31,7 +32,7 @@ from cpe_agent.supervisor import Supervisor
 from pcloud import schemas, xmlsafe
 from pcloud.bus import Bus, BusError, Message, MethodError
 from pcloud.deployable import Deployable, DeployableError, diff
-from pcloud.events import Event, format_time
+from pcloud.events import MAX_SEQ, Event, format_time
 
 log = logging.getLogger("pcloud.cpe")
 
@@ -267,8 +268,9 @@ class CpeService:
                               'limit="…"/>')
         _check(body, "events", "events_query")
         name = body.get("deployable")
-        since = int(body.get("since_seq", "0"))
-        limit = int(body.get("limit", "100"))
+        # The schema bounds neither: a seq above SQLite's 64-bit range matches nothing.
+        since = min(int(body.get("since_seq", "0")), MAX_SEQ)
+        limit = min(int(body.get("limit", "100")), MAX_QUERY_LIMIT)
         if name and self.store.get(name) is None and not self.store.max_seq(name):
             raise MethodError("unknown_deployable", f"no deployable named {name!r}")
         result = etree.Element("events")

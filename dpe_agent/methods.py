@@ -17,7 +17,7 @@ from dpe_agent.status import ComponentRecords, status_document, summary
 from pcloud import schemas, xmlsafe
 from pcloud.bus import Message, MethodError
 from pcloud.deployable import Deployable, DeployableError, diff
-from pcloud.events import Event, EventType
+from pcloud.events import MAX_SEQ, Event, EventType
 from pcloud.states import DeployableState as D
 
 log = logging.getLogger("dped")
@@ -94,7 +94,7 @@ class Methods:
         if body.get("deployable") is not None:
             self._check_name(body.get("deployable"))
         try:
-            since = int(body.get("since_seq", "0"))
+            since = min(int(body.get("since_seq", "0")), MAX_SEQ)   # SQLite's 64-bit range
             limit = min(int(body.get("limit", "100")), 10000)
         except ValueError:
             raise MethodError("invalid_request", "since_seq and limit must be integers") from None

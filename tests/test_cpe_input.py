@@ -137,6 +137,17 @@ def test_config_error_seqs_increase_per_deployable(cpe) -> None:
     assert [int(e.get("seq")) for e in client.events(name, since=2)] == [3]
 
 
+def test_events_query_beyond_64_bits_matches_nothing(cpe) -> None:
+    _, client, _ = cpe
+    name = unique("ghost")
+    client.error("deployable_stop", f'<deployable name="{name}"/>')
+    huge = str(2**64 + 5)
+    assert client.events(name, since=int(huge)) == []
+    assert list(client.call("events_query", f'<events since_seq="{huge}" limit="{huge}"/>')) == []
+    assert [e.get("seq") for e in client.call(
+        "events_query", f'<events deployable="{name}" limit="{huge}"/>')] == ["1"]
+
+
 def test_events_query_of_unknown_deployable_is_refused(cpe) -> None:
     _, client, _ = cpe
     assert client.error("events_query", f'<events deployable="{unique("none")}"/>')[0] == \

@@ -242,6 +242,8 @@ def test_three_assemblies_start_in_dependency_order(harness):
         "first": "running", "second": "running", "third": "running"}
     queried = h.call("events_query", f'<events deployable="{name}" since_seq="0" limit="5"/>')
     assert [int(e.get("seq")) for e in queried] == [1, 2, 3, 4, 5]
+    huge = 2**64 + 5        # beyond SQLite's integers: clamped, so nothing matches
+    assert list(h.call("events_query", f'<events deployable="{name}" since_seq="{huge}"/>')) == []
     raised = h.call("event_raise", f'<event type="config_error" deployable="{name}" '
                                    'reason="test"/>')
     assert int(raised.get("seq")) > h.events.snapshot()[0].seq
