@@ -59,7 +59,8 @@ def test_any_given_uuid_is_kept_verbatim():
     text = ('<deployable name="d" uuid="my-dep-0001"><assemblies>'
             '<assembly name="a" uuid="ABCDEF00-0000-4000-8000-0000000000AA">'
             '<services><service name="s" class="process" uuid="{svc-1}">'
-            '<parameters><parameter name="command" value="sleep 1"/></parameters></service></services>'
+            '<parameters><parameter name="command" value="sleep 1"/></parameters>'
+            '</service></services>'
             '</assembly><assembly name="b" uuid="..."/><assembly name="c" uuid=""/>'
             '</assemblies></deployable>')
     dep = Deployable.from_xml(text)
