@@ -9,7 +9,6 @@ migration runs in its own transaction.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -22,6 +21,8 @@ DESIRED_RUNNING = "running"
 DESIRED_STOPPED = "stopped"
 
 MAX_QUERY_LIMIT = 1000
+#: Events kept per deployable (the newest, by seq), as many as its DPE keeps of its own.
+MAX_EVENTS = 100_000
 
 
 class StoreError(Exception):
@@ -94,9 +95,10 @@ def now_iso() -> str:
 class Store:
     """Thread-safe access to the CPE database; every public method is one transaction."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_events: int = MAX_EVENTS) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.max_events = max_events
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
                                      timeout=30.0)
@@ -231,7 +233,18 @@ class Store:
                                   "xml) VALUES (?, ?, ?, ?, ?)",
                                   (event.deployable, event.seq, event.type, event.time,
                                    event.xml))
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            self._prune(conn, event.deployable)
+            # An event older than the kept window is pruned at once: not news.
+            return conn.execute("SELECT 1 FROM events WHERE deployable = ? AND seq = ?",
+                                (event.deployable, event.seq)).fetchone() is not None
+
+    def _prune(self, conn: sqlite3.Connection, deployable: str) -> None:
+        """Keep the newest ``max_events`` seqs of a deployable (in the caller's transaction)."""
+        conn.execute("DELETE FROM events WHERE deployable = ? AND seq <= "
+                     "(SELECT MAX(seq) FROM events WHERE deployable = ?) - ?",
+                     (deployable, deployable, self.max_events))
 
     def max_seq(self, deployable: str) -> int:
         with self._lock:
@@ -240,15 +253,17 @@ class Store:
         return int(row[0] or 0)
 
     def contiguous_seq(self, deployable: str) -> int:
-        """The highest seq up to which no event of ``deployable`` is missing."""
+        """The highest seq up to which no event of ``deployable`` is missing. Seqs below the
+        kept window (pruned, see ``max_events``) do not count as missing."""
         with self._lock:
+            floor = max(0, self.max_seq(deployable) - self.max_events)
             row = self._conn.execute(
-                "SELECT MIN(e.seq) FROM events e WHERE e.deployable = ? AND NOT EXISTS "
-                "(SELECT 1 FROM events n WHERE n.deployable = e.deployable "
+                "SELECT MIN(e.seq) FROM events e WHERE e.deployable = ? AND e.seq > ? "
+                "AND NOT EXISTS (SELECT 1 FROM events n WHERE n.deployable = e.deployable "
                 "AND n.seq = e.seq + 1) AND EXISTS (SELECT 1 FROM events f "
-                "WHERE f.deployable = e.deployable AND f.seq = 1)",
-                (deployable,)).fetchone()
-        return int(row[0] or 0)
+                "WHERE f.deployable = e.deployable AND f.seq = ?)",
+                (deployable, floor, floor + 1)).fetchone()
+        return int(row[0] or floor)
 
     def add_event_next_seq(self, deployable: str, build: Callable[[int], StoredEvent],
                            floor: int = 0) -> StoredEvent:
@@ -263,6 +278,7 @@ class Store:
             conn.execute("INSERT INTO events (deployable, seq, type, time, xml) "
                          "VALUES (?, ?, ?, ?, ?)",
                          (event.deployable, event.seq, event.type, event.time, event.xml))
+            self._prune(conn, event.deployable)
         return event
 
     def events(self, deployable: str | None = None, since_seq: int = 0,
@@ -288,18 +304,3 @@ def _deployable(row: sqlite3.Row) -> StoredDeployable:
                             generation=row["generation"], created=row["created"],
                             updated=row["updated"], last_status=row["last_status"])
 
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -24,9 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpe_agent.store import DESIRED_RUNNING, Store, StoredEvent, StoreError, write_atomic
+from cpe_agent.store import DESIRED_RUNNING, Store, StoredEvent, StoreError
 from dpe_agent.store import DpeStore
 from pcloud.bus.eventloop import HEARTBEAT
+from pcloud.fsutil import write_atomic
 
 log = logging.getLogger("pcloud.cpe.supervisor")
 

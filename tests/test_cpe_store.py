@@ -80,3 +80,22 @@ def test_cpe_numbered_event_lands_above_both_logs(tmp_path: Path) -> None:
     assert made.seq == 8
     assert store.max_seq("d") == 8
     store.close()
+
+
+def test_event_log_keeps_the_newest_events_of_each_deployable(tmp_path: Path) -> None:
+    store = Store(tmp_path / "cpe.sqlite", max_events=3)
+    for seq in range(1, 6):
+        assert store.add_event(_event("d", seq))
+    store.add_event(_event("e", 1))
+    assert [e.seq for e in store.events("d")] == [3, 4, 5]
+    assert [e.seq for e in store.events("e")] == [1]
+    assert store.contiguous_seq("d") == 5          # pruned seqs are not a gap
+    assert not store.add_event(_event("d", 1))      # older than the window: not kept
+    assert [e.seq for e in store.events("d")] == [3, 4, 5]
+    made = store.add_event_next_seq("d", lambda seq: _event("d", seq))
+    assert made.seq == 6 and [e.seq for e in store.events("d")] == [4, 5, 6]
+    store.add_event(_event("d", 8))                 # 7 missing: back-fill from 6
+    assert [e.seq for e in store.events("d")] == [6, 8] and store.contiguous_seq("d") == 6
+    store.add_event(_event("d", 7))
+    assert store.contiguous_seq("d") == 8
+    store.close()
