@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -199,3 +200,46 @@ def test_close_leaves_no_thread(broker):
 def test_use_before_start_is_an_error(broker):
     with pytest.raises(BusError, match="not started"):
         Bus(broker.url).send("pcloud.test", Message(body="<x/>"))
+
+
+def senders_of(bus: Bus) -> list[str]:
+    """The addresses the bus's event loop holds sender links for (read on its thread)."""
+    loop = bus._loop
+    return loop.submit(lambda: list(loop._senders)).result(5)
+
+
+@pytest.mark.parametrize("reply_to", ["/temp-queue/x", "queue://x", "amq.gen-x"])
+def test_request_with_unusable_reply_to_is_dropped(server, bus, wait_until, caplog, reply_to):
+    runs = []
+    queue = serve(server, {"echo": lambda body, msg: runs.append(1) or "<ok/>"})
+    request = Message(body="<x/>", subject="echo", opcode="method_request",
+                      reply_to=reply_to, correlation_id="c1")
+    with caplog.at_level("DEBUG", logger="pcloud.bus"):
+        bus.send(queue, request)
+        bus.send(queue, request)
+        wait_until(lambda: sum(reply_to in r.getMessage() for r in caplog.records) == 2,
+                   message="both requests refused")
+    warned = [r for r in caplog.records if reply_to in r.getMessage() and r.levelname == "WARNING"]
+    assert len(warned) == 1, "each refused address is logged once"
+    assert reply_to not in senders_of(server)
+    assert runs == []
+    assert bus.call(queue, "echo", "<x/>").tag == "ok"
+    assert runs == [1]
+    assert reply_to not in senders_of(server)
+
+
+def test_sender_refused_by_the_broker_is_given_up(bus, server, wait_until, caplog):
+    # RabbitMQ 3.10 drops the whole connection on this address: one attempt per reconnect
+    queue = serve(server, {"echo": lambda body, msg: "<ok/>"})
+    loop = bus._loop
+    with caplog.at_level("INFO", logger="pcloud.bus"):
+        for n in range(3):
+            loop.post("/temp-queue/x", Message(body=f"<lost n='{n}'/>"))
+        wait_until(lambda: "/temp-queue/x" not in senders_of(bus), timeout=60,
+                   message="the refused sender is evicted")
+    gave_up = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
+    assert len(gave_up) == 1 and "'/temp-queue/x'" in gave_up[0]
+    assert "dropped 3 message(s)" in gave_up[0]
+    assert bus.call(queue, "echo", "<x/>").tag == "ok"
+    time.sleep(0.5)  # no relink is still scheduled for it
+    assert "/temp-queue/x" not in senders_of(bus)

@@ -206,7 +206,7 @@ class Bus:
         different keys (or ``None``) concurrently.
         """
         server = RequestServer(queue, handlers, self._reply, workers=workers,
-                               serial_key=serial_key)
+                               serial_key=serial_key, reply_ok=self.profile.is_reply_address)
         loop = self._running()
         handle = loop.submit(loop.add_receiver, self.profile.queue(queue),
                              server.accept).result(CLOSE_TIMEOUT)

@@ -9,11 +9,14 @@ container has handled every pending event, before it waits for I/O, so that cons
 hand a whole batch to another thread at once. Everything named ``_on_loop_*`` or called from
 a proton event runs on this thread only.
 
-Recovery (see docs/rabbitmq-amqp1 facts): proton reconnects with back-off; after a kill -9 or
-heartbeat timeout it re-attaches the links that are still locally open, after a clean broker
-stop the broker ends the sessions and we close them locally. So a link is recreated exactly
-when it is locally closed, never unconditionally. Deliveries not settled by the broker when
-the connection drops are sent again (receivers drop duplicates by message id).
+Recovery (see the broker facts in docs/protocol.md): proton reconnects with back-off; after a
+kill -9 or heartbeat timeout it re-attaches the links that are still locally open, after a
+clean broker stop the broker ends the sessions and we close them locally. So a link is
+recreated exactly when it is locally closed, never unconditionally. Deliveries not settled by
+the broker when the connection drops are sent again (receivers drop duplicates by message
+id). A sender link the broker does not attach in ``MAX_LINK_FAILURES`` attempts in a row
+(an address it refuses: RabbitMQ may drop the whole connection for one) is given up, and the
+messages queued for it are dropped and logged.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ HEARTBEAT = 4.0
 PREFETCH = 200
 MAX_IDLE_SENDERS = 64
 RELINK_DELAY = 1.0
+MAX_LINK_FAILURES = 5
 CLOSE_DRAIN = 2.0
 
 
@@ -73,6 +77,8 @@ class LinkSpec:
         self.link: Link | None = None
         self.outbox: deque[ProtonMessage] = deque()
         self.inflight = 0
+        self.unconfirmed = False  # the last attach was sent, the broker has not attached it
+        self.failures = 0  # attaches in a row the broker did not confirm
 
     def alive(self) -> bool:
         """True while proton will keep (or re-attach) this link by itself."""
@@ -306,6 +312,9 @@ class EventLoop(MessagingHandler):
         if self._session is None or self._session.state & Endpoint.LOCAL_CLOSED:
             self._session = self._conn.session()
             self._session.open()
+        if spec.unconfirmed:
+            spec.failures += 1
+        spec.unconfirmed = True
         name = f"{self._container.container_id}-{next(self._ids)}-{spec.address}"
         if spec.receiver:
             link = self._session.receiver(name)
@@ -326,7 +335,11 @@ class EventLoop(MessagingHandler):
         if self._conn is None or self.closing:
             return
         for spec in itertools.chain(list(self._senders.values()), list(self._receivers.values())):
-            if not spec.alive():
+            if spec.alive():
+                continue
+            if not spec.receiver and spec.failures >= MAX_LINK_FAILURES:
+                self._give_up_sender(spec)
+            else:
                 self._attach(spec)
 
     def _evict_idle_senders(self) -> None:
@@ -465,6 +478,32 @@ class EventLoop(MessagingHandler):
 
     def on_link_error(self, event: Any) -> None:
         self._link_lost("link", event.link)
+
+    def on_link_opened(self, event: Any) -> None:
+        spec = self._by_link.get(event.link.name)
+        if spec is not None and (spec.receiver or event.link.remote_target.address):
+            spec.unconfirmed = False  # the broker attached it (a refusal has no target)
+            spec.failures = 0
+
+    def _give_up_sender(self, spec: LinkSpec) -> None:
+        """Forget a sender whose address the broker keeps refusing, with what it holds."""
+        lost = [d for d, (owner, _m) in self._unsettled.items() if owner is spec]
+        for delivery in lost:
+            del self._unsettled[delivery]
+        dropped = len(spec.outbox) + len(lost)
+        spec.outbox.clear()
+        spec.inflight = 0
+        if self._senders.get(spec.address) is spec:
+            del self._senders[spec.address]
+        if self._touched.get(spec.address) is spec:
+            del self._touched[spec.address]
+        if spec.link is not None:
+            self._by_link.pop(spec.link.name, None)
+            if spec.link.state & Endpoint.LOCAL_ACTIVE:
+                spec.link.close()
+        log.error("bus %s: the broker did not attach a sender link to %r in %d attempts; "
+                  "giving up: dropped %d message(s) to it", self.name, spec.address,
+                  spec.failures, dropped)
 
     def on_link_closing(self, event: Any) -> None:
         if event.link.name in self._by_link:

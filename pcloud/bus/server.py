@@ -5,7 +5,9 @@
 before any concurrency. Handlers then run on the queue's own ``Lanes`` pool. Every request
 message gets exactly one response message with a fresh id and the request's correlation id,
 including a repeat (answered from the cache): a consumer that drops seen ids must not drop
-the answer to a request it sent again. A server never raises and never stays silent.
+the answer to a request it sent again. A server never raises and never stays silent, except
+to a request whose ``reply_to`` is missing or not an address the broker accepts (the profile
+decides): there is nowhere to answer, so it is logged (once per address) and dropped.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from pcloud import protocol, xmlsafe
-from pcloud.bus.dedup import Answers
+from pcloud.bus.dedup import Answers, RecentIds
 from pcloud.bus.errors import MethodError
 from pcloud.bus.lanes import Lanes
 from pcloud.bus.message import Message
@@ -25,17 +27,22 @@ log = logging.getLogger("pcloud.bus")
 Handler = Callable[[Any, Message], Any]
 SerialKey = Callable[[str, Any, Message], Hashable | None]
 Reply = Callable[[str, Message], None]
+ReplyCheck = Callable[[str], bool]
+REFUSED_LOGGED = 256  # refused reply_to addresses remembered so that each is logged once
 
 
 class RequestServer:
     """Turns method requests on one queue into responses."""
 
     def __init__(self, queue: str, handlers: Mapping[str, Handler], reply: Reply, *,
-                 workers: int = 1, serial_key: SerialKey | None = None) -> None:
+                 workers: int = 1, serial_key: SerialKey | None = None,
+                 reply_ok: ReplyCheck | None = None) -> None:
         self.queue = queue
         self.handlers = dict(handlers)
         self._reply = reply
         self._serial_key = serial_key
+        self._reply_ok = reply_ok
+        self._refused = RecentIds(REFUSED_LOGGED)
         self._answers = Answers()
         self.lanes = Lanes(queue, workers)
 
@@ -43,6 +50,12 @@ class RequestServer:
         """Take one request off the queue (proton thread): cheap checks, then queue it."""
         if not request.reply_to:
             log.warning("request %r on %s has no reply_to; ignored", request.subject, self.queue)
+            return
+        if self._reply_ok is not None and not self._reply_ok(request.reply_to):
+            # nowhere to answer: sending there would only make the broker end the session
+            log_at = log.debug if self._refused.seen(request.reply_to) else log.warning
+            log_at("request %r on %s: reply_to %r is not a plain queue name; dropped",
+                   request.subject, self.queue, request.reply_to)
             return
         new, body = self._answers.claim(request)
         if not new:
