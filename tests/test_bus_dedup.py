@@ -55,3 +55,25 @@ def test_answers_expire_by_age_and_count():
     assert answers.claim(req("3")) == (False, "<r n='3'/>")
     now[0] = 91.0
     assert answers.claim(req("3")) == (True, None)
+
+
+def test_answers_are_bounded_by_total_bytes_oldest_first():
+    answers = Answers(count=100, ttl=60.0, clock=lambda: 0.0, max_bytes=1000)
+    for n in range(5):
+        answers.claim(req(str(n)))
+        answers.finish(req(str(n)), "x" * 300)
+        assert answers.size <= 1000
+    assert answers.size == 900
+    assert [answers.claim(req(str(n)))[0] for n in (2, 3, 4)] == [False] * 3
+    assert answers.claim(req("1")) == (True, None)  # forgotten: runs again
+    # one body larger than the bound is not kept at all
+    answers.claim(req("big"))
+    answers.finish(req("big"), "é" * 600)  # 1200 UTF-8 bytes
+    assert answers.size == 0
+    assert answers.claim(req("big")) == (True, None)
+
+
+def test_answer_defaults_bound_memory():
+    from pcloud.bus import dedup
+    assert dedup.ANSWER_BYTES <= 32 * 1024 * 1024
+    assert 60 < dedup.ANSWER_TTL <= 120

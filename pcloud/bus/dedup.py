@@ -9,9 +9,10 @@ the message id, so receivers recognise them by id:
   fewer messages than that.
 - ``Answers``: one per served queue; the response body of each request, keyed by
   ``(reply_to, id)`` (a foreign client's ids need only be unique per client), kept for
-  ``ANSWER_TTL`` seconds after the answer, at most ``ANSWER_COUNT`` of them, so that a
-  resent request is answered without running its handler again. A caller stops waiting
-  long before the TTL; past either bound a repeat runs the handler again (handlers are
+  ``ANSWER_TTL`` seconds after the answer, at most ``ANSWER_COUNT`` of them holding at most
+  ``ANSWER_BYTES`` of bodies (oldest forgotten first), so that a resent request is answered
+  without running its handler again. Callers give up after 10-60 s, and resend after a
+  reconnect within that; past any bound a repeat runs the handler again (handlers are
   idempotent by protocol).
 """
 
@@ -27,7 +28,8 @@ from pcloud.bus.message import Message
 
 RECENT_IDS = 4096
 ANSWER_COUNT = 1024
-ANSWER_TTL = 600.0
+ANSWER_BYTES = 32 * 1024 * 1024  # UTF-8 bytes of cached response bodies, all together
+ANSWER_TTL = 120.0
 
 
 class RecentIds:
@@ -55,6 +57,7 @@ class RecentIds:
 class _Entry:
     stamp: float
     body: str | None = None
+    size: int = 0
     repeats: list[Message] = field(default_factory=list)
 
 
@@ -62,8 +65,11 @@ class Answers:
     """Response bodies of recent requests, so that a repeated request id is not run again."""
 
     def __init__(self, count: int = ANSWER_COUNT, ttl: float = ANSWER_TTL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 max_bytes: int = ANSWER_BYTES) -> None:
         self._count = count
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._ttl = ttl
         self._clock = clock
         self._entries: OrderedDict[tuple[str | None, str], _Entry] = OrderedDict()
@@ -95,15 +101,24 @@ class Answers:
         with self._lock:
             now = self._clock()
             entry = self._entries.pop(key, None) or _Entry(now)
-            entry.body, entry.stamp = body, now
+            self._bytes -= entry.size
+            entry.body, entry.stamp, entry.size = body, now, len(body.encode())
+            self._bytes += entry.size
             self._entries[key] = entry
             repeats, entry.repeats = entry.repeats, []
             self._expire(now)
             return repeats
 
+    @property
+    def size(self) -> int:
+        """Bytes of response bodies held now."""
+        return self._bytes
+
     def _expire(self, now: float) -> None:
         while self._entries:
             key, entry = next(iter(self._entries.items()))
-            if len(self._entries) <= self._count and now - entry.stamp < self._ttl:
+            if (len(self._entries) <= self._count and self._bytes <= self._max_bytes
+                    and now - entry.stamp < self._ttl):
                 return
             del self._entries[key]
+            self._bytes -= entry.size
