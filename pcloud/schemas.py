@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,9 +61,31 @@ def schema_path(name: str) -> Path:
     return data_file("schemas", f"{name}.rng")
 
 
-@functools.cache
+_validators: dict[str, tuple[etree.RelaxNG, threading.Lock]] = {}
+_validators_lock = threading.Lock()
+
+
+def _validator(name: str) -> tuple[etree.RelaxNG, threading.Lock]:
+    """The shared validator of a schema (compiled once, under a lock: first uses may race)
+    and its lock. A validator keeps the errors of its last run in ``error_log``, so
+    validating and reading them must be one step: CPE workers and the dispatcher share it."""
+    with _validators_lock:
+        entry = _validators.get(name)
+        if entry is None:
+            compiled = etree.RelaxNG(etree.parse(str(schema_path(name))))
+            entry = _validators[name] = (compiled, threading.Lock())
+        return entry
+
+
 def _compiled(name: str) -> etree.RelaxNG:
-    return etree.RelaxNG(etree.parse(str(schema_path(name))))
+    return _validator(name)[0]
+
+
+def _errors(name: str, root: etree._Element) -> list | None:
+    """Validate with the shared validator: None when valid, else libxml2's errors."""
+    schema, lock = _validator(name)
+    with lock:
+        return None if schema.validate(root) else list(schema.error_log)
 
 
 def schema_for(root: etree._Element) -> str:
@@ -99,9 +122,9 @@ def validate(root: etree._Element, name: str | None = None, source: str | None =
     source = source or _source_of(root)
     if name is None:
         name = schema_for(root)
-    schema = _compiled(name)
-    if not schema.validate(root):
-        message, line = _explain(name, root, list(schema.error_log))
+    errors = _errors(name, root)
+    if errors is not None:
+        message, line = _explain(name, root, errors)
         raise XMLError(message, line, source)
     if name == "response" and root.get("rc") == "0" and len(root):
         result = root[0]

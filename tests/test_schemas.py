@@ -141,3 +141,46 @@ def test_state_vocabularies_match_states_module():
 
 def test_event_types_match_events_module():
     assert _values("common.rng", "event-type.type") == {t.value for t in EventType}
+
+
+def test_concurrent_validations_keep_their_own_errors():
+    """One validator per schema is shared by all threads: each refusal must carry the error
+    of its own document (its own bad value and line), never another thread's."""
+    import threading
+
+    def document(n: int, good: bool) -> str:
+        name = f"d{n}" if good else f"bad.{n}"
+        return "\n" * (n % 7) + f'<deployable name="{name}"/>'
+
+    failures: list[str] = []
+    start = threading.Barrier(8)
+
+    def worker(t: int) -> None:
+        try:
+            check(t)
+        except Exception as exc:  # a crash is a failure too, not a thread warning
+            failures.append(f"thread {t} crashed: {type(exc).__name__}: {exc}")
+
+    def check(t: int) -> None:
+        start.wait()
+        for i in range(300):
+            n = t * 1000 + i
+            good = i % 2 == 0
+            root = xmlsafe.parse(document(n, good))
+            try:
+                schemas.validate(root, "deployable_ref")
+            except XMLError as exc:
+                if good:
+                    failures.append(f"good document {n} refused: {exc}")
+                elif f"bad.{n}" not in exc.message or exc.line != 1 + n % 7:
+                    failures.append(f"document {n} got line {exc.line}: {exc.message}")
+            else:
+                if not good:
+                    failures.append(f"bad document {n} accepted")
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures, failures[:5]
