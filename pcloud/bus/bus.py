@@ -98,7 +98,6 @@ class Bus:
         self._dispatcher.start()
         self._loop.start()
         self._loop.submit(self._loop.add_receiver, self._reply_queue, self._waiters.resolve)
-        waited = threading.Event()
         step = 0.01
         remaining = timeout
         while remaining > 0:
@@ -108,7 +107,6 @@ class Bus:
                 break
             remaining -= step
             step = min(step * 2, 0.1)
-            waited.clear()
         error = self._loop.start_error or "no answer"
         self.close()
         if "unauthorized" in error or "SASL" in error:
