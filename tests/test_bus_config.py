@@ -132,3 +132,12 @@ def test_log_lines_mask_passwords(capsys):
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
     assert "amqp://u:***@h:1" in capsys.readouterr().err
+
+
+def test_reply_addresses_are_plain_queue_names():
+    from pcloud.bus.addressing import profile_for
+    profile = profile_for()
+    assert profile.is_reply_address("pcloud.reply.0f3a-1")
+    for bad in ("/temp-queue/x", "queue://x", "topic://x", "/topic/x", "/amq/queue/x",
+                "amq.gen-x", "", "x\n", "x" * 256, None, 3):
+        assert not profile.is_reply_address(bad), bad
