@@ -31,9 +31,13 @@ def _installed_roots() -> list[Path]:
     return roots
 
 
+# Computed once, at import (under the import lock): sysconfig is not thread-safe on first use.
+_ROOTS = [_SOURCE_ROOT, *_installed_roots()]
+
+
 def data_dir(kind: str) -> Path:
     """Return the directory of one kind of data: ``schemas``, ``xml`` or ``init``."""
-    roots = [_SOURCE_ROOT, *_installed_roots()]
+    roots = _ROOTS
     for root in roots:
         candidate = root / kind
         if candidate.is_dir():
