@@ -8,23 +8,48 @@ it stays fast at thousands of resources.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict, deque
 from datetime import datetime
 
 from lxml import etree
 
 from dpe_agent.digest import op_digest
+from dpe_agent.engines import EngineError
 from dpe_agent.engines.native_graph import GraphBuilder
 from dpe_agent.engines.native_history import Instance, effective_failures, read_instance
 from dpe_agent.engines.native_model import Cluster, Node, Primitive, natural_key, read_cluster
 from dpe_agent.graph import TransitionGraph
 
 
+log = logging.getLogger(__name__)
+
+
+class Unsupported(EngineError):
+    """The CIB uses a construct the native engine does not implement (the message names it).
+
+    Guessing would risk a wrong graph; Pacemaker's own scheduler is used for such a CIB.
+    """
+
+
 class NativeEngine:
     name = "native"
 
+    def __init__(self, fallback: bool = True) -> None:
+        self.fallback = fallback    # False: raise Unsupported (the differential fuzzer)
+
     def compute(self, cib: etree._Element, now: datetime) -> TransitionGraph:
-        return Scheduler(read_cluster(cib), int(now.timestamp())).run()
+        try:
+            return Scheduler(read_cluster(cib), int(now.timestamp())).run()
+        except Unsupported as exc:
+            if not self.fallback:
+                raise
+            log.warning("native engine: %s; using crm_simulate for this CIB", exc)
+            from dpe_agent.engines.pacemaker import PacemakerEngine
+            try:
+                return PacemakerEngine().compute(cib, now)
+            except EngineError as fallback_exc:
+                raise EngineError(f"{exc}; fallback failed: {fallback_exc}") from fallback_exc
 
 
 class Scheduler:
