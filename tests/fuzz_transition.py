@@ -341,7 +341,10 @@ def _removals(cib: etree._Element) -> Iterator[Callable[[etree._Element], None]]
                 elem = tree.xpath(path)[index]
                 if extra is not None:
                     extra(tree, elem)
-                elem.getparent().remove(elem)
+                parent = elem.getparent()
+                parent.remove(elem)
+                if parent.tag == "lrm_resource" and not len(parent):
+                    parent.getparent().remove(parent)   # pcloud never writes it empty
             yield remove
 
     def drop_assembly(tree: etree._Element, node: etree._Element) -> None:

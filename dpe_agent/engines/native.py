@@ -62,22 +62,68 @@ class Scheduler:
         self.instances: dict[str, list[Instance]] = defaultdict(list)
         self.recheck: int | None = None
 
+    # -- phase 0: membership ------------------------------------------------------------
+    def _membership(self) -> None:
+        """Which nodes are online, which unclean (Pacemaker's determine_online_status)."""
+        cluster = self.cluster
+        fencing = cluster.stonith_enabled
+        if fencing and not cluster.fence_devices:
+            raise Unsupported("stonith-enabled=true without a fence device (Pacemaker then "
+                              "leaves every resource unmanaged)")
+        startup_fencing = cluster.option("startup-fencing", True)
+        for node in cluster.nodes.values():
+            if not node.has_state:
+                node.unclean = startup_fencing          # never seen: unclean until seen
+                continue
+            in_ccm = _true(node.in_ccm)
+            crmd = (node.crmd or "").lower() == "online"
+            join = (node.join or "").lower()
+            expected = (node.expected or "down").lower()
+            member = crmd and join == "member"
+            if in_ccm and crmd and join in ("pending", "down") or \
+                    in_ccm and expected == "down" and (fencing or not member):
+                raise Unsupported(f"node_state of {node.uname}: in the cluster but not a "
+                                  f"member yet (join={node.join}, expected={node.expected})")
+            if not fencing:
+                node.online = in_ccm and member
+                node.unclean = in_ccm and not crmd and expected != "down"
+            elif node.in_ccm is None or join == "banned":
+                node.unclean = True
+            elif expected == "down":
+                pass                                    # cleanly down
+            elif not (in_ccm and crmd):
+                node.unclean = True                     # lost, or its controller died
+            elif join == "member":
+                node.online = True
+            else:
+                node.unclean = True                     # unknown join state
+
     # -- phase 1: what is where ---------------------------------------------------------
     def _read_history(self) -> set[str]:
-        """Read every lrm_resource; return the unames of nodes that must be fenced."""
-        fence = set()
+        """Read every lrm_resource; return the unames of nodes that must be fenced.
+
+        Without fencing, Pacemaker never reads an offline node's history: what ran there
+        is simply not running. With fencing, anything active on an offline node makes it
+        unclean.
+        """
+        fencing = self.cluster.stonith_enabled
         prims = self.cluster.primitives
         for node in self.cluster.nodes.values():
-            if node.lost and self.cluster.stonith_enabled:
-                fence.add(node.uname)
+            if not fencing and not node.online:
+                continue
             for lrm in node.resources.values():
                 prim = prims.get(lrm.id)
                 inst = read_instance(node, lrm, prim, self.now)
+                if inst.fence and not fencing:
+                    raise Unsupported(f"failed stop of {lrm.id} on {node.uname} without "
+                                      "fencing (Pacemaker blocks the resource)")
                 self.instances[lrm.id].append(inst)
-                if inst.fence and self.cluster.stonith_enabled:
-                    fence.add(node.uname)
+                if inst.fence and fencing or inst.active and not node.online:
+                    node.unclean = True
                 self._note_recheck(node, prim)
-        return fence
+        if not fencing:
+            return set()
+        return {node.uname for node in self.cluster.nodes.values() if node.unclean}
 
     def _note_recheck(self, node: Node, prim: Primitive | None) -> None:
         if prim is None or prim.failure_timeout <= 0:
@@ -144,6 +190,7 @@ class Scheduler:
         for order in cluster.orders:
             self.after[order.first].append(order)
             self.before[order.then].append(order)
+        self._membership()
         self.fence = self._read_history()
         self._plan()
         g = self.graph
@@ -240,3 +287,7 @@ class Scheduler:
                     g.order(g.probes[first], g.stops[then])
                 if then in g.probes and first in g.stops:
                     g.order(g.probes[then], g.stops[first])
+
+
+def _true(text: str | None) -> bool:
+    return (text or "").lower() in ("true", "yes", "y", "1", "on")

@@ -105,16 +105,15 @@ class Node:
     uuid: str
     uname: str
     has_state: bool = False
-    online: bool = False
-    expected_down: bool = False
+    in_ccm: str | None = None          # node_state attributes, as written
+    crmd: str | None = None
+    join: str | None = None
+    expected: str | None = None
+    online: bool = False               # set by the scheduler's membership pass
+    unclean: bool = False              # must be fenced before anything runs on it again
     resources: dict[str, LrmResource] = field(default_factory=dict)
     fail_counts: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     # rsc id -> [(count, last_failure_epoch)]
-
-    @property
-    def lost(self) -> bool:
-        """Not online and not known down: Pacemaker fences it (also when never seen)."""
-        return not self.online and not self.expected_down
 
 
 @dataclass
@@ -123,10 +122,18 @@ class Cluster:
     nodes: dict[str, Node]              # by uname
     primitives: dict[str, Primitive]
     orders: list[Order]
+    fence_devices: int = 0
+
+    def option(self, name: str, default: bool) -> bool:
+        """A boolean cluster option, parsed as Pacemaker's crm_is_true does."""
+        value = self.options.get(name)
+        if value is None:
+            return default
+        return value.lower() in ("true", "yes", "y", "1", "on")
 
     @property
     def stonith_enabled(self) -> bool:
-        return self.options.get("stonith-enabled", "true").lower() in ("true", "yes", "1", "on")
+        return self.option("stonith-enabled", True)
 
 
 def _nvpairs(parent: etree._Element | None, path: str) -> dict[str, str]:
@@ -148,8 +155,10 @@ def read_cluster(cib: etree._Element) -> Cluster:
         nodes[node.uname] = node
         by_uuid[node.uuid] = node
     primitives = {}
+    fence_devices = 0
     for elem in config.iterfind("resources/primitive"):
         if elem.get("class") == "stonith":
+            fence_devices += 1
             continue
         meta = _nvpairs(elem, "meta_attributes/nvpair")
         monitors = {}
@@ -183,14 +192,13 @@ def read_cluster(cib: etree._Element) -> Cluster:
             node = by_uuid.get(state.get("id"))
             if node is not None:
                 _read_node_state(node, state)
-    return Cluster(options, nodes, primitives, orders)
+    return Cluster(options, nodes, primitives, orders, fence_devices)
 
 
 def _read_node_state(node: Node, state: etree._Element) -> None:
     node.has_state = True
-    node.online = (state.get("in_ccm") == "true" and state.get("crmd") == "online")
-    node.expected_down = state.get("expected") == "down" or (
-        state.get("join") == "down" and state.get("expected") is None)
+    node.in_ccm, node.crmd = state.get("in_ccm"), state.get("crmd")
+    node.join, node.expected = state.get("join"), state.get("expected")
     attrs = _nvpairs(state, "transient_attributes/instance_attributes/nvpair")
     for name, value in attrs.items():
         if name.startswith("fail-count-"):
