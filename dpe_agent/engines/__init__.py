@@ -37,6 +37,14 @@ class EngineError(Exception):
     """A transition computer could not produce a graph (the message says why)."""
 
 
+class Unsupported(EngineError):
+    """The CIB uses a construct the native engine does not implement (the message names it).
+
+    Guessing would risk a wrong graph, so the native engine hands such a CIB to Pacemaker's
+    own scheduler instead (``NativeEngine(fallback=True)``, the default).
+    """
+
+
 class TransitionComputer(Protocol):
     name: str
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from lxml import etree
 
 from dpe_agent.digest import op_digest
-from dpe_agent.engines import EngineError
+from dpe_agent.engines import EngineError, Unsupported
 from dpe_agent.engines.native_graph import GraphBuilder
 from dpe_agent.engines.native_history import Instance, effective_failures, read_instance
 from dpe_agent.engines.native_model import Cluster, Node, Primitive, natural_key, read_cluster
@@ -23,13 +23,6 @@ from dpe_agent.graph import TransitionGraph
 
 
 log = logging.getLogger(__name__)
-
-
-class Unsupported(EngineError):
-    """The CIB uses a construct the native engine does not implement (the message names it).
-
-    Guessing would risk a wrong graph; Pacemaker's own scheduler is used for such a CIB.
-    """
 
 
 class NativeEngine:

@@ -10,9 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dpe_agent.digest import op_digest
+from dpe_agent.engines import Unsupported
 from dpe_agent.engines.native_model import HistOp, LrmResource, Node, Primitive
 
 UNKNOWN, STOPPED, RUNNING, FAILED = "unknown", "stopped", "running", "failed"
+# Results whose handling is implemented: OCF success, generic error, not running. Others
+# (hard and fatal errors, promoted roles, degraded) and executor states other than "done" or
+# "timed out" (pending, cancelled, not installed...) are refused, not guessed.
+KNOWN_RCS = (0, 1, 7)
+KNOWN_OP_STATUS = (0, 2)
 
 
 @dataclass
@@ -55,28 +61,47 @@ def _probe_ok(op: HistOp) -> bool:
     return _is_probe(op) and op.op_status == 0 and op.rc in (0, 7)
 
 
+def raw_failures(node: Node, prim: Primitive | None) -> int:
+    """The fail count of a resource on a node, expired or not."""
+    return sum(count for count, _ in node.fail_counts.get(prim.id if prim else "", []))
+
+
 def read_instance(node: Node, lrm: LrmResource, prim: Primitive | None,
                   now: int) -> Instance:
+    """Replay one resource's history on one node (Pacemaker's unpack_rsc_op)."""
     inst = Instance(node, lrm)
     timeout = prim.failure_timeout if prim else 0
     failures, _ = effective_failures(node, prim, now)
+    counted = raw_failures(node, prim) > 0
     for op in lrm.ops:
         if op.operation in ("cancel", "delete", "notify"):
             continue
+        if op.rc not in KNOWN_RCS or op.op_status not in KNOWN_OP_STATUS:
+            raise Unsupported(f"{op.operation} of {lrm.id} on {node.uname} recorded with "
+                              f"rc-code={op.rc} op-status={op.op_status}")
         failed = op.failed and not _probe_ok(op)
-        if failed and timeout > 0 and op.last_rc_change is not None \
-                and now >= op.last_rc_change + timeout:
+        # Every entry older than failure-timeout is "expired" (successes too): with a fail
+        # count that has fully expired it clears the count, with a live one it stands.
+        expired = timeout > 0 and op.last_rc_change is not None \
+            and now >= op.last_rc_change + timeout
+        if expired and counted:
             if failures == 0:
                 inst.clear_failcount = True
-                if op.interval_ms > 0:
-                    inst.expired_monitors.add(op.interval_ms)
-                continue
-        elif failed and op.is_last_failure and prim is not None \
+            else:
+                expired = False
+        if not expired and failed and op.is_last_failure and prim is not None \
                 and op.operation in ("start", "monitor"):
             wanted = op_digest(prim.params, interval_ms=op.interval_ms,
                                timeout_ms=prim.monitors.get(op.interval_ms, 20000))
             if op.digest is not None and op.digest != wanted:
                 inst.clear_failcount = True
+        if expired and failed:
+            if op.interval_ms == 0:
+                continue                            # an expired failure is ignored
+            if node.online and not node.unclean:
+                if op.digest is not None:
+                    inst.expired_monitors.add(op.interval_ms)   # rescheduled
+                continue
         _apply(inst, op, failed)
     return inst
 
