@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import re
 import shutil
 import threading
 import time
@@ -33,6 +32,7 @@ from pcloud import schemas, xmlsafe
 from pcloud.bus import Bus, BusError, Message, MethodError
 from pcloud.deployable import Deployable, DeployableError, diff
 from pcloud.events import MAX_SEQ, Event, format_time
+from pcloud.wire import NAME
 
 log = logging.getLogger("pcloud.cpe")
 
@@ -46,7 +46,7 @@ SERVE_WORKERS = 8
 CHANGES = frozenset({"deployable_start", "deployable_stop", "deployable_reload",
                      "deployable_delete"})
 BACKFILL_PAGE = 500
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME = NAME
 
 Handler = Callable[[etree._Element, Message], etree._Element]
 

@@ -12,16 +12,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
+
+from pcloud.wire import NAME
 
 EXIT_CONFIG = 2
 EXIT_BUS = 3
 EXIT_FAILED = 1
 STOP_TIMEOUT = 120.0
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME = NAME
 
 log = logging.getLogger("dped")
 

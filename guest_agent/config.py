@@ -30,10 +30,11 @@ import uuid
 from dataclasses import dataclass
 
 from pcloud.urls import mask_url
+from pcloud.wire import NAME
 
 DEFAULT_CONFIG = "/etc/pcloud/agent.conf"
 DEFAULT_STATE_DIR = "/var/lib/pcloud-agent"
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME = NAME
 _UUID = re.compile(r"^\S{1,64}$")
 KEYS = ("deployable", "assembly", "uuid", "broker_url", "broker_user", "broker_password",
         "state_dir", "heartbeat_interval", "pidfile", "kernel_cmdline")

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 from lxml import etree
 
 from guest_agent.resources.base import OpResult, ProbeSpec, ResourceSpec, xml_text
 from pcloud.bus import MethodError
+from pcloud.wire import NAME
 
 DEFAULT_TIMEOUT_MS = 20000
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME = NAME
 
 
 def iso_now() -> str:

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pcloud.identity import OPERATOR_TAG
+
 RABBIT_BIN = Path(os.environ.get("PCLOUD_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
 DEFAULT_PORT = 5682
 USER = "pcloud"
@@ -143,7 +145,7 @@ def _prepare(state_dir, port: int | None, dist_port: int | None,
         "vhosts": [{"name": "/"}],
         "users": [{"name": settings.user, "password_hash": _password_hash(settings.password),
                    "hashing_algorithm": "rabbit_password_hashing_sha256",
-                   "tags": ["administrator"]}],
+                   "tags": ["administrator", OPERATOR_TAG]}],
         "permissions": [{"user": settings.user, "vhost": "/", "configure": ".*",
                          "write": ".*", "read": ".*"}],
         "policies": [REPLY_POLICY],
@@ -174,6 +176,11 @@ def _tls_lines(settings: Settings) -> list[str]:
             f"ssl_options.keyfile = {settings.tls_key}",
             "ssl_options.verify = verify_none",
             "ssl_options.fail_if_no_peer_cert = false"]
+
+
+def ctl_env(state_dir, settings: Settings) -> dict[str, str]:
+    """The environment under which ``rabbitmq-server`` and ``rabbitmqctl`` find this node."""
+    return _env(state_dir, settings)
 
 
 def _env(state_dir, settings: Settings) -> dict[str, str]:

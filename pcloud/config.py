@@ -28,13 +28,14 @@ def config_path() -> Path:
     return Path(os.environ.get("PCLOUD_CONFIG") or DEFAULT_CONFIG)
 
 
-def _bus_section() -> dict[str, str]:
+def section(name: str) -> dict[str, str]:
+    """One section of the config file ({} when the file or the section is missing)."""
     parser = configparser.ConfigParser()
     try:
         parser.read(config_path(), encoding="utf-8")
     except (OSError, configparser.Error):
         return {}
-    return dict(parser["bus"]) if parser.has_section("bus") else {}
+    return dict(parser[name]) if parser.has_section(name) else {}
 
 
 def state_dir() -> Path:
@@ -47,7 +48,7 @@ def broker_url() -> str:
     url = os.environ.get("PCLOUD_BROKER_URL")
     if url:
         return url
-    url = _bus_section().get("url")
+    url = section("bus").get("url")
     if url:
         return url
     from pcloud import broker
@@ -90,10 +91,10 @@ class TLSOptions:
 
 def tls_options() -> TLSOptions:
     """TLS settings from the environment, then the config file."""
-    section = _bus_section()
+    bus = section("bus")
 
     def pick(name: str) -> str | None:
-        return os.environ.get(f"PCLOUD_TLS_{name.upper()}") or section.get(name) or None
+        return os.environ.get(f"PCLOUD_TLS_{name.upper()}") or bus.get(name) or None
 
     verify = (pick("verify") or "true").strip().lower() not in ("0", "false", "no", "off")
     return TLSOptions(ca=pick("ca"), cert=pick("cert"), key=pick("key"), verify=verify)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import uuid as uuidlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +23,9 @@ from lxml import etree
 from pcloud import paths, schemas, xmlsafe
 from pcloud.deployable import INFRASTRUCTURES
 from pcloud.fsutil import write_json_atomic
+from pcloud.wire import NAME
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME_RE = NAME
 FORMAT_VERSION = 1
 
 

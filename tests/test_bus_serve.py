@@ -200,7 +200,8 @@ def test_repeated_request_gets_a_fresh_answer_from_cache(server, bus, broker, wa
     replies: list[Message] = []
     assert bus.consume(reply_queue, replies.append).wait_attached()
     same = dict(body="<x/>", id="request-1", subject="count", reply_to=reply_queue,
-                correlation_id="c1", properties={"pcloud.opcode": "method_request"})
+                correlation_id="c1", properties={"pcloud.opcode": "method_request"},
+                user_id=bus.user.encode())
     first = RawRequester(broker.url, queue, [ProtonMessage(**same)])
     Container(first).run()
     wait_until(lambda: len(replies) == 1, message="the first answer")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+import urllib.parse
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -25,7 +26,7 @@ from pcloud.bus.eventloop import EventLoop
 from pcloud.bus.message import Message, new_id
 from pcloud.bus.recovery import redact
 from pcloud.bus.rpc import Waiters
-from pcloud.bus.server import Handler, RequestServer, SerialKey
+from pcloud.bus.server import Authorize, Handler, RequestServer, SerialKey
 
 log = logging.getLogger("pcloud.bus")
 
@@ -63,16 +64,31 @@ class Subscription:
         return self.attached()
 
 
+def login_of(url: str) -> str | None:
+    """The broker user named in a URL (what the broker will check ``user_id`` against)."""
+    user = urllib.parse.urlsplit(url).username
+    return urllib.parse.unquote(user) if user else None
+
+
 class Bus:
-    """One connection to the broker, shared by all threads of a process."""
+    """One connection to the broker, shared by all threads of a process.
+
+    Every message it sends carries ``user_id`` = its login. Messages received without a
+    ``user_id`` are dropped (logged once per address): nobody could say who sent them. The
+    reply queue of ``call`` is attached on the first call, so a party that never calls needs
+    no permission for one; ``reply_topic_key`` makes replies come on that topic key instead
+    (a DPE, whose agents may publish only on topic keys of their own).
+    """
 
     def __init__(self, url: str | None = None, name: str | None = None,
                  profile: RabbitMQProfile | None = None,
-                 ssl_domain: SSLDomain | None = None) -> None:
+                 ssl_domain: SSLDomain | None = None,
+                 reply_topic_key: str | None = None) -> None:
         if url is None:
             from pcloud.config import broker_url
             url = broker_url()
         self.url = url
+        self.user = login_of(url)
         self.name = name or f"pcloud-{os.getpid()}"
         self.profile = profile or profile_for()
         if ssl_domain is None and url.startswith("amqps://"):
@@ -82,7 +98,11 @@ class Bus:
         self._loop: EventLoop | None = None
         self._dispatcher = Dispatcher(self.name)
         self._waiters = Waiters()
-        self._reply_queue = self.profile.new_reply_queue()
+        self._reply_queue = (self.profile.reply_topic(reply_topic_key) if reply_topic_key
+                             else self.profile.new_reply_queue())
+        self._replies_attached = False
+        self._replies_lock = threading.Lock()
+        self._anonymous = RecentIds(256)
         self._reconnect_callbacks: list[Callable[[], None]] = []
         self._servers: set[RequestServer] = set()
         self._closed = False
@@ -97,7 +117,6 @@ class Bus:
                                self._dispatcher.flush)
         self._dispatcher.start()
         self._loop.start()
-        self._loop.submit(self._loop.add_receiver, self._reply_queue, self._waiters.resolve)
         step = 0.01
         remaining = timeout
         while remaining > 0:
@@ -157,19 +176,22 @@ class Bus:
         self._send_to(self.profile.topic(topic_key), message)
 
     def call(self, queue: str, method: str, body: Any = "", timeout: float = 10.0,
-             properties: Mapping[str, Any] | None = None):
+             properties: Mapping[str, Any] | None = None,
+             senders: Collection[str] | None = None):
         """Call a method and return the result element of the response (or None).
 
         Raises MethodError for an error response, BusTimeout when no response in time.
         Any thread may call, including handlers and callbacks of this Bus; a handler calling
-        a method of its own queue needs a free worker there (``workers`` > 1).
+        a method of its own queue needs a free worker there (``workers`` > 1). ``senders``:
+        the broker logins whose answer counts (anyone's with a ``user_id`` by default).
         """
         address = self.profile.queue(queue)
+        self._attach_replies()
         correlation_id = new_id()
         request = Message(body=body, subject=method, opcode="method_request",
                           reply_to=self._reply_queue, correlation_id=correlation_id,
                           properties=dict(properties or {}))
-        future = self._waiters.add(correlation_id, address, request)
+        future = self._waiters.add(correlation_id, address, request, senders)
         try:
             self._send_to(address, request)
             response = future.result(timeout)
@@ -180,7 +202,21 @@ class Bus:
             self._waiters.remove(correlation_id)
         return protocol.parse_response(response.body)
 
+    def _attach_replies(self) -> None:
+        with self._replies_lock:
+            if self._replies_attached:
+                return
+            loop = self._running()
+            handle = loop.submit(loop.add_receiver, self._reply_queue,
+                                 self._waiters.resolve).result(CLOSE_TIMEOUT)
+            self._replies_attached = True
+        for _ in range(int(CLOSE_TIMEOUT / 0.01)):     # a topic reply sent before the
+            if self._attached(handle):                  # binding exists would be lost
+                return
+            threading.Event().wait(0.01)
+
     def _send_to(self, address: str, message: Message) -> None:
+        message.user_id = self.user
         self._running().post(address, message)
 
     # ---- receiving -----------------------------------------------------------------
@@ -194,17 +230,20 @@ class Bus:
         return self._receive(self.profile.queue(queue), callback)
 
     def serve(self, queue: str, handlers: Mapping[str, Handler], *, workers: int = 1,
-              serial_key: SerialKey | None = None) -> Subscription:
+              serial_key: SerialKey | None = None,
+              authorize: Authorize | None = None) -> Subscription:
         """Answer method requests on a queue with ``handlers[subject](body, msg)``.
 
         Handlers run on a pool of ``workers`` threads of this queue's own, so they never
         wait for other queues or subscriptions. ``workers=1`` answers in arrival order.
         ``serial_key(method, body, msg)`` (cheap; runs on the proton thread) names what a
         request works on: requests with the same key run one at a time in arrival order,
-        different keys (or ``None``) concurrently.
+        different keys (or ``None``) concurrently. ``authorize(method, msg)`` returns why the
+        request's sender (``msg.user_id``) may not call ``method``, or None.
         """
         server = RequestServer(queue, handlers, self._reply, workers=workers,
-                               serial_key=serial_key, reply_ok=self.profile.is_reply_address)
+                               serial_key=serial_key, reply_ok=self.profile.is_reply_address,
+                               authorize=authorize)
         loop = self._running()
         handle = loop.submit(loop.add_receiver, self.profile.queue(queue),
                              server.accept).result(CLOSE_TIMEOUT)
@@ -216,7 +255,15 @@ class Bus:
         recent = RecentIds()
         defer = self._dispatcher.defer
 
+        anonymous = self._anonymous
+
         def on_message(message: Message) -> None:
+            if not message.user_id:
+                if not anonymous.seen(address):
+                    log.warning("dropping a message without user_id on %s (subject %s); "
+                                "further ones there are dropped silently", address,
+                                message.subject)
+                return
             if recent.seen(message.id):
                 log.debug("dropping duplicate message %s on %s", message.id, address)
                 return
@@ -226,6 +273,7 @@ class Bus:
         return Subscription(self, handle, address)
 
     def _reply(self, reply_to: str, response: Message) -> None:
+        response.user_id = self.user
         self._running().post(reply_to, response)
 
     def _cancel(self, handle: int) -> None:

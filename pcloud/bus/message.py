@@ -24,6 +24,9 @@ class Message:
 
     ``body`` may be given as an lxml Element; it is serialised at once so the message is
     immutable in practice once handed to the bus. ``address`` is filled in on receipt.
+    ``user_id`` is the sender's broker login: the Bus stamps its own on every message it
+    sends, and the broker refuses a message whose ``user_id`` is not its sender's login, so
+    on receipt it is the authenticated sender (None when the sender set none).
     """
 
     body: str | Any = ""
@@ -34,6 +37,7 @@ class Message:
     id: str | None = field(default_factory=new_id)
     properties: dict[str, Any] = field(default_factory=dict)
     address: str | None = None
+    user_id: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.body, etree._Element):
@@ -46,8 +50,11 @@ class Message:
     def to_proton(self) -> ProtonMessage:
         """Build the proton message carrying this envelope (on the proton thread: every
         proton call releases the GIL, so other threads only hand over plain objects)."""
-        pm = ProtonMessage(body=self.body)
+        pm = ProtonMessage(body=self.body.encode("utf-8"))   # a data section (DESIGN §3)
         pm.content_type = CONTENT_TYPE
+        pm.inferred = True
+        if self.user_id:
+            pm.user_id = self.user_id.encode("utf-8")
         if self.id is not None:
             pm.id = self.id
         if self.subject is not None:
@@ -65,9 +72,13 @@ class Message:
 
     @classmethod
     def from_proton(cls, pm: ProtonMessage, address: str | None = None) -> Message:
-        """Read a received proton message; foreign senders may omit any field."""
+        """Read a received proton message; foreign senders may omit any field. The body may
+        be a data section or (older senders) an amqp-value string."""
         props = dict(pm.properties or {})
         opcode = props.pop(OPCODE, None)
+        user_id = pm.user_id
+        if isinstance(user_id, bytes | bytearray | memoryview):
+            user_id = bytes(user_id).decode("utf-8", errors="replace")
         return cls(
             body=pm.body,
             subject=pm.subject,
@@ -77,4 +88,5 @@ class Message:
             id=None if pm.id is None else str(pm.id),
             properties=props,
             address=address,
+            user_id=str(user_id) if user_id else None,
         )
