@@ -237,7 +237,9 @@ class _History:
         if self.rng.random() < 0.7:
             self._record(asm, res, "start", 0, 0, t + 1, {})
             self._record(asm, res, "monitor", 5000, 0, t + 2, {})
-            if self.rng.random() < 0.3:
+            if self.rng.random() < 0.2:
+                self.obs.report_monitor(asm, res.rid, 5000, 7, now=t + 3)
+            elif self.rng.random() < 0.3:
                 self._record(asm, res, "stop", 0, 0, t + 3, {})
 
 

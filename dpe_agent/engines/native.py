@@ -17,10 +17,14 @@ from lxml import etree
 from dpe_agent.digest import op_digest
 from dpe_agent.engines import EngineError, Unsupported
 from dpe_agent.engines.native_graph import GraphBuilder
-from dpe_agent.engines.native_history import Instance, effective_failures, read_instance
+from dpe_agent.engines.native_history import (
+    Instance,
+    definition_changed,
+    effective_failures,
+    read_instance,
+)
 from dpe_agent.engines.native_model import Cluster, Node, Primitive, natural_key, read_cluster
 from dpe_agent.graph import TransitionGraph
-
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +161,17 @@ class Scheduler:
             prim = prims[rid]
             home = self.cluster.nodes.get(prim.home) if prim.home else None
             allowed = self._usable(home) and not prim.stopped
+            inst = self._home_instance(prim)
             if allowed:
                 failures, _ = effective_failures(home, prim, self.now)
                 allowed = failures < prim.migration_threshold
+                allowed = allowed and not (inst is not None and inst.banned)
             firsts = [o.first for o in self.before[rid] if o.mandatory]
             run = allowed and all(self.will_run.get(f, False) for f in firsts)
             self.will_run[rid] = run
-            inst = self._home_instance(prim)
             restart = inst is not None and inst.active and (
-                inst.role == "failed" or inst.run_digest != op_digest(prim.params)
+                inst.role == "failed"
+                or inst.digest_known and inst.run_digest != op_digest(prim.params)
                 or any(self.needs_start.get(f, False) for f in firsts))
             self.needs_start[rid] = run and (inst is None or not inst.active or restart)
 
@@ -220,7 +226,9 @@ class Scheduler:
         home = self.cluster.nodes.get(prim.home) if prim.home else None
         home_inst = None
         for inst in self.instances.get(rid, ()):
-            if inst.clear_failcount and self._usable(inst.node):
+            if self._usable(inst.node) and (inst.clear_failcount or (
+                    effective_failures(inst.node, prim, self.now)[0] > 0
+                    and definition_changed(inst.lrm, prim))):
                 g.clear_failcount(rid, inst.node)
             if inst.node is home:
                 home_inst = inst
@@ -231,7 +239,8 @@ class Scheduler:
                 if stop is not None:
                     g.stops.setdefault(rid, stop)
         probe = None
-        if home is not None and self._usable(home) and home_inst is None:
+        if home is not None and self._usable(home) and (
+                home_inst is None or not home_inst.known):
             probe = g.rsc_op(rid, prim, home, "monitor", probe=True)
             g.probes[rid] = probe
         if not self.will_run[rid]:
@@ -262,10 +271,15 @@ class Scheduler:
     def _orphan_actions(self, rid: str, insts: list[Instance]) -> None:
         for inst in insts:
             stop = self._stop(rid, inst) if inst.active else None
-            if self._usable(inst.node):
-                delete = self.graph.rsc_op(rid, inst.lrm, inst.node, "delete")
+            if not self._usable(inst.node):
+                continue
+            if sum(count for count, _ in inst.node.fail_counts.get(rid, ())) > 0:
+                clear = self.graph.clear_failcount(rid, inst.node)
                 if stop is not None:
-                    self.graph.order(stop, delete)
+                    self.graph.order(clear, stop)
+            delete = self.graph.rsc_op(rid, inst.lrm, inst.node, "delete")
+            if stop is not None:
+                self.graph.order(stop, delete)
 
     def _order_constraints(self) -> None:
         g = self.graph
@@ -275,11 +289,37 @@ class Scheduler:
                 g.order(g.starts[first], g.starts[then])
             if then in g.stops and first in g.stops:
                 g.order(g.stops[then], g.stops[first])
-            if order.mandatory:
-                if first in g.probes and then in g.stops:
-                    g.order(g.probes[first], g.stops[then])
-                if then in g.probes and first in g.stops:
-                    g.order(g.probes[then], g.stops[first])
+            # The inverse order "stop then, stop first" waits for then's probe (any kind,
+            # implied stops included).
+            if then in g.probes and first in g.stops:
+                g.order(g.probes[then], g.stops[first])
+        self._probe_restart_orders()
+
+    def _probe_restart_orders(self) -> None:
+        """A probe comes before the real stops of what its start restarts.
+
+        Pacemaker follows the start of a probed resource along Mandatory orders through
+        every start that exists, and orders the probe before those resources' stops
+        (not before stops implied by fencing).
+        """
+        g = self.graph
+        real_stops = {rid for rid, stop in g.stops.items() if stop.kind == "rsc_op"}
+        if not real_stops:
+            return
+        for rid, probe in g.probes.items():
+            if rid not in g.starts:
+                continue
+            seen = {rid}
+            todo = [rid]
+            while todo:
+                for order in self.after[todo.pop()]:
+                    then = order.then
+                    if not order.mandatory or then in seen or then not in g.starts:
+                        continue
+                    seen.add(then)
+                    todo.append(then)
+                    if then in real_stops:
+                        g.order(probe, g.stops[then])
 
 
 def _true(text: str | None) -> bool:

@@ -14,10 +14,14 @@ from dpe_agent.engines import Unsupported
 from dpe_agent.engines.native_model import HistOp, LrmResource, Node, Primitive
 
 UNKNOWN, STOPPED, RUNNING, FAILED = "unknown", "stopped", "running", "failed"
-# Results whose handling is implemented: OCF success, generic error, not running. Others
-# (hard and fatal errors, promoted roles, degraded) and executor states other than "done" or
-# "timed out" (pending, cancelled, not installed...) are refused, not guessed.
-KNOWN_RCS = (0, 1, 7)
+# Results whose handling is implemented: success, generic error, not running, and the hard
+# (invalid parameter, unimplemented, insufficient privileges, not installed) and fatal (not
+# configured) errors, which ban a pinned resource from its only node. Promoted roles,
+# degraded results and executor states other than "done" or "timed out" (pending,
+# cancelled...) are refused, not guessed.
+KNOWN_RCS = (0, 1, 2, 3, 4, 5, 6, 7)
+BANNING_RCS = (2, 3, 4, 5, 6)
+MASKED_PROBE_RCS = (2, 5)          # a probe with these means "not running here", and a ban
 KNOWN_OP_STATUS = (0, 2)
 
 
@@ -27,8 +31,10 @@ class Instance:
 
     node: Node
     lrm: LrmResource
-    role: str = STOPPED
+    role: str = UNKNOWN
     run_digest: str | None = None          # digest of the start (or probe) it runs with
+    digest_known: bool = False             # a start or a "running" probe set run_digest
+    banned: bool = False                   # a hard or fatal error: never again on this node
     monitors: dict[int, str | None] = field(default_factory=dict)
     expired_monitors: set[int] = field(default_factory=set)
     fence: bool = False                    # a stop failed: the node must be fenced
@@ -38,6 +44,11 @@ class Instance:
     @property
     def active(self) -> bool:
         return self.role in (RUNNING, FAILED)
+
+    @property
+    def known(self) -> bool:
+        """Its state on the node is known; otherwise Pacemaker probes it."""
+        return self.role != UNKNOWN
 
 
 def effective_failures(node: Node, prim: Primitive | None, now: int) -> tuple[int, int]:
@@ -102,8 +113,49 @@ def read_instance(node: Node, lrm: LrmResource, prim: Primitive | None,
                 if op.digest is not None:
                     inst.expired_monitors.add(op.interval_ms)   # rescheduled
                 continue
+        if failed and op.op_status == 0 and op.rc in BANNING_RCS \
+                and not (op.rc == 3 and op.interval_ms > 0):    # recurring: "not supported"
+            inst.banned = True
+            if _is_probe(op) and op.rc in MASKED_PROBE_RCS:
+                inst.role = STOPPED if inst.role == UNKNOWN else inst.role
+                inst.last_change = op.call_id
+                continue
         _apply(inst, op, failed)
     return inst
+
+
+def definition_changed(lrm: LrmResource, prim: Primitive) -> bool:
+    """Whether an entry since the last start no longer matches the configuration.
+
+    Pacemaker's check of each active resource's history (a changed digest, a missing one,
+    or a recurring monitor no longer configured); with a live fail count it clears it.
+    """
+    start = stop = -1
+    implied = -1
+    for index, op in enumerate(lrm.ops):
+        if op.operation == "stop" and op.op_status == 0:
+            stop = index
+        elif op.operation == "start":
+            start = index
+        elif op.operation == "monitor" and implied <= stop and op.rc in (0, 8):
+            implied = index
+    if start == -1:
+        start = implied
+    if start < stop:
+        return False
+    for op in lrm.ops[max(start, 0):]:
+        if op.interval_ms > 0:
+            if op.interval_ms not in prim.monitors:
+                return True
+            wanted = op_digest(prim.params, interval_ms=op.interval_ms,
+                               timeout_ms=prim.monitors[op.interval_ms])
+        elif op.operation in ("start", "monitor"):
+            wanted = op_digest(prim.params)
+        else:
+            continue
+        if op.digest != wanted:
+            return True
+    return False
 
 
 def _apply(inst: Instance, op: HistOp, failed: bool) -> None:
@@ -111,6 +163,7 @@ def _apply(inst: Instance, op: HistOp, failed: bool) -> None:
         if not failed:
             inst.role = RUNNING if op.rc == 0 else STOPPED
             inst.run_digest = op.digest if op.rc == 0 else None
+            inst.digest_known = op.rc == 0
             inst.monitors.clear()
         else:
             inst.role = FAILED
@@ -118,6 +171,7 @@ def _apply(inst: Instance, op: HistOp, failed: bool) -> None:
         inst.monitors.clear()
         inst.role = FAILED if failed else RUNNING
         inst.run_digest = op.digest
+        inst.digest_known = True
     elif op.operation == "stop":
         inst.monitors.clear()
         if failed:
