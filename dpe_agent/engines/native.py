@@ -157,6 +157,7 @@ class Scheduler:
         prims = self.cluster.primitives
         self.will_run: dict[str, bool] = {}
         self.needs_start: dict[str, bool] = {}
+        self.has_start: dict[str, bool] = {}    # a start exists, runnable or blocked
         for rid in self._topological():
             prim = prims[rid]
             home = self.cluster.nodes.get(prim.home) if prim.home else None
@@ -170,10 +171,12 @@ class Scheduler:
             run = allowed and all(self.will_run.get(f, False) for f in firsts)
             self.will_run[rid] = run
             restart = inst is not None and inst.active and (
-                inst.role == "failed"
+                inst.failed
                 or inst.digest_known and inst.run_digest != op_digest(prim.params)
                 or any(self.needs_start.get(f, False) for f in firsts))
             self.needs_start[rid] = run and (inst is None or not inst.active or restart)
+            self.has_start[rid] = allowed and (
+                inst is None or not inst.active or restart or not run)
 
     def _home_instance(self, prim: Primitive) -> Instance | None:
         for inst in self.instances.get(prim.id, ()):
@@ -227,7 +230,7 @@ class Scheduler:
         home_inst = None
         for inst in self.instances.get(rid, ()):
             if self._usable(inst.node) and (inst.clear_failcount or (
-                    effective_failures(inst.node, prim, self.now)[0] > 0
+                    inst.active and effective_failures(inst.node, prim, self.now)[0] > 0
                     and definition_changed(inst.lrm, prim))):
                 g.clear_failcount(rid, inst.node)
             if inst.node is home:
@@ -277,6 +280,8 @@ class Scheduler:
                 clear = self.graph.clear_failcount(rid, inst.node)
                 if stop is not None:
                     self.graph.order(clear, stop)
+            if any(other.failed for other in insts):
+                continue                # Pacemaker cleans up no failed resource
             delete = self.graph.rsc_op(rid, inst.lrm, inst.node, "delete")
             if stop is not None:
                 self.graph.order(stop, delete)
@@ -307,14 +312,14 @@ class Scheduler:
         if not real_stops:
             return
         for rid, probe in g.probes.items():
-            if rid not in g.starts:
+            if not self.has_start.get(rid):
                 continue
             seen = {rid}
             todo = [rid]
             while todo:
                 for order in self.after[todo.pop()]:
                     then = order.then
-                    if not order.mandatory or then in seen or then not in g.starts:
+                    if not order.mandatory or then in seen or not self.has_start[then]:
                         continue
                     seen.add(then)
                     todo.append(then)

@@ -13,7 +13,7 @@ from dpe_agent.digest import op_digest
 from dpe_agent.engines import Unsupported
 from dpe_agent.engines.native_model import HistOp, LrmResource, Node, Primitive
 
-UNKNOWN, STOPPED, RUNNING, FAILED = "unknown", "stopped", "running", "failed"
+UNKNOWN, STOPPED, RUNNING = "unknown", "stopped", "running"
 # Results whose handling is implemented: success, generic error, not running, and the hard
 # (invalid parameter, unimplemented, insufficient privileges, not installed) and fatal (not
 # configured) errors, which ban a pinned resource from its only node. Promoted roles,
@@ -32,18 +32,23 @@ class Instance:
     node: Node
     lrm: LrmResource
     role: str = UNKNOWN
+    failure: bool = False                  # an unexpired failure not cleared since: recover
     run_digest: str | None = None          # digest of the start (or probe) it runs with
     digest_known: bool = False             # a start or a "running" probe set run_digest
     banned: bool = False                   # a hard or fatal error: never again on this node
-    monitors: dict[int, str | None] = field(default_factory=dict)
+    monitors: dict[int, str | None] = field(default_factory=dict)   # active recurring ops
     expired_monitors: set[int] = field(default_factory=set)
     fence: bool = False                    # a stop failed: the node must be fenced
     clear_failcount: bool = False
-    last_change: int = 0                   # call id of the op that set the role
 
     @property
     def active(self) -> bool:
-        return self.role in (RUNNING, FAILED)
+        return self.role == RUNNING
+
+    @property
+    def failed(self) -> bool:
+        """Active with a failure to recover from (stop, then start again)."""
+        return self.role == RUNNING and (self.failure or self.fence)
 
     @property
     def known(self) -> bool:
@@ -64,6 +69,11 @@ def effective_failures(node: Node, prim: Primitive | None, now: int) -> tuple[in
     return total, latest
 
 
+def raw_failures(node: Node, prim: Primitive | None) -> int:
+    """The fail count of a resource on a node, expired or not."""
+    return sum(count for count, _ in node.fail_counts.get(prim.id if prim else "", []))
+
+
 def _is_probe(op: HistOp) -> bool:
     return op.operation == "monitor" and op.interval_ms == 0
 
@@ -72,9 +82,21 @@ def _probe_ok(op: HistOp) -> bool:
     return _is_probe(op) and op.op_status == 0 and op.rc in (0, 7)
 
 
-def raw_failures(node: Node, prim: Primitive | None) -> int:
-    """The fail count of a resource on a node, expired or not."""
-    return sum(count for count, _ in node.fail_counts.get(prim.id if prim else "", []))
+def active_range(ops: list[HistOp]) -> tuple[int, int]:
+    """(index of the last start, of the last stop) as Pacemaker's calculate_active_ops.
+
+    A start counts whatever its result; without one, a monitor that found the resource
+    running after the last stop stands for it.
+    """
+    start = stop = implied = -1
+    for index, op in enumerate(ops):
+        if op.operation == "stop" and op.op_status == 0:
+            stop = index
+        elif op.operation == "start":
+            start = index
+        elif op.operation == "monitor" and implied <= stop and op.rc in (0, 8):
+            implied = index
+    return (implied if start == -1 else start), stop
 
 
 def read_instance(node: Node, lrm: LrmResource, prim: Primitive | None,
@@ -84,6 +106,7 @@ def read_instance(node: Node, lrm: LrmResource, prim: Primitive | None,
     timeout = prim.failure_timeout if prim else 0
     failures, _ = effective_failures(node, prim, now)
     counted = raw_failures(node, prim) > 0
+    last_failure: tuple[str, int] | None = None
     for op in lrm.ops:
         if op.operation in ("cancel", "delete", "notify"):
             continue
@@ -117,10 +140,18 @@ def read_instance(node: Node, lrm: LrmResource, prim: Primitive | None,
                 and not (op.rc == 3 and op.interval_ms > 0):    # recurring: "not supported"
             inst.banned = True
             if _is_probe(op) and op.rc in MASKED_PROBE_RCS:
-                inst.role = STOPPED if inst.role == UNKNOWN else inst.role
-                inst.last_change = op.call_id
+                inst.role = STOPPED                 # "not running", and banned
                 continue
-        _apply(inst, op, failed)
+        if failed:
+            last_failure = (op.operation, op.interval_ms)
+            _failure(inst, op)
+        else:
+            _success(inst, op, last_failure)
+    start, stop = active_range(lrm.ops)
+    if start >= stop:
+        for op in lrm.ops[max(start, 0):]:
+            if op.interval_ms > 0 and op.operation == "monitor":
+                inst.monitors[op.interval_ms] = op.digest
     return inst
 
 
@@ -130,17 +161,7 @@ def definition_changed(lrm: LrmResource, prim: Primitive) -> bool:
     Pacemaker's check of each active resource's history (a changed digest, a missing one,
     or a recurring monitor no longer configured); with a live fail count it clears it.
     """
-    start = stop = -1
-    implied = -1
-    for index, op in enumerate(lrm.ops):
-        if op.operation == "stop" and op.op_status == 0:
-            stop = index
-        elif op.operation == "start":
-            start = index
-        elif op.operation == "monitor" and implied <= stop and op.rc in (0, 8):
-            implied = index
-    if start == -1:
-        start = implied
+    start, stop = active_range(lrm.ops)
     if start < stop:
         return False
     for op in lrm.ops[max(start, 0):]:
@@ -158,37 +179,39 @@ def definition_changed(lrm: LrmResource, prim: Primitive) -> bool:
     return False
 
 
-def _apply(inst: Instance, op: HistOp, failed: bool) -> None:
-    if _is_probe(op):
-        if not failed:
-            inst.role = RUNNING if op.rc == 0 else STOPPED
-            inst.run_digest = op.digest if op.rc == 0 else None
-            inst.digest_known = op.rc == 0
-            inst.monitors.clear()
-        else:
-            inst.role = FAILED
-    elif op.operation == "start":
-        inst.monitors.clear()
-        inst.role = FAILED if failed else RUNNING
+def _failure(inst: Instance, op: HistOp) -> None:
+    """An unexpected result: the resource counts as active and must be recovered."""
+    inst.failure = True
+    if op.operation == "stop":
+        inst.fence = True
+    if inst.role != RUNNING:
+        inst.role = RUNNING
+    if op.operation == "start":
         inst.run_digest = op.digest
         inst.digest_known = True
-    elif op.operation == "stop":
-        inst.monitors.clear()
-        if failed:
-            inst.role = FAILED
-            inst.fence = True
-        else:
-            inst.role = STOPPED
-            inst.run_digest = None
+
+
+def _success(inst: Instance, op: HistOp, last_failure: tuple[str, int] | None) -> None:
+    """An expected result (a probe's "running" or "not running" included)."""
+    clear = False
+    if op.rc == 7:
+        inst.role = STOPPED
+        inst.run_digest = None
+        clear = True
     elif op.operation == "monitor":
-        if failed:
-            inst.role = FAILED
-            inst.monitors.pop(op.interval_ms, None)
-        elif inst.role == RUNNING:
-            inst.monitors[op.interval_ms] = op.digest
-        elif inst.role in (STOPPED, UNKNOWN) and op.rc == 0:
-            inst.role = RUNNING
-            inst.monitors[op.interval_ms] = op.digest
-    else:
-        return
-    inst.last_change = op.call_id
+        if _is_probe(op):
+            inst.run_digest = op.digest
+            inst.digest_known = True
+        clear = last_failure == (op.operation, op.interval_ms)
+        inst.role = RUNNING
+    elif op.operation == "start":
+        inst.role = RUNNING
+        inst.run_digest = op.digest
+        inst.digest_known = True
+        clear = True
+    elif op.operation == "stop":
+        inst.role = STOPPED
+        inst.run_digest = None
+        clear = True
+    if clear:
+        inst.failure = False
