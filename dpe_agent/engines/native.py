@@ -246,6 +246,12 @@ class Scheduler:
                 home_inst is None or not home_inst.known):
             probe = g.rsc_op(rid, prim, home, "monitor", probe=True)
             g.probes[rid] = probe
+        if home_inst is not None and home_inst.active and self._usable(home):
+            for interval in sorted(home_inst.monitors):
+                if interval not in prim.monitors:       # no longer configured: cancel
+                    cancel = g.cancel(rid, prim, home, interval, home_inst.lrm)
+                    if rid in g.stops:
+                        g.order(g.stops[rid], cancel)
         if not self.will_run[rid]:
             return
         start = None
@@ -266,17 +272,13 @@ class Scheduler:
                                timeout_ms=timeout)
             if start is not None:
                 g.order(start, monitor)
-        if start is None and home_inst is not None:
-            for interval in sorted(active):
-                if interval not in prim.monitors:
-                    g.cancel(rid, prim, home, interval, home_inst.lrm)
 
     def _orphan_actions(self, rid: str, insts: list[Instance]) -> None:
         for inst in insts:
             stop = self._stop(rid, inst) if inst.active else None
             if not self._usable(inst.node):
                 continue
-            if sum(count for count, _ in inst.node.fail_counts.get(rid, ())) > 0:
+            if inst.node.fail_counts.get(rid, 0) > 0:
                 clear = self.graph.clear_failcount(rid, inst.node)
                 if stop is not None:
                     self.graph.order(clear, stop)

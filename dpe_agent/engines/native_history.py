@@ -58,20 +58,18 @@ class Instance:
 
 def effective_failures(node: Node, prim: Primitive | None, now: int) -> tuple[int, int]:
     """(fail count not yet expired, latest last-failure epoch) of a resource on a node."""
-    entries = node.fail_counts.get(prim.id if prim else "", [])
-    total = 0
-    latest = max((last for _, last in entries), default=0)
+    rid = prim.id if prim else ""
+    count = node.fail_counts.get(rid, 0)
+    latest = node.last_failures.get(rid, 0)
     timeout = prim.failure_timeout if prim else 0
-    if timeout > 0 and latest > 0 and now > latest + timeout:
+    if count > 0 and timeout > 0 and latest > 0 and now > latest + timeout:
         return 0, latest
-    for count, _ in entries:
-        total += count
-    return total, latest
+    return count, latest
 
 
 def raw_failures(node: Node, prim: Primitive | None) -> int:
     """The fail count of a resource on a node, expired or not."""
-    return sum(count for count, _ in node.fail_counts.get(prim.id if prim else "", []))
+    return node.fail_counts.get(prim.id if prim else "", 0)
 
 
 def _is_probe(op: HistOp) -> bool:

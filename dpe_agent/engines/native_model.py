@@ -112,8 +112,8 @@ class Node:
     online: bool = False               # set by the scheduler's membership pass
     unclean: bool = False              # must be fenced before anything runs on it again
     resources: dict[str, LrmResource] = field(default_factory=dict)
-    fail_counts: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
-    # rsc id -> [(count, last_failure_epoch)]
+    fail_counts: dict[str, int] = field(default_factory=dict)      # rsc id -> sum
+    last_failures: dict[str, int] = field(default_factory=dict)    # rsc id -> latest epoch
 
 
 @dataclass
@@ -201,11 +201,15 @@ def _read_node_state(node: Node, state: etree._Element) -> None:
     node.join, node.expected = state.get("join"), state.get("expected")
     attrs = _nvpairs(state, "transient_attributes/instance_attributes/nvpair")
     for name, value in attrs.items():
+        # Pacemaker sums every fail-count-<rsc>#<op> and takes the latest of every
+        # last-failure-<rsc>#<op>, paired or not.
         if name.startswith("fail-count-"):
-            suffix = name[len("fail-count-"):]
-            rsc = suffix.partition("#")[0]
-            last = _int(attrs.get(f"last-failure-{suffix}")) or 0
-            node.fail_counts.setdefault(rsc, []).append((parse_score(value), last))
+            rsc = name[len("fail-count-"):].partition("#")[0]
+            total = node.fail_counts.get(rsc, 0) + parse_score(value)
+            node.fail_counts[rsc] = max(-INFINITY, min(INFINITY, total))
+        elif name.startswith("last-failure-"):
+            rsc = name[len("last-failure-"):].partition("#")[0]
+            node.last_failures[rsc] = max(node.last_failures.get(rsc, 0), _int(value) or 0)
     for elem in state.iterfind("lrm/lrm_resources/lrm_resource"):
         ops = [_hist_op(dict(op.attrib)) for op in elem.iterchildren("lrm_rsc_op")]
         ops.sort(key=lambda o: o.call_id)
