@@ -158,6 +158,7 @@ class Scheduler:
         self.will_run: dict[str, bool] = {}
         self.needs_start: dict[str, bool] = {}
         self.has_start: dict[str, bool] = {}    # a start exists, runnable or blocked
+        self.allowed: dict[str, bool] = {}      # may run on its node (maybe blocked)
         for rid in self._topological():
             prim = prims[rid]
             home = self.cluster.nodes.get(prim.home) if prim.home else None
@@ -170,12 +171,15 @@ class Scheduler:
             firsts = [o.first for o in self.before[rid] if o.mandatory]
             run = allowed and all(self.will_run.get(f, False) for f in firsts)
             self.will_run[rid] = run
+            changed = inst is not None and inst.active and inst.digest_known \
+                and inst.run_digest != op_digest(prim.params)
             restart = inst is not None and inst.active and (
-                inst.failed
-                or inst.digest_known and inst.run_digest != op_digest(prim.params)
+                inst.failed or changed
                 or any(self.needs_start.get(f, False) for f in firsts))
+            self.allowed[rid] = allowed
             self.needs_start[rid] = run and (inst is None or not inst.active or restart)
-            self.has_start[rid] = allowed and (
+            # A changed definition forces a restart even where the resource may not run.
+            self.has_start[rid] = changed or allowed and (
                 inst is None or not inst.active or restart or not run)
 
     def _home_instance(self, prim: Primitive) -> Instance | None:
@@ -246,7 +250,7 @@ class Scheduler:
                 home_inst is None or not home_inst.known):
             probe = g.rsc_op(rid, prim, home, "monitor", probe=True)
             g.probes[rid] = probe
-        if home_inst is not None and home_inst.active and self._usable(home):
+        if home_inst is not None and home_inst.active and self.allowed[rid]:
             for interval in sorted(home_inst.monitors):
                 if interval not in prim.monitors:       # no longer configured: cancel
                     cancel = g.cancel(rid, prim, home, interval, home_inst.lrm)
