@@ -110,10 +110,10 @@ class Scheduler:
                 continue
             for lrm in node.resources.values():
                 prim = prims.get(lrm.id)
-                inst = read_instance(node, lrm, prim, self.now)
-                if inst.fence and not fencing:
+                if not fencing and any(op.operation == "stop" and op.failed for op in lrm.ops):
                     raise Unsupported(f"failed stop of {lrm.id} on {node.uname} without "
                                       "fencing (Pacemaker blocks the resource)")
+                inst = read_instance(node, lrm, prim, self.now)
                 self.instances[lrm.id].append(inst)
                 if inst.fence and fencing or inst.active and not node.online:
                     node.unclean = True
@@ -162,12 +162,13 @@ class Scheduler:
         for rid in self._topological():
             prim = prims[rid]
             home = self.cluster.nodes.get(prim.home) if prim.home else None
-            allowed = self._usable(home) and not prim.stopped
             inst = self._home_instance(prim)
-            if allowed:
+            allowed = self._usable(home) and not prim.stopped \
+                and not (inst is not None and inst.banned)
+            if allowed and not (inst is not None and inst.clear_failcount):
+                # A fail count about to be cleared does not count against the threshold.
                 failures, _ = effective_failures(home, prim, self.now)
                 allowed = failures < prim.migration_threshold
-                allowed = allowed and not (inst is not None and inst.banned)
             firsts = [o.first for o in self.before[rid] if o.mandatory]
             run = allowed and all(self.will_run.get(f, False) for f in firsts)
             self.will_run[rid] = run
