@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(state_dir: Path, broker_url: str, dped_command: list[str] | None,
          verbose: bool) -> int:
-    from cpe_agent.daemon import AlreadyRunning, Cped
+    from cpe_agent.daemon import AlreadyRunning, Cped, NoBrokerAdmin
 
     setup_logging("cped", verbose=verbose)
     cped = Cped(state_dir, broker_url, dped_command)
@@ -71,7 +71,7 @@ def _run(state_dir: Path, broker_url: str, dped_command: list[str] | None,
         signal.signal(signum, lambda *_: cped.stop())
     try:
         cped.run()
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, NoBrokerAdmin) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -24,7 +24,10 @@ from cpe_agent.service import (
 )
 from cpe_agent.store import Store
 from cpe_agent.supervisor import Supervisor
+from pcloud import config
+from pcloud.broker_admin import BrokerAdminError, admin_from_config
 from pcloud.bus import Bus, BusError
+from pcloud.rolebook import RoleBook
 
 log = logging.getLogger("pcloud.cpe")
 
@@ -33,6 +36,32 @@ CONNECT_BACKOFF_CAP = 10.0
 
 class AlreadyRunning(Exception):
     """Another CPE holds this state directory."""
+
+
+class NoBrokerAdmin(Exception):
+    """The CPE cannot administer the broker's users, so it could give no one an identity."""
+
+
+def allowed_infrastructures() -> frozenset[str] | None:
+    """``[cpe] infrastructures = process, libvirt`` in the config file (None: all)."""
+    text = config.section("cpe").get("infrastructures")
+    if text is None:
+        return None
+    return frozenset(word.strip() for word in text.replace(",", " ").split() if word.strip())
+
+
+def broker_admin():
+    try:
+        admin = admin_from_config()
+    except BrokerAdminError as exc:
+        raise NoBrokerAdmin(str(exc)) from None
+    if admin is None:
+        raise NoBrokerAdmin(
+            "cped needs to administer the broker's users (one identity per DPE and per "
+            "assembly boot): run the private broker (pcloud-broker start) in "
+            f"{config.state_dir()}, or set [broker_admin] url in {config.config_path()} (or "
+            "PCLOUD_BROKER_ADMIN) to the management API of your RabbitMQ")
+    return admin
 
 
 class Cped:
@@ -80,13 +109,16 @@ class Cped:
 
     def run(self) -> None:
         self._lock()
+        admin = broker_admin()
         store = Store(self.state_dir / "cpe.sqlite")
         bus = self._connect()
         if bus is None:
             store.close()
             return
-        supervisor = Supervisor(store, self.state_dir, self.broker_url, self.dped_command)
-        service = CpeService(store, supervisor, bus)
+        supervisor = Supervisor(store, self.state_dir, self.broker_url, self.dped_command,
+                                admin=admin, cpe_user=bus.user)
+        service = CpeService(store, supervisor, bus, admin=admin, roles=RoleBook(admin),
+                             infrastructures=allowed_infrastructures())
         supervisor.request_stop = service.request_stop
         supervisor.bus_connected = lambda: bus.connected
         try:
@@ -97,7 +129,7 @@ class Cped:
             bus.on_reconnect(supervisor.bus_reconnected)
             supervisor.start()
             served = bus.serve(CPE_QUEUE, service.handlers(), workers=SERVE_WORKERS,
-                               serial_key=service.serial_key)
+                               serial_key=service.serial_key, authorize=service.authorize)
             if not served.wait_attached(timeout=10.0):
                 log.warning("queue %s not attached yet; the bus keeps trying", CPE_QUEUE)
             (self.state_dir / "cped.pid").write_text(f"{os.getpid()}\n")

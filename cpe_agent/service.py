@@ -28,8 +28,9 @@ from cpe_agent.store import (
     now_iso,
 )
 from cpe_agent.supervisor import Supervisor
-from pcloud import schemas, xmlsafe
+from pcloud import identity, schemas, xmlsafe
 from pcloud.bus import Bus, BusError, Message, MethodError
+from pcloud.credentials import ISSUE_METHOD, REVOKE_METHOD, LocalIssuer
 from pcloud.deployable import Deployable, DeployableError, diff
 from pcloud.events import MAX_SEQ, Event, format_time
 from pcloud.wire import NAME
@@ -45,6 +46,9 @@ DPE_EXIT_WAIT = 10.0
 SERVE_WORKERS = 8
 CHANGES = frozenset({"deployable_start", "deployable_stop", "deployable_reload",
                      "deployable_delete"})
+DPE_METHODS = frozenset({ISSUE_METHOD, REVOKE_METHOD})
+REQUESTED_BY = "pcloud.requested_by"
+MAX_SEQ_JUMP = 1_000_000    # an event this far past the stored history is not believed
 BACKFILL_PAGE = 500
 _NAME = NAME
 
@@ -73,14 +77,24 @@ def _check(root: etree._Element, schema: str, what: str) -> None:
 class CpeService:
     """Method handlers on ``pcloud.cpe``, plus event persistence and DPE liveness input."""
 
-    def __init__(self, store: Store, supervisor: Supervisor, bus: Bus) -> None:
+    def __init__(self, store: Store, supervisor: Supervisor, bus: Bus, admin=None,
+                 roles=None, infrastructures: frozenset[str] | None = None) -> None:
         self.store = store
         self.supervisor = supervisor
         self.bus = bus
+        self.admin = admin
+        self.roles = roles
+        self.infrastructures = infrastructures
         self._starting = threading.Lock()
+        self._forged: set[tuple[str, str]] = set()
 
     def handlers(self) -> dict[str, Handler]:
         return {
+            ISSUE_METHOD: self.credentials_issue,
+            REVOKE_METHOD: self.credentials_revoke,
+            "user_add": self.user_add,
+            "user_list": self.user_list,
+            "user_remove": self.user_remove,
             "deployable_start": self.deployable_start,
             "deployable_stop": self.deployable_stop,
             "deployable_reload": self.deployable_reload,
@@ -99,6 +113,22 @@ class CpeService:
             return body.get("name") or None
         return None
 
+    def authorize(self, method: str, msg: Message) -> str | None:
+        """Why ``msg``'s sender may not call ``method`` (None: it may). DPEs call only the
+        credential methods (the handler checks the deployable); people by their role."""
+        user = msg.user_id
+        if method in DPE_METHODS:
+            return None if identity.dpe_of(user) else f"only a DPE may call {method}"
+        if user == self.bus.user:
+            return None
+        role = self.roles.role(user) if self.roles is not None else None
+        if identity.client_may_call(role, method):
+            return None
+        if role == "observer":
+            return (f"user {user!r} is an observer: observers may call only "
+                    f"{', '.join(sorted(identity.READ_ONLY_METHODS))}")
+        return f"user {user!r} has no pcloud role (operator or observer)"
+
     # --- methods -----------------------------------------------------------------------
 
     def deployable_start(self, body: etree._Element, msg: Message) -> etree._Element:
@@ -112,16 +142,17 @@ class CpeService:
             dep = self._parse_deployable(body, "deployable_start", assign_uuids=False)
             old = Deployable.from_xml(stored.document, source="stored document")
             dep = dep.adopt_uuids(old).with_uuids()
-        problem = infrastructure_problem(dep.infrastructure)
+        problem = infrastructure_problem(dep.infrastructure, self.infrastructures)
         if problem is not None:
             self._refuse(dep.name, "infrastructure_unavailable", problem)
         with self._starting:
             refusal = self._claim(dep)
         if refusal is not None:
             self._refuse(dep.name, *refusal)
+        self.supervisor.requested_by[dep.name] = msg.user_id or ""
         self.supervisor.write_document(dep.name, dep.to_xml())
         self.supervisor.tick()
-        log.info("deployable %s accepted: starting its DPE", dep.name)
+        log.info("deployable %s accepted from %s: starting its DPE", dep.name, msg.user_id)
         return _result(dep.name, "starting")
 
     def _claim(self, dep: Deployable) -> tuple[str, str] | None:
@@ -165,17 +196,26 @@ class CpeService:
         self.supervisor.stop_requested(stored.name)
         if self.supervisor.is_running(stored.name):
             try:
-                self.request_stop(stored.name)
+                self.request_stop(stored.name, msg.user_id)
             except (BusError, MethodError) as exc:
                 log.warning("DPE of %s did not take the stop yet (%s): will retry",
                             stored.name, exc)
-        log.info("deployable %s stopping", stored.name)
+        log.info("deployable %s stopping (asked by %s)", stored.name, msg.user_id)
         return _result(stored.name, "stopping")
 
-    def request_stop(self, name: str) -> None:
+    def request_stop(self, name: str, requested_by: str | None = None) -> None:
         """Ask a DPE to stop its deployable (it exits once everything is stopped)."""
         ref = etree.tostring(etree.Element("deployable", name=name), encoding="unicode")
-        self.bus.call(dpe_queue(name), "deployable_stop", ref, timeout=DPE_CALL_TIMEOUT)
+        self._call_dpe(name, "deployable_stop", ref, timeout=DPE_CALL_TIMEOUT,
+                       requested_by=requested_by)
+
+    def _call_dpe(self, name: str, method: str, body: str, timeout: float,
+                  requested_by: str | None = None):
+        """A method of deployable ``name``'s DPE; only that DPE's login may answer, and the
+        person who asked (if any) rides along for the DPE's event."""
+        properties = {REQUESTED_BY: requested_by} if requested_by else None
+        return self.bus.call(dpe_queue(name), method, body, timeout=timeout,
+                             properties=properties, senders={identity.dpe_user(name)})
 
     def deployable_reload(self, body: etree._Element, msg: Message) -> etree._Element:
         name = body.get("name") if body.tag == "deployable" else None
@@ -199,8 +239,8 @@ class CpeService:
         document = new.to_xml()
         if self.supervisor.is_answering(dep.name) and stored.desired == DESIRED_RUNNING:
             try:
-                self.bus.call(dpe_queue(dep.name), "deployable_reload", document,
-                              timeout=DPE_CALL_TIMEOUT)
+                self._call_dpe(dep.name, "deployable_reload", document,
+                               timeout=DPE_CALL_TIMEOUT, requested_by=msg.user_id)
             except MethodError as exc:
                 self._refuse(dep.name, exc.code, f"the DPE refused the reload: {exc.message}")
             except BusError as exc:
@@ -208,7 +248,7 @@ class CpeService:
                             "document when it restarts", dep.name, exc)
         self.store.replace_document(dep.name, document)
         self.supervisor.write_document(dep.name, document)
-        log.info("deployable %s reloaded", dep.name)
+        log.info("deployable %s reloaded (asked by %s)", dep.name, msg.user_id)
         current = self.store.get(dep.name)
         return _result(dep.name, current.state if current else stored.state)
 
@@ -233,7 +273,7 @@ class CpeService:
         stored = self._named(body, "deployable_status", event=False)
         if self.supervisor.is_running(stored.name):
             try:
-                result = self.bus.call(dpe_queue(stored.name), "deployable_status",
+                result = self._call_dpe(stored.name, "deployable_status",
                                        etree.tostring(body, encoding="unicode"),
                                        timeout=STATUS_TIMEOUT)
                 if result is not None and result.tag == "deployable":
@@ -269,14 +309,125 @@ class CpeService:
         _check(body, "events", "events_query")
         name = body.get("deployable")
         # The schema bounds neither: a seq above SQLite's 64-bit range matches nothing.
-        since = min(int(body.get("since_seq", "0")), MAX_SEQ)
-        limit = min(int(body.get("limit", "100")), MAX_QUERY_LIMIT)
+        try:
+            since = min(int(body.get("since_seq", "0")), MAX_SEQ)
+            limit = min(int(body.get("limit", "100")), MAX_QUERY_LIMIT)
+        except ValueError:      # e.g. more digits than int() takes (4300)
+            raise MethodError("invalid_request", "since_seq and limit must be integers below "
+                                                 f"{MAX_SEQ}") from None
         if name and self.store.get(name) is None and not self.store.max_seq(name):
             raise MethodError("unknown_deployable", f"no deployable named {name!r}")
         result = etree.Element("events")
         for event in self.store.events(name, since, limit):
             result.append(xmlsafe.parse(event.xml, source="stored event"))
         return result
+
+    # --- identities --------------------------------------------------------------------
+
+    def _caller_deployable(self, body: etree._Element, msg: Message) -> str:
+        """The deployable a DPE's credentials request is about: its own, or a refusal."""
+        name = body.get("deployable", "") if body.tag == "credentials" else ""
+        if identity.dpe_of(msg.user_id) != name or self.store.get(name) is None:
+            raise MethodError("not_authorized", f"{msg.user_id!r} may not handle the "
+                                                f"credentials of deployable {name!r}")
+        return name
+
+    def _issuer(self, name: str) -> LocalIssuer:
+        if self.admin is None:
+            raise MethodError("no_broker_admin", "this CPE cannot administer the broker's "
+                                                 "users (see docs/security.md)")
+        return LocalIssuer(self.admin, name)
+
+    def credentials_issue(self, body: etree._Element, msg: Message) -> etree._Element:
+        """Fresh agent users for the next boot of some assemblies of the caller's deployable."""
+        name = self._caller_deployable(body, msg)
+        stored = Deployable.from_xml(self.store.get(name).document, source="stored document")
+        known = {a.name for a in stored.assemblies}
+        wanted = [a.get("name", "") for a in body.iter("assembly")]
+        unknown = [a for a in wanted if a not in known]
+        if not wanted or unknown or len(wanted) > len(known) * 4:
+            raise MethodError("invalid_request", f"credentials_issue names no assembly of "
+                                                 f"{name} or unknown ones: {unknown[:5]}")
+        try:
+            issued = self._issuer(name).issue(wanted)
+        except Exception as exc:
+            raise MethodError("broker_admin_failed", str(exc)) from None
+        result = etree.Element("credentials", deployable=name)
+        for assembly, credentials in issued.items():
+            etree.SubElement(result, "agent", assembly=assembly, user=credentials.user,
+                             password=credentials.password)
+        log.info("issued %d agent credentials to the DPE of %s", len(issued), name)
+        return result
+
+    def credentials_revoke(self, body: etree._Element, msg: Message) -> etree._Element:
+        name = self._caller_deployable(body, msg)
+        users = [a.get("user", "") for a in body.iter("agent")]
+        if any((identity.agent_of(u) or ("",))[0] != name for u in users):
+            raise MethodError("invalid_request", f"credentials_revoke names users that are "
+                                                 f"not agents of {name}")
+        issuer = self._issuer(name)
+        try:
+            if body.get("keep") == "true":
+                issuer.prune(users)
+            else:
+                issuer.revoke(users)
+        except Exception as exc:
+            raise MethodError("broker_admin_failed", str(exc)) from None
+        return etree.Element("credentials", deployable=name)
+
+    def user_add(self, body: etree._Element, msg: Message) -> etree._Element:
+        """``<user name role="operator|observer"/>``: a broker user for a person; the result
+        carries its generated password, shown once."""
+        if body.tag != "user":
+            raise MethodError("invalid_request", 'user_add takes <user name="…" '
+                                                 'role="operator|observer"/>')
+        try:
+            spec = identity.client_spec(body.get("name", ""), body.get("role", ""))
+        except ValueError as exc:
+            raise MethodError("invalid_request", str(exc)) from None
+        existing = self._users()
+        if spec.user in existing or spec.user == self.bus.user:
+            raise MethodError("duplicate_user", f"user {spec.user!r} exists already")
+        self._admin_call(lambda: self.admin.put_users([spec]))
+        if self.roles is not None:
+            self.roles.forget()
+        log.info("user %s added as %s by %s", spec.user, body.get("role"), msg.user_id)
+        return etree.Element("user", name=spec.user, role=body.get("role", ""),
+                             password=spec.password)
+
+    def user_list(self, body: etree._Element, msg: Message) -> etree._Element:
+        result = etree.Element("users")
+        for name, tags in sorted(self._users().items()):
+            role = identity.role_of_tags(tags)
+            if role is not None:
+                etree.SubElement(result, "user", name=name, role=role)
+        return result
+
+    def user_remove(self, body: etree._Element, msg: Message) -> etree._Element:
+        name = body.get("name", "") if body.tag == "user" else ""
+        role = identity.role_of_tags(self._users().get(name, ()))
+        if role is None:
+            raise MethodError("unknown_user", f"no operator or observer named {name!r}")
+        if name in (self.bus.user, msg.user_id):
+            raise MethodError("invalid_request", f"user {name!r} is the one calling or the "
+                                                 "CPE's own login: it cannot be removed here")
+        self._admin_call(lambda: self.admin.delete_users([name]))
+        if self.roles is not None:
+            self.roles.forget()
+        log.info("user %s removed by %s", name, msg.user_id)
+        return etree.Element("user", name=name, role=role)
+
+    def _users(self) -> dict[str, tuple[str, ...]]:
+        return self._admin_call(lambda: self.admin.users())
+
+    def _admin_call(self, action):
+        if self.admin is None:
+            raise MethodError("no_broker_admin", "this CPE cannot administer the broker's "
+                                                 "users (see docs/security.md)")
+        try:
+            return action()
+        except Exception as exc:
+            raise MethodError("broker_admin_failed", str(exc)) from None
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -323,7 +474,7 @@ class CpeService:
             request = etree.Element("event", type="config_error", deployable=name,
                                     reason=reason)
             try:
-                raised = self.bus.call(dpe_queue(name), "event_raise",
+                raised = self._call_dpe(name, "event_raise",
                                        etree.tostring(request, encoding="unicode"),
                                        timeout=DPE_CALL_TIMEOUT)
                 if raised is not None:
@@ -360,19 +511,41 @@ class CpeService:
     # --- bus input ---------------------------------------------------------------------
 
     def on_event(self, msg: Message) -> None:
-        """Persist an event seen on ``pcloud.event.#`` once per (deployable, seq)."""
+        """Persist an event seen on ``pcloud.event.#`` once per (deployable, seq), if it
+        comes from that deployable's DPE (our own config_errors are stored already)."""
+        if msg.user_id == self.bus.user:
+            return
         try:
             root = xmlsafe.parse(msg.body, source="event")
             schemas.validate(root, "event")
         except xmlsafe.XMLError as exc:
-            log.warning("dropped an invalid event from %s: %s", msg.address, exc)
+            log.warning("dropped an invalid event from %s: %s", msg.user_id, exc)
+            return
+        if not self._from_dpe_of(msg, root.get("deployable", ""), "event"):
             return
         self._persist(root)
+
+    def _from_dpe_of(self, msg: Message, name: str, what: str) -> bool:
+        """Whether ``msg`` was sent by deployable ``name``'s DPE; else logged (once per
+        sender and deployable) and False."""
+        if msg.user_id == identity.dpe_user(name):
+            return True
+        key = (msg.user_id or "", name)
+        if key not in self._forged and len(self._forged) < 4096:
+            self._forged.add(key)
+            log.warning("dropped a %s of deployable %r from %r: only %s may send it", what,
+                        name, msg.user_id, identity.dpe_user(name))
+        return False
 
     def _persist(self, root: etree._Element) -> None:
         event = Event.from_xml(root)
         if event.seq is None:
             raise xmlsafe.XMLError("event has no seq")
+        ceiling = self.store.max_seq(event.deployable) + MAX_SEQ_JUMP
+        if event.seq > ceiling:
+            log.warning("dropped event seq %d of %s: more than %d past the stored history",
+                        event.seq, event.deployable, MAX_SEQ_JUMP)
+            return
         if self.store.add_event(self._stored(event)):
             if event.type == "deployable_state_change" and event.assembly in (None, "-") \
                     and event.state:
@@ -400,6 +573,8 @@ class CpeService:
         name = root.get("deployable", "")
         if root.tag != "heartbeat" or root.get("assembly") != "-" or not _NAME.match(name):
             return
+        if not self._from_dpe_of(msg, name, "DPE heartbeat"):
+            return
         try:
             interval = float(root.get("interval", "1"))
         except ValueError:
@@ -419,7 +594,7 @@ class CpeService:
         while True:
             query = etree.Element("events", since_seq=str(since), limit=str(BACKFILL_PAGE))
             try:
-                result = self.bus.call(dpe_queue(name), "events_query",
+                result = self._call_dpe(name, "events_query",
                                        etree.tostring(query, encoding="unicode"),
                                        timeout=DPE_CALL_TIMEOUT)
             except (BusError, MethodError) as exc:
@@ -440,11 +615,16 @@ class CpeService:
             since = max(int(e.get("seq", "0")) for e in events)
 
 
-def infrastructure_problem(infrastructure: str) -> str | None:
+def infrastructure_problem(infrastructure: str, allowed: frozenset[str] | None = None
+                           ) -> str | None:
     """Why ``infrastructure`` cannot run on this host, or None: refused before anything is
-    stored (the DPE checks again when it starts: a second line, e.g. for ``dped`` by hand)."""
+    stored (the DPE checks again when it starts: a second line, e.g. for ``dped`` by hand).
+    ``allowed``: the infrastructures this CPE's config permits (None: all)."""
     from dpe_agent.drivers import DRIVERS
 
+    if allowed is not None and infrastructure not in allowed:
+        return (f"infrastructure {infrastructure!r} is switched off on this CPE (its config "
+                f"allows: {', '.join(sorted(allowed)) or 'none'})")
     if infrastructure not in DRIVERS:
         return f"unknown infrastructure {infrastructure!r} (known: {', '.join(DRIVERS)})"
     available = ", ".join(name for name, entry in DRIVERS.items() if entry)

@@ -241,10 +241,13 @@ class Store:
                                 (event.deployable, event.seq)).fetchone() is not None
 
     def _prune(self, conn: sqlite3.Connection, deployable: str) -> None:
-        """Keep the newest ``max_events`` seqs of a deployable (in the caller's transaction)."""
-        conn.execute("DELETE FROM events WHERE deployable = ? AND seq <= "
-                     "(SELECT MAX(seq) FROM events WHERE deployable = ?) - ?",
-                     (deployable, deployable, self.max_events))
+        """Keep the newest ``max_events`` events of a deployable (in the caller's transaction).
+
+        By count, never by seq arithmetic: one event with a huge seq must not push the whole
+        history out of the window."""
+        conn.execute("DELETE FROM events WHERE deployable = ? AND seq < "
+                     "(SELECT seq FROM events WHERE deployable = ? ORDER BY seq DESC "
+                     "LIMIT 1 OFFSET ?)", (deployable, deployable, self.max_events - 1))
 
     def max_seq(self, deployable: str) -> int:
         with self._lock:

@@ -27,7 +27,9 @@ from pathlib import Path
 from cpe_agent.store import DESIRED_RUNNING, Store, StoredEvent, StoreError
 from dpe_agent.store import DpeStore
 from pcloud.bus.eventloop import HEARTBEAT
-from pcloud.fsutil import write_atomic
+from pcloud.credentials import format_credentials, scrubbed_environ, without_credentials
+from pcloud.fsutil import private_dir, write_atomic
+from pcloud.identity import dpe_spec
 
 log = logging.getLogger("pcloud.cpe.supervisor")
 
@@ -117,13 +119,17 @@ class Supervisor:
     def __init__(self, store: Store, state_dir: Path, broker_url: str,
                  dped_command: list[str] | None = None,
                  request_stop: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, admin=None,
+                 cpe_user: str | None = None) -> None:
         self.store = store
         self.state_dir = state_dir
         self.broker_url = broker_url
         self.dped_command = dped_command or default_dped_command()
         self.request_stop = request_stop
         self.clock = clock
+        self.admin = admin
+        self.cpe_user = cpe_user
+        self.requested_by: dict[str, str] = {}     # deployable -> who started it
         self._lock = threading.RLock()
         self._dpes: dict[str, DpeProcess] = {}
         self._heartbeat_watch_from = clock()
@@ -398,23 +404,48 @@ class Supervisor:
         stored = self.store.get(dpe.name)
         if stored is None:
             return
-        directory = dpe_dir(self.state_dir, dpe.name)
+        directory = private_dir(dpe_dir(self.state_dir, dpe.name))
         path = self.document_path(dpe.name)
         if not path.exists() or path.read_text(encoding="utf-8") != stored.document:
             self.write_document(dpe.name, stored.document)
         self._seed_dpe_seq(dpe.name)
+        try:
+            secret = self._dpe_credentials(dpe.name)
+        except Exception as exc:
+            log.error("cannot give the DPE of %s a broker identity: %s", dpe.name, exc)
+            self._forget(dpe, now)
+            return
         argv = [*self.dped_command, "--deployable", str(path),
                 "--state-dir", str(self.state_dir), "--managed"]
-        env = dict(os.environ, PCLOUD_BROKER_URL=self.broker_url,
-                   PCLOUD_STATE_DIR=str(self.state_dir))
-        with open(directory / "dped.log", "ab") as logfile:
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfile,
-                                     stderr=subprocess.STDOUT, env=env, close_fds=True,
-                                     start_new_session=True)
+        requested_by = self.requested_by.pop(dpe.name, None)
+        if requested_by:
+            argv += ["--requested-by", requested_by]
+        env = scrubbed_environ(PCLOUD_BROKER_URL=without_credentials(self.broker_url),
+                               PCLOUD_STATE_DIR=str(self.state_dir))
+        read_end, write_end = os.pipe()
+        argv += ["--credentials-fd", str(read_end)]
+        try:
+            os.write(write_end, secret.encode())
+            os.close(write_end)
+            with open(directory / "dped.log", "ab") as logfile:
+                popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfile,
+                                         stderr=subprocess.STDOUT, env=env, close_fds=True,
+                                         pass_fds=(read_end,), start_new_session=True)
+        finally:
+            os.close(read_end)
         dpe.pid, dpe.popen, dpe.since = popen.pid, popen, now
         dpe.last_heartbeat = None
         dpe.restarts += 1
         log.info("started the DPE of %s (pid %d)", dpe.name, popen.pid)
+
+    def _dpe_credentials(self, name: str) -> str:
+        """A fresh password for ``dpe.<name>`` at every spawn (the dead DPE's is void), handed
+        over through a pipe: never in a file, an environment or a command line."""
+        if self.admin is None:
+            raise RuntimeError("this CPE has no broker-administration seam")
+        spec = dpe_spec(name)
+        self.admin.put_users([spec])
+        return format_credentials(spec.credentials, cpe_user=self.cpe_user or "")
 
     def reap(self) -> None:
         """Collect exited children so no zombie outlives a stop."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 from dpe_agent.drivers import AssemblySpec
 from dpe_agent.observed import AssemblyStatus
@@ -70,11 +71,14 @@ class AssemblyOps:
             error = None
             try:
                 if operation == "start":
-                    self.driver.start(spec)
+                    login = self.logins.for_boot(asm)   # fresh for every boot
+                    self.driver.start(replace(spec, credentials=login))
                 elif operation == "fence":
                     self.driver.fence(spec)
+                    self.logins.retire(asm)
                 else:
                     self.driver.stop(spec, timeout)
+                    self.logins.retire(asm)
             except Exception as exc:
                 error = str(exc) or type(exc).__name__
             self.queue.put(("driver_done", asm, operation, error))

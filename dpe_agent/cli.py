@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="transition computer (default native)")
     p.add_argument("--managed", action="store_true",
                    help="started by the CPE: stay in the foreground, log to stderr")
+    p.add_argument("--credentials-fd", type=int, metavar="FD",
+                   help="read this DPE's broker login from FD (the CPE hands it over a pipe)")
+    p.add_argument("--requested-by", metavar="USER", help="who started the deployable "
+                                                          "(recorded on its first event)")
     p.add_argument("--foreground", action="store_true", help="do not daemonize")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
@@ -77,11 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("dped", args.verbose)
     from dpe_agent.daemon import Dpe, run_dpe
     from dpe_agent.drivers import DriverError
+    from dpe_agent.identity import managed_identity
+    from pcloud.broker_admin import BrokerAdminError
     from pcloud.bus import BusError
+    from pcloud.credentials import CredentialsError
 
     try:
-        dpe = Dpe(dep, state_dir, engine=args.engine, handle_signals=True)
-    except DriverError as exc:
+        identity = None
+        if args.credentials_fd is not None:
+            identity = managed_identity(dep.name, config.broker_url(), args.credentials_fd)
+        dpe = Dpe(dep, state_dir, engine=args.engine, identity=identity,
+                  requested_by=args.requested_by, handle_signals=True)
+    except (DriverError, CredentialsError, BrokerAdminError) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
     try:

@@ -50,6 +50,7 @@ from dpe_agent.drivers import (
 )
 from dpe_agent.executor import ActionRunner, GraphRun
 from dpe_agent.heartbeats import HeartbeatTracker
+from dpe_agent.identity import AgentLogins, DpeIdentity, local_identity
 from dpe_agent.incidents import IncidentTracker, iso
 from dpe_agent.lifecycle import Lifecycle
 from dpe_agent.methods import Methods
@@ -58,9 +59,13 @@ from dpe_agent.recovery import Recovery, policy_for
 from dpe_agent.status import decode_keyed, encode_keyed
 from dpe_agent.stopping import Stopping
 from dpe_agent.store import DpeStore
+from pcloud import identity as roles
+from pcloud.broker_admin import admin_from_config
 from pcloud.bus import Bus, BusError, Message
+from pcloud.credentials import CredentialsError, without_credentials
 from pcloud.deployable import Deployable
 from pcloud.events import EventType
+from pcloud.fsutil import private_dir
 from pcloud.states import DeployableState as D
 
 log = logging.getLogger("dped")
@@ -81,10 +86,10 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
     """The runtime of one deployable's DPE (see the module docstring)."""
 
     def __init__(self, deployable: Deployable, state_dir: Path, *, engine: str = "native",
-                 bus: Bus | None = None, driver: Any = None, broker_url: str | None = None,
+                 driver: Any = None, broker_url: str | None = None,
+                 identity: DpeIdentity | None = None, requested_by: str | None = None,
                  handle_signals: bool = False) -> None:
-        self.dir = dpe_dir(state_dir, deployable.name)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = private_dir(dpe_dir(state_dir, deployable.name))
         self.store = DpeStore(self.dir / "dpe.sqlite")
         saved = self.store.get("deployable_xml")
         if saved:
@@ -93,9 +98,10 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         self.name = deployable.name
         self.store.set("deployable_xml", deployable.to_xml())
         self.engine = load_engine(engine)
-        self._own_bus = bus is None
-        self.bus = bus or Bus(url=broker_url, name=f"dped-{self.name}")
-        self.broker_url = self.bus.url
+        self.identity = identity or _identity_by_hand(deployable.name, broker_url)
+        self.requested_by = requested_by
+        self.bus = self._new_bus()
+        self.broker_url = without_credentials(self.bus.url)   # what agents are told
         self.driver = driver or self._driver_for(deployable.infrastructure)
         self.handle_signals = handle_signals
         self.observed = ObservedState()
@@ -113,8 +119,9 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
             for k, v in decode_keyed(self.store.load_json("failures", {})).items()}
         self.queue: queue.Queue[tuple] = queue.Queue()
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dpe-action")
+        self.logins = AgentLogins(self.identity.make_issuer(self.bus), self.store, self.pool)
         self.runner = ActionRunner(self.bus, self.name, self.driver, self.spec,
-                                   self._node_of_uuid, self._service)
+                                   self._node_of_uuid, self._service, self.logins)
         self.run: GraphRun | None = None
         self.transition_id = 0
         self.busy: dict[str, str] = {}           # assembly -> driver operation in flight
@@ -137,7 +144,15 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         self.next_beat = 0.0
         self.subscriptions: list = []
         self.impostor_events: dict[str, float] = {}   # assembly -> last uuid config_error
+        self.wrong_logins: set[str] = set()          # "asm:user" already logged as dropped
         self._persist = False
+
+    def _new_bus(self) -> Bus:
+        """A bus logged in as this DPE, its agents' answers coming on a topic key of its
+        own (agents may publish only on topic keys)."""
+        user = roles.dpe_user(self.name)
+        return Bus(url=self.identity.url, name=f"dped-{self.name}",
+                   reply_topic_key=roles.reply_topic_key(user))
 
     @staticmethod
     def _driver_for(infrastructure: str) -> InfrastructureDriver:
@@ -199,7 +214,8 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         key = self.name
         subs = [self.bus.subscribe(f"pcloud.heartbeat.{key}.*", self._on_heartbeat),
                 self.bus.subscribe(f"pcloud.report.{key}.*", self._on_report),
-                self.bus.serve(f"pcloud.dpe.{key}", self._handlers())]
+                self.bus.serve(f"pcloud.dpe.{key}", self._handlers(),
+                               authorize=self.identity.authorize)]
         for sub in subs:
             sub.wait_attached(10.0)
         self.subscriptions = subs
@@ -208,7 +224,9 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
             self.states[()] = dep_state[0]
         else:
             self.states.pop((), None)
-            self.change_state((), D.STARTING)
+            self.change_state((), D.STARTING, **self._who())
+        self.requested_by = None
+        self.logins.start(self._assemblies())
         if isinstance(self.driver, UnavailableDriver):
             self._refuse_unavailable_driver()
         now = time.monotonic()
@@ -231,15 +249,16 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
             try:
                 self.bus.start(timeout=CONNECT_ATTEMPT)
             except BusError as exc:
-                if not self._own_bus or "cannot connect" not in str(exc):
+                if "cannot connect" not in str(exc):
                     raise
                 if not waiting:
                     log.warning("%s; waiting for the broker", exc)
                     waiting = True
                 time.sleep(delay)
                 delay = min(CONNECT_BACKOFF_CAP, delay * 2)
-                self.bus = Bus(url=self.broker_url, name=f"dped-{self.name}")
+                self.bus = self._new_bus()
                 self.runner.bus = self.bus
+                self.logins.issuer = self.identity.make_issuer(self.bus)
                 continue
             if waiting:
                 log.info("the broker is reachable again")
@@ -354,6 +373,19 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
                              Message(body=elem, subject="heartbeat", opcode="heartbeat"))
         except Exception as exc:
             log.debug("DPE heartbeat not sent: %s", exc)
+
+
+def _identity_by_hand(deployable: str, broker_url: str | None) -> DpeIdentity:
+    """A DPE started without the CPE mints its own login: it needs the admin seam."""
+    from pcloud import config
+
+    admin = admin_from_config()
+    if admin is None:
+        raise CredentialsError(
+            "dped without a CPE gives every assembly its own broker login, so it needs to "
+            "administer the broker's users: run it with the private broker of its state dir "
+            "(pcloud-broker start), or set PCLOUD_BROKER_ADMIN (see docs/security.md)")
+    return local_identity(deployable, broker_url or config.broker_url(), admin)
 
 
 def run_dpe(dpe: Dpe) -> int:

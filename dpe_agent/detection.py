@@ -182,11 +182,24 @@ class Detection:
             log.info("dropped a %s of assembly %s, which %s does not have", kind, asm,
                      self.name)
             return None
+        login = self.logins.expected(asm)
+        if msg.user_id != login:
+            self._wrong_login(kind, asm, msg.user_id, login)
+            return None
         uuid = root.get("uuid")
         if uuid != expected:
             self._impostor(kind, asm, uuid, expected)
             return None
         return root
+
+    def _wrong_login(self, kind: str, asm: str, user: str | None, login: str | None) -> None:
+        """Logged once per sender: a fenced copy, a stale boot, or someone else entirely."""
+        key = f"{asm}:{user}"
+        if key in self.wrong_logins or len(self.wrong_logins) > 4096:
+            return
+        self.wrong_logins.add(key)
+        log.warning("dropped a %s of assembly %s from %r: only its current agent login %s "
+                    "may send it", kind, asm, user, login or "(none: not booted by this DPE)")
 
     def _impostor(self, kind: str, asm: str, uuid: str | None, expected: str) -> None:
         """One log line per dropped message, one config_error per assembly per interval."""

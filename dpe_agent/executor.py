@@ -174,8 +174,10 @@ class ActionRunner:
 
     def __init__(self, bus, deployable: str, driver, spec_of: Callable[[str], AssemblySpec],
                  node_of_uuid: Callable[[str], str | None],
-                 service_of: Callable[[str, str], Any] = lambda asm, svc: None) -> None:
+                 service_of: Callable[[str, str], Any] = lambda asm, svc: None,
+                 logins=None) -> None:
         self.bus = bus
+        self.logins = logins        # AgentLogins: whose answer counts, retired when fenced
         self.service_of = service_of
         self.deployable = deployable
         self.driver = driver
@@ -213,10 +215,16 @@ class ActionRunner:
                 extra.append(model.probe.to_element())
         body = resource_op_body(action.operation, action.interval_ms, timeout_ms, service,
                                 rsc_class, provider, rsc_type, action.parameters, extra)
-        queue = f"pcloud.agent.{self.deployable}.{action.node or assembly}"
+        node = action.node or assembly
+        queue = f"pcloud.agent.{self.deployable}.{node}"
         timeout = timeout_ms / 1000.0 + BUS_SLACK
+        expected = self.logins.expected(node) if self.logins is not None else None
+        if self.logins is not None and expected is None:
+            return ActionResult(RC_ERROR, OP_ERROR, no_answer=True,
+                                reason=f"assembly {node} has no agent login (not booted)")
         try:
-            result = self.bus.call(queue, f"resource_{action.operation}", body, timeout=timeout)
+            result = self.bus.call(queue, f"resource_{action.operation}", body, timeout=timeout,
+                                   senders={expected} if expected else None)
         except BusTimeout as exc:
             return ActionResult(RC_ERROR, OP_TIMEOUT, reason=str(exc), no_answer=True)
         except MethodError as exc:
@@ -243,4 +251,6 @@ class ActionRunner:
                 self.driver.fence(self.spec_of(node))
             except DriverError as exc:
                 return ActionResult(RC_ERROR, OP_ERROR, reason=f"fencing {node} failed: {exc}")
+            if self.logins is not None:
+                self.logins.retire(node)
         return ActionResult(RC_OK)

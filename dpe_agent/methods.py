@@ -22,6 +22,8 @@ from pcloud.states import DeployableState as D
 
 log = logging.getLogger("dped")
 
+REQUESTED_BY = "pcloud.requested_by"
+
 
 class Methods:
     """Method handlers of the DPE queue (state-touching ones run on the main loop)."""
@@ -31,7 +33,8 @@ class Methods:
             def handler(body: etree._Element, msg: Message):
                 check(body)
                 future: Future = Future()
-                self.queue.put(("call", fn, body, future))
+                who = msg.properties.get(REQUESTED_BY) or msg.user_id
+                self.queue.put(("call", fn, body, future, str(who) if who else None))
                 return future.result(timeout=30.0)
             return handler
 
@@ -61,16 +64,25 @@ class Methods:
         if body.get("type") != EventType.CONFIG_ERROR.value:
             raise MethodError("invalid_request",
                               f"event_raise raises config_error events, not {body.get('type')!r}")
+        if body.get("seq") is not None or body.get("time") is not None:
+            raise MethodError("invalid_request", "event_raise numbers and dates the event "
+                                                 "itself: leave out seq and time")
 
     def _check_name(self, name: str | None) -> None:
         if name != self.name:
             raise MethodError("wrong_deployable", f"this DPE manages {self.name!r}, not {name!r}")
 
-    def _handle_call(self, fn, body: etree._Element, future: Future) -> None:
+    def _handle_call(self, fn, body: etree._Element, future: Future,
+                     requested_by: str | None = None) -> None:
+        """Run a method on the main loop; ``requested_by`` (who asked: the person behind the
+        CPE's call) goes on the events the method causes."""
+        self.requested_by = requested_by
         try:
             future.set_result(fn(body))
         except BaseException as exc:
             future.set_exception(exc)
+        finally:
+            self.requested_by = None
 
     def _summary(self) -> etree._Element:
         return summary(self.name, self.state())
@@ -140,7 +152,7 @@ class Methods:
             if watch is not None:
                 watch.interval, watch.misses = interval, misses
         if change:
-            self.emit(EventType.CONFIG_RELOAD, reason=_describe(change))
+            self.emit(EventType.CONFIG_RELOAD, reason=_describe(change), **self._who())
             # New components start while the deployable keeps its state: running may not go
             # back to starting (pcloud.states), and nothing failed, so not degraded either.
             for asm in change.assemblies_added:
@@ -149,6 +161,10 @@ class Methods:
             self.adding.update(change.services_added)
         self._abort("reload")
         return self._summary()
+
+
+    def _who(self) -> dict[str, str]:
+        return {"requested_by": self.requested_by} if self.requested_by else {}
 
 
 def _validate(body: etree._Element, schema: str) -> None:

@@ -36,7 +36,7 @@ class Stopping:
         if self.stopping:
             return
         self.stopping = True
-        self.change_state((), D.STOPPING, "deployable_stop")
+        self.change_state((), D.STOPPING, "deployable_stop", **self._who())
         self.holds.clear()
         self._abort("deployable stopping")
 
@@ -95,6 +95,7 @@ class Stopping:
             if self.state(asm, svc) != R.PENDING:
                 self._resource_stopped(asm, svc, "deployable stopped")
         self._forget_failures()
+        self.logins.retire_all()
         self.change_state((), D.STOPPED)
         self.exit_code = 0
 

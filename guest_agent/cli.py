@@ -13,6 +13,7 @@ import threading
 from guest_agent import __version__
 from guest_agent.config import DEFAULT_CONFIG, AgentConfig, ConfigError, load
 from guest_agent.reaper import become_subreaper
+from pcloud.credentials import SECRET_VARIABLES
 
 log = logging.getLogger("guest_agent")
 EXIT_CONFIG = 2
@@ -31,6 +32,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--uuid", help="assembly uuid (default: generated once, kept in state dir)")
     p.add_argument("--broker-url", help="amqp[s]://user:password@host:port "
                                         "(default: config, then PCLOUD_BROKER_URL)")
+    p.add_argument("--credentials", metavar="PATH",
+                   help="file with this boot's broker login (user=, password=), or 'fw_cfg' "
+                        "for the one QEMU hands the VM (default: config)")
+    p.add_argument("--controller", help="broker login whose requests it takes "
+                                        "(default: dpe.<deployable>)")
     p.add_argument("--state-dir", help="directory for logs, pids and known resources")
     p.add_argument("--heartbeat-interval", help="seconds between heartbeats (default 1)")
     p.add_argument("--pidfile", help="pid file when daemonized")
@@ -44,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {"deployable": args.deployable, "assembly": args.assembly, "uuid": args.uuid,
                  "broker_url": args.broker_url, "state_dir": args.state_dir,
+                 "credentials": args.credentials, "controller": args.controller,
                  "heartbeat_interval": args.heartbeat_interval, "pidfile": args.pidfile}
     try:
         config = load(args.config, overrides)
@@ -79,6 +86,8 @@ def run(config: AgentConfig) -> int:
     from guest_agent.server import AgentServer
     from pcloud.bus import Bus, BusError
 
+    for name in SECRET_VARIABLES:      # no resource ever inherits a secret (docs/security.md)
+        os.environ.pop(name, None)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
@@ -111,7 +120,7 @@ def run(config: AgentConfig) -> int:
 
     beats = Heartbeater(bus.publish, config.heartbeat_key, attrs, config.heartbeat_interval,
                         agent.states, iso_now)
-    server = AgentServer(bus, config.agent_queue, agent.handle)
+    server = AgentServer(bus, config.agent_queue, agent.handle, controller=config.controller)
     bus.on_reconnect(agent.on_reconnect)
     bus.on_reconnect(beats.beat)
     server.start()

@@ -13,6 +13,12 @@ Example ``/etc/pcloud/agent.conf``::
     heartbeat_interval = 1
     pidfile = /run/pcloud-agent.pid
     kernel_cmdline = yes      ; optional: identity from /proc/cmdline (assembly VMs)
+    credentials = /path       ; this boot's login (user=, password=), or fw_cfg in a VM
+    controller = dpe.dep1     ; whose requests it takes (default dpe.<deployable>)
+
+A login in ``credentials`` replaces the one in ``broker_url``/``broker_user``: pcloud hands
+every boot a fresh one (a 0600 file for a sandbox, QEMU's ``fw_cfg`` for a VM,
+``opt/pcloud/credentials``), so images hold no secret (docs/security.md).
 
 With ``kernel_cmdline = yes`` (assembly images set it), ``pcloud.deployable=``,
 ``pcloud.assembly=``, ``pcloud.uuid=`` and ``pcloud.heartbeat_interval=`` arguments on the kernel
@@ -25,10 +31,13 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import subprocess
 import urllib.parse
 import uuid
 from dataclasses import dataclass
 
+from pcloud.credentials import CredentialsError, read_credentials_file, with_credentials
+from pcloud.identity import Credentials, dpe_user
 from pcloud.urls import mask_url
 from pcloud.wire import NAME
 
@@ -37,7 +46,10 @@ DEFAULT_STATE_DIR = "/var/lib/pcloud-agent"
 _NAME = NAME
 _UUID = re.compile(r"^\S{1,64}$")
 KEYS = ("deployable", "assembly", "uuid", "broker_url", "broker_user", "broker_password",
-        "state_dir", "heartbeat_interval", "pidfile", "kernel_cmdline")
+        "state_dir", "heartbeat_interval", "pidfile", "kernel_cmdline", "credentials",
+        "controller")
+FW_CFG = "fw_cfg"
+FW_CFG_PATH = "/sys/firmware/qemu_fw_cfg/by_name/opt/pcloud/credentials/raw"
 KERNEL_CMDLINE = "/proc/cmdline"
 CMDLINE_KEYS = ("deployable", "assembly", "uuid", "heartbeat_interval")
 
@@ -55,6 +67,7 @@ class AgentConfig:
     state_dir: str
     heartbeat_interval: float
     pidfile: str | None = None
+    controller: str | None = None
 
     @property
     def agent_queue(self) -> str:
@@ -147,10 +160,29 @@ def load(path: str | None, overrides: dict[str, str | None],
     if not _UUID.match(ident):
         raise ConfigError(f"{where}: uuid {ident!r} must be 1-64 characters without blanks")
     url = _broker_url(values, where)
-    return AgentConfig(deployable=values["deployable"].strip(),
+    if values.get("credentials"):
+        url = with_credentials(url, _credentials(values["credentials"].strip(), where))
+    deployable = values["deployable"].strip()
+    return AgentConfig(deployable=deployable,
                        assembly=values["assembly"].strip(), uuid=ident, broker_url=url,
                        state_dir=state_dir, heartbeat_interval=interval,
-                       pidfile=values.get("pidfile") or None)
+                       pidfile=values.get("pidfile") or None,
+                       controller=(values.get("controller") or "").strip()
+                       or dpe_user(deployable))
+
+
+def _credentials(source: str, where: str) -> Credentials:
+    """This boot's login from a file, or from QEMU's fw_cfg (``fw_cfg``)."""
+    path = source
+    if source == FW_CFG:
+        path = FW_CFG_PATH
+        if not os.path.exists(path):
+            subprocess.run(["modprobe", "qemu_fw_cfg"], capture_output=True, timeout=30,
+                           check=False)
+    try:
+        return read_credentials_file(path)[0]
+    except CredentialsError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _broker_url(values: dict[str, str], where: str) -> str:

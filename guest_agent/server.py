@@ -36,18 +36,26 @@ def resource_key(method: str, body: etree._Element, msg: Message) -> str | None:
 class AgentServer:
     """Serves the agent queue with ``handler(method, body)`` on a pool of workers."""
 
-    def __init__(self, bus: Bus, queue: str, handler: Handler, workers: int = WORKERS) -> None:
+    def __init__(self, bus: Bus, queue: str, handler: Handler, workers: int = WORKERS,
+                 controller: str | None = None) -> None:
         self.bus = bus
         self.queue = queue
         self.handler = handler
         self.workers = workers
+        self.controller = controller
         self._served: Subscription | None = None
 
     def start(self) -> Subscription:
         handlers = {method: self._bind(method) for method in METHODS}
         self._served = self.bus.serve(self.queue, handlers, workers=self.workers,
-                                      serial_key=resource_key)
+                                      serial_key=resource_key, authorize=self.authorize)
         return self._served
+
+    def authorize(self, method: str, msg: Message) -> str | None:
+        """Only this deployable's DPE (the controller login) operates on resources."""
+        if self.controller is None or msg.user_id == self.controller:
+            return None
+        return f"this agent takes requests only from {self.controller}"
 
     def close(self) -> None:
         if self._served is not None:

@@ -27,6 +27,8 @@ ISSUE_METHOD = "credentials_issue"
 REVOKE_METHOD = "credentials_revoke"
 CPE_QUEUE = "pcloud.cpe"
 CALL_TIMEOUT = 30.0       # minting a batch costs a rabbitmqctl round trip or two
+#: Variables that may carry a secret: never passed on to a process pcloud starts.
+SECRET_VARIABLES = frozenset({"PCLOUD_BROKER_URL", "PCLOUD_BROKER_ADMIN"})
 
 
 class CredentialsError(Exception):
@@ -105,6 +107,13 @@ class CpeIssuer:
                       senders=self.senders)
 
 
+def scrubbed_environ(**extra: str) -> dict[str, str]:
+    """This process's environment without secrets, plus ``extra``: what a child gets."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+    env.update(extra)
+    return env
+
+
 def with_credentials(url: str, credentials: Credentials) -> str:
     """``url`` logging in as ``credentials`` (whatever login it named before)."""
     parts = urllib.parse.urlsplit(url)
@@ -150,17 +159,6 @@ def parse_credentials(text: str, source: str) -> tuple[Credentials, dict[str, st
     if not user or not password:
         raise CredentialsError(f"{source}: needs both user= and password=")
     return Credentials(user, password), values
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read, never readable by anyone else for a moment."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def read_credentials_file(path: str | os.PathLike) -> tuple[Credentials, dict[str, str]]:

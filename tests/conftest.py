@@ -1,6 +1,7 @@
 """Shared fixtures: one real RabbitMQ broker per test session, and a started Bus.
 
-``broker`` (session): with ``PCLOUD_BROKER_URL`` set, that broker is used as is and tests
+``broker`` (session): with ``PCLOUD_BROKER_URL`` set, that broker is used as is (with
+``PCLOUD_BROKER_ADMIN`` naming its administration, see docs/security.md) and tests
 that kill or restart it are skipped. Otherwise a private node is started with
 ``pcloud.broker`` in a temporary state dir on free ports (so several test sessions can run
 side by side) and stopped at the end of the session, even on failure. While it runs,
@@ -99,10 +100,12 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBroker]:
     except private_broker.NotInstalled as exc:
         pytest.skip(str(exc))
     os.environ["PCLOUD_BROKER_URL"] = url
+    os.environ["PCLOUD_BROKER_ADMIN"] = str(state)   # daemons mint identities on this node
     try:
         yield TestBroker(url, state, ports)
     finally:
         os.environ.pop("PCLOUD_BROKER_URL", None)
+        os.environ.pop("PCLOUD_BROKER_ADMIN", None)
         private_broker.stop(state)
 
 

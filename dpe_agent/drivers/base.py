@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from pcloud.identity import Credentials
+
 
 class DriverError(Exception):
     """An infrastructure operation failed; the message says what and why."""
@@ -34,6 +36,8 @@ class AssemblySpec:
     image: str | None = None
     heartbeat_interval: float = 1.0
     extra: dict[str, str] = field(default_factory=dict)
+    #: this boot's agent login (fresh per boot; the DPE sets it just before ``start``)
+    credentials: Credentials | None = field(default=None, repr=False, compare=False)
 
 
 class InfrastructureDriver(Protocol):

@@ -29,12 +29,16 @@ import uuid
 from pathlib import Path
 
 from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
+from pcloud.credentials import format_credentials, scrubbed_environ, without_credentials
+from pcloud.fsutil import private_dir, write_private
 
 log = logging.getLogger(__name__)
 
 PID_FILE = "sandbox.pid"
 LOG_FILE = "agent.log"
 TOKEN_VAR = "PCLOUD_SANDBOX"
+#: the agent's login for this boot, 0600 in the sandbox's 0700 state dir (docs/security.md)
+CREDENTIALS_FILE = "credentials"
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -180,18 +184,22 @@ class ProcessDriver:
         """Spawn the sandbox in a new session; a sandbox already running is left alone."""
         if self.sandbox_pid(spec):
             return
-        folder = Path(spec.state_dir)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = private_dir(Path(spec.state_dir))
+        if spec.credentials is None:
+            raise DriverError(f"no agent login for {spec.deployable}/{spec.name}")
+        write_private(folder / CREDENTIALS_FILE, format_credentials(spec.credentials))
         agent = [*self.agent_argv, "--foreground", "--deployable", spec.deployable,
                  "--assembly", spec.name, "--uuid", spec.uuid, "--state-dir", str(folder),
-                 "--heartbeat-interval", f"{spec.heartbeat_interval:g}"]
+                 "--heartbeat-interval", f"{spec.heartbeat_interval:g}",
+                 "--broker-url", without_credentials(spec.broker_url),
+                 "--credentials", str(folder / CREDENTIALS_FILE)]
         argv = agent
         mode = "pgroup"
         if self.use_pid_namespace:
             argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", *agent]
             mode = "pidns"
         token = uuid.uuid4().hex
-        env = dict(os.environ, PCLOUD_BROKER_URL=spec.broker_url, PCLOUD_STATE_DIR=str(folder))
+        env = scrubbed_environ(PCLOUD_STATE_DIR=str(folder))
         env[TOKEN_VAR] = token
         with open(folder / LOG_FILE, "ab") as out:
             try:

@@ -163,12 +163,12 @@ class Scheduler:
             prim = prims[rid]
             home = self.cluster.nodes.get(prim.home) if prim.home else None
             inst = self._home_instance(prim)
-            allowed = self._usable(home) and not prim.stopped \
-                and not (inst is not None and inst.banned)
-            if allowed and not (inst is not None and inst.clear_failcount):
+            placeable = self._usable(home) and not (inst is not None and inst.banned)
+            if placeable and not (inst is not None and inst.clear_failcount):
                 # A fail count about to be cleared does not count against the threshold.
                 failures, _ = effective_failures(home, prim, self.now)
-                allowed = failures < prim.migration_threshold
+                placeable = failures < prim.migration_threshold
+            allowed = placeable and not prim.stopped
             firsts = [o.first for o in self.before[rid] if o.mandatory]
             run = allowed and all(self.will_run.get(f, False) for f in firsts)
             self.will_run[rid] = run
@@ -180,7 +180,8 @@ class Scheduler:
             self.allowed[rid] = allowed
             self.needs_start[rid] = run and (inst is None or not inst.active or restart)
             # A changed definition forces a restart even where the resource may not run.
-            self.has_start[rid] = changed or allowed and (
+            # (Pacemaker keeps an unrunnable start for a target-role=Stopped resource too.)
+            self.has_start[rid] = changed or placeable and (
                 inst is None or not inst.active or restart or not run)
 
     def _home_instance(self, prim: Primitive) -> Instance | None:
