@@ -22,6 +22,7 @@ from dpe_agent.engines.native_history import (
     definition_changed,
     effective_failures,
     read_instance,
+    restart_forced,
 )
 from dpe_agent.engines.native_model import Cluster, Node, Primitive, natural_key, read_cluster
 from dpe_agent.graph import TransitionGraph
@@ -172,8 +173,7 @@ class Scheduler:
             firsts = [o.first for o in self.before[rid] if o.mandatory]
             run = allowed and all(self.will_run.get(f, False) for f in firsts)
             self.will_run[rid] = run
-            changed = inst is not None and inst.active and inst.digest_known \
-                and inst.run_digest != op_digest(prim.params)
+            changed = inst is not None and inst.active and restart_forced(inst.lrm, prim)
             restart = inst is not None and inst.active and (
                 inst.failed or changed
                 or any(self.needs_start.get(f, False) for f in firsts))

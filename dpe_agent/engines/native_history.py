@@ -33,8 +33,6 @@ class Instance:
     lrm: LrmResource
     role: str = UNKNOWN
     failure: bool = False                  # an unexpired failure not cleared since: recover
-    run_digest: str | None = None          # digest of the start (or probe) it runs with
-    digest_known: bool = False             # a start or a "running" probe set run_digest
     banned: bool = False                   # a hard or fatal error: never again on this node
     monitors: dict[int, str | None] = field(default_factory=dict)   # active recurring ops
     expired_monitors: set[int] = field(default_factory=set)
@@ -177,16 +175,27 @@ def definition_changed(lrm: LrmResource, prim: Primitive) -> bool:
     return False
 
 
+def restart_forced(lrm: LrmResource, prim: Primitive) -> bool:
+    """Whether a start or probe since the last start ran with other parameters.
+
+    Pacemaker then forces a restart (its stop and start exist even where the resource may
+    no longer run).
+    """
+    start, stop = active_range(lrm.ops)
+    if start < stop:
+        return False
+    wanted = op_digest(prim.params)
+    return any(op.interval_ms == 0 and op.operation in ("start", "monitor")
+               and op.digest != wanted for op in lrm.ops[max(start, 0):])
+
+
 def _failure(inst: Instance, op: HistOp) -> None:
     """An unexpected result: the resource counts as active and must be recovered."""
     inst.failure = True
     if op.operation == "stop":
-        inst.fence = True
-    if inst.role != RUNNING:
-        inst.role = RUNNING
-    if op.operation == "start":
-        inst.run_digest = op.digest
-        inst.digest_known = True
+        inst.fence = True           # on-fail=fence, and never again on this node
+        inst.banned = True
+    inst.role = RUNNING
 
 
 def _success(inst: Instance, op: HistOp, last_failure: tuple[str, int] | None) -> None:
@@ -194,22 +203,16 @@ def _success(inst: Instance, op: HistOp, last_failure: tuple[str, int] | None) -
     clear = False
     if op.rc == 7:
         inst.role = STOPPED
-        inst.run_digest = None
+        inst.fence = False          # "not running" forgets every earlier failure handling
         clear = True
     elif op.operation == "monitor":
-        if _is_probe(op):
-            inst.run_digest = op.digest
-            inst.digest_known = True
         clear = last_failure == (op.operation, op.interval_ms)
         inst.role = RUNNING
     elif op.operation == "start":
         inst.role = RUNNING
-        inst.run_digest = op.digest
-        inst.digest_known = True
         clear = True
     elif op.operation == "stop":
         inst.role = STOPPED
-        inst.run_digest = None
         clear = True
     if clear:
         inst.failure = False
