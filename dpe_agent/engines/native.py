@@ -173,7 +173,8 @@ class Scheduler:
             firsts = [o.first for o in self.before[rid] if o.mandatory]
             run = allowed and all(self.will_run.get(f, False) for f in firsts)
             self.will_run[rid] = run
-            changed = inst is not None and inst.active and restart_forced(inst.lrm, prim)
+            changed = inst is not None and inst.active and self._usable(inst.node) \
+                and restart_forced(inst.lrm, prim)
             restart = inst is not None and inst.active and (
                 inst.failed or changed
                 or any(self.needs_start.get(f, False) for f in firsts))

@@ -103,7 +103,8 @@ def read_instance(node: Node, lrm: LrmResource, prim: Primitive | None,
     failures, _ = effective_failures(node, prim, now)
     counted = raw_failures(node, prim) > 0
     last_failure: tuple[str, int] | None = None
-    for op in lrm.ops:
+    rescheduled: list[tuple[int, int]] = []        # (index, interval) of expired failures
+    for index, op in enumerate(lrm.ops):
         if op.operation in ("cancel", "delete", "notify"):
             continue
         if op.rc not in KNOWN_RCS or op.op_status not in KNOWN_OP_STATUS:
@@ -130,7 +131,7 @@ def read_instance(node: Node, lrm: LrmResource, prim: Primitive | None,
                 continue                            # an expired failure is ignored
             if node.online and not node.unclean:
                 if op.digest is not None:
-                    inst.expired_monitors.add(op.interval_ms)   # rescheduled
+                    rescheduled.append((index, op.interval_ms))
                 continue
         if failed and op.op_status == 0 and op.rc in BANNING_RCS \
                 and not (op.rc == 3 and op.interval_ms > 0):    # recurring: "not supported"
@@ -148,6 +149,8 @@ def read_instance(node: Node, lrm: LrmResource, prim: Primitive | None,
         for op in lrm.ops[max(start, 0):]:
             if op.interval_ms > 0 and op.operation == "monitor":
                 inst.monitors[op.interval_ms] = op.digest
+        # An expired monitor failure since the last start has its monitor rescheduled.
+        inst.expired_monitors = {interval for index, interval in rescheduled if index >= start}
     return inst
 
 
