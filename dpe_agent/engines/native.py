@@ -181,8 +181,7 @@ class Scheduler:
             self.allowed[rid] = allowed
             self.needs_start[rid] = run and (inst is None or not inst.active or restart)
             # A changed definition forces a restart even where the resource may not run.
-            # (Pacemaker keeps an unrunnable start for a target-role=Stopped resource too.)
-            self.has_start[rid] = changed or placeable and (
+            self.has_start[rid] = changed or allowed and (
                 inst is None or not inst.active or restart or not run)
 
     def _home_instance(self, prim: Primitive) -> Instance | None:
@@ -312,23 +311,32 @@ class Scheduler:
     def _probe_restart_orders(self) -> None:
         """A probe comes before the real stops of what its start restarts.
 
-        Pacemaker follows the start of a probed resource along Mandatory orders through
-        every start that exists, and orders the probe before those resources' stops
-        (not before stops implied by fencing).
+        Pacemaker follows the start of a probed resource along Mandatory orders, through
+        every start that exists when the order is applied, and orders the probe before
+        those resources' stops (not before stops implied by fencing). Besides a resource's
+        own (maybe blocked) start, applying an order creates the start of its ``first``
+        when missing, so a start can also exist because of an earlier order.
         """
         g = self.graph
         real_stops = {rid for rid, stop in g.stops.items() if stop.kind == "rsc_op"}
         if not real_stops:
             return
+        first_at: dict[str, int] = {}
+        for index, order in enumerate(self.cluster.orders):
+            first_at.setdefault(order.first, index)
+        position = {id(order): index for index, order in enumerate(self.cluster.orders)}
         for rid, probe in g.probes.items():
-            if not self.has_start.get(rid):
+            if not (self.has_start.get(rid) or rid in first_at):
                 continue
             seen = {rid}
             todo = [rid]
             while todo:
                 for order in self.after[todo.pop()]:
                     then = order.then
-                    if not order.mandatory or then in seen or not self.has_start[then]:
+                    if not order.mandatory or then in seen:
+                        continue
+                    if not (self.has_start[then]
+                            or first_at.get(then, len(position)) < position[id(order)]):
                         continue
                     seen.add(then)
                     todo.append(then)
