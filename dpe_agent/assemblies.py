@@ -74,11 +74,13 @@ class AssemblyOps:
                     login = self.logins.for_boot(asm)   # fresh for every boot
                     self.driver.start(replace(spec, credentials=login))
                 elif operation == "fence":
+                    login = self.logins.expected(asm)
                     self.driver.fence(spec)
-                    self.logins.retire(asm)
+                    self.logins.retire(asm, login)
                 else:
+                    login = self.logins.expected(asm)
                     self.driver.stop(spec, timeout)
-                    self.logins.retire(asm)
+                    self.logins.retire(asm, login)
             except Exception as exc:
                 error = str(exc) or type(exc).__name__
             self.queue.put(("driver_done", asm, operation, error))

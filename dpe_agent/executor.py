@@ -247,10 +247,11 @@ class ActionRunner:
         for node in nodes:
             if node is None:
                 continue
+            login = self.logins.expected(node) if self.logins is not None else None
             try:
                 self.driver.fence(self.spec_of(node))
             except DriverError as exc:
                 return ActionResult(RC_ERROR, OP_ERROR, reason=f"fencing {node} failed: {exc}")
             if self.logins is not None:
-                self.logins.retire(node)
+                self.logins.retire(node, login)
         return ActionResult(RC_OK)

@@ -41,6 +41,7 @@ from pcloud.rolebook import RoleBook
 log = logging.getLogger("dped")
 
 READ_ONLY = frozenset({"deployable_status", "events_query"})
+SPARE_WAIT = 30.0
 
 
 @dataclass
@@ -102,6 +103,7 @@ class AgentLogins:
         self.store = store
         self.pool = pool
         self._lock = threading.Lock()
+        self._minted = threading.Condition(self._lock)
         self._current: dict[str, str] = dict(store.load_json(self.STORE_KEY, {}))
         self._spares: dict[str, Credentials] = {}
         self._refilling: set[str] = set()
@@ -120,8 +122,10 @@ class AgentLogins:
         self._refill(assemblies)
 
     def for_boot(self, assembly: str) -> Credentials:
-        """A fresh login for this boot; the previous boot's is revoked."""
-        with self._lock:
+        """A fresh login for this boot; the previous boot's is revoked. A spare being minted
+        is waited for (the first boots of a deployable share one batch)."""
+        with self._minted:
+            self._minted.wait_for(lambda: assembly not in self._refilling, SPARE_WAIT)
             credentials = self._spares.pop(assembly, None)
         if credentials is None:
             credentials = self.issuer.issue([assembly])[assembly]
@@ -134,10 +138,13 @@ class AgentLogins:
         self._refill([assembly])
         return credentials
 
-    def retire(self, assembly: str) -> None:
-        """The assembly is off (stopped or fenced): its login is revoked."""
+    def retire(self, assembly: str, user: str | None) -> None:
+        """The boot that used login ``user`` is off (stopped or fenced): that login is
+        revoked. A newer boot's login (the assembly was booted again meanwhile) stays."""
         with self._lock:
-            old = self._current.pop(assembly, None)
+            if user is None or self._current.get(assembly) != user:
+                return
+            old = self._current.pop(assembly)
             self.store.save_json(self.STORE_KEY, self._current)
         if old:
             self.pool.submit(self._guarded, "revoke", lambda: self.issuer.revoke([old]))
@@ -159,13 +166,14 @@ class AgentLogins:
             self.pool.submit(self._guarded, "mint spares", lambda: self._mint(wanted))
 
     def _mint(self, assemblies: list[str]) -> None:
+        issued: dict[str, Credentials] = {}
         try:
             issued = self.issuer.issue(assemblies)
         finally:
-            with self._lock:
+            with self._minted:
+                self._spares.update(issued)
                 self._refilling.difference_update(assemblies)
-        with self._lock:
-            self._spares.update(issued)
+                self._minted.notify_all()
 
     @staticmethod
     def _guarded(what: str, action: Callable[[], object]) -> None:

@@ -3,8 +3,8 @@
 Two backends behind one interface, next to the broker profile (``pcloud.bus.addressing``):
 
 - ``RabbitmqctlAdmin``: the private node of a state dir (``pcloud-broker``), through
-  ``rabbitmqctl`` with that node's name and Erlang cookie. Users are created in one
-  ``import_definitions`` call per batch (a call costs ~0.6 s here, whatever the batch size).
+  ``rabbitmqctl`` with that node's name and Erlang cookie. A batch of users is created (or
+  deleted) in one synchronous ``rabbitmqctl eval`` (~0.8 s here, whatever the batch size).
 - ``ManagementAdmin``: an operator's RabbitMQ, through the management plugin's HTTP API with
   administrator credentials from the CPE's config.
 
@@ -21,7 +21,6 @@ import logging
 import os
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,7 +35,6 @@ log = logging.getLogger("pcloud.broker_admin")
 VHOST = "/"
 CTL_TIMEOUT = 60.0
 HTTP_TIMEOUT = 15.0
-IMPORT_WAIT = 10.0
 
 
 class BrokerAdminError(Exception):
@@ -54,6 +52,41 @@ class BrokerAdmin(Protocol):
 
     def users(self) -> dict[str, tuple[str, ...]]:
         """Every user's tags, by name."""
+
+
+_ACTOR = '<<"pcloud">>'
+_PUT_USERS = (
+    '{ok, Specs} = file:consult(PATH), '
+    'lists:foreach(fun({U, P, Tags, {C, W, R}, {TW, TR}}) -> '
+    'rabbit_auth_backend_internal:put_user(#{name => U, password => P, tags => Tags}, '
+    f'{_ACTOR}), '
+    f'ok = rabbit_auth_backend_internal:set_permissions(U, <<"/">>, C, W, R, {_ACTOR}), '
+    'ok = rabbit_auth_backend_internal:set_topic_permissions(U, <<"/">>, <<"amq.topic">>, '
+    f'TW, TR, {_ACTOR}) end, Specs), ok.')
+# tracked_connection's 5th field is the connection's pid (rabbit_common/include/rabbit.hrl)
+_DELETE_USERS = (
+    '{ok, Users} = file:consult(PATH), '
+    'lists:foreach(fun(U) -> '
+    f'catch rabbit_auth_backend_internal:delete_user(U, {_ACTOR}), '
+    'catch [rabbit_networking:close_connection(element(6, C), "credentials revoked") '
+    '|| C <- rabbit_connection_tracking:list_of_user(U)] end, Users), ok.')
+
+
+def _string(text: str) -> str:
+    """An Erlang string literal."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _binary(text: str) -> str:
+    return f"<<{_string(text)}>>"
+
+
+def _user_term(spec: UserSpec) -> str:
+    perms = spec.permissions
+    tags = ", ".join(_binary(tag) for tag in spec.tags)
+    return (f"{{{_binary(spec.user)}, {_binary(spec.password)}, [{tags}], "
+            f"{{{_binary(perms.configure)}, {_binary(perms.write)}, {_binary(perms.read)}}}, "
+            f"{{{_binary(perms.topic_write)}, {_binary(perms.topic_read)}}}}}.\n")
 
 
 def definitions(specs: list[UserSpec]) -> dict:
@@ -99,32 +132,29 @@ class RabbitmqctlAdmin:
         return done.stdout
 
     def put_users(self, specs: list[UserSpec]) -> None:
+        """One ``rabbitmqctl eval`` for the whole batch, done when it returns. The passwords
+        go through a 0600 file the node reads (``file:consult``), never a command line."""
         if not specs:
             return
-        fd, path = tempfile.mkstemp(prefix="pcloud-users-", suffix=".json",
-                                    dir=self._broker.broker_dir(self.state_dir))
-        try:
-            with os.fdopen(fd, "w") as handle:   # 0600 from mkstemp: it holds passwords
-                json.dump(definitions(specs), handle)
-            self._ctl("import_definitions", path)
-        finally:
-            os.unlink(path)
-        self._wait_imported({spec.user for spec in specs})
-
-    def _wait_imported(self, names: set[str]) -> None:
-        """``import_definitions`` may return before the import is done: wait for the users."""
-        deadline = time.monotonic() + IMPORT_WAIT
-        while not names <= set(self.users()):
-            if time.monotonic() > deadline:
-                raise BrokerAdminError(f"users {sorted(names - set(self.users()))} were not "
-                                       f"created within {IMPORT_WAIT:g} s")
-            time.sleep(0.1)
+        terms = "".join(_user_term(spec) for spec in specs)
+        self._eval_with_file(terms, _PUT_USERS)
 
     def delete_users(self, names: list[str]) -> None:
-        for name in names:
-            self._ctl("delete_user", name, quiet_missing=True)
-            self._ctl("close_all_user_connections", name, "credentials revoked",
-                      quiet_missing=True)
+        """One ``rabbitmqctl eval``: delete each user and close its connections."""
+        if names:
+            self._eval_with_file("".join(f"{_binary(name)}.\n" for name in names), _DELETE_USERS)
+
+    def _eval_with_file(self, terms: str, program: str) -> None:
+        fd, path = tempfile.mkstemp(prefix="pcloud-users-", suffix=".config",
+                                    dir=self._broker.broker_dir(self.state_dir))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(terms)
+            out = self._ctl("eval", program.replace("PATH", _string(path)))
+        finally:
+            os.unlink(path)
+        if out.strip() != "ok":
+            raise BrokerAdminError(f"rabbitmqctl eval answered {out.strip()[:200]!r}")
 
     def users(self) -> dict[str, tuple[str, ...]]:
         text = self._ctl("list_users", "--formatter", "json")

@@ -128,13 +128,14 @@ def agent_permissions(deployable: str, assembly: str) -> Permissions:
 
 
 def dpe_permissions(deployable: str) -> Permissions:
-    """D's queue, D's agents' queues, D's events and DPE heartbeat, D's beats and reports;
-    configure on callers' reply queues (``pcloud.reply.<uuid>``: attaching a sender declares
-    the queue), write on ``amq.default`` to answer there and to reach its agents."""
+    """D's queue, D's agents' queues, D's events and DPE heartbeat, D's beats and reports.
+    Configure on ``pcloud.cpe`` (its agents' logins come from the CPE) and on callers' reply
+    queues (``pcloud.reply.<uuid>``: attaching a sender declares the queue), write on
+    ``amq.default`` to answer there and to reach its agents."""
     d = re.escape(deployable)
     return Permissions(
         configure=_one_of(rf"pcloud\.dpe\.{d}", rf"pcloud\.agent\.{d}\.[^.]+", _GEN,
-                          r"pcloud\.reply\.[0-9a-f-]+"),
+                          r"pcloud\.reply\.[0-9a-f-]+", r"pcloud\.cpe"),
         write=_one_of(r"amq\.default", r"amq\.topic", rf"pcloud\.agent\.{d}\.[^.]+", _GEN),
         read=_one_of(rf"pcloud\.dpe\.{d}", r"amq\.topic", _GEN),
         topic_write=_one_of(rf"pcloud\.event\.{d}\.[^.]+\.[^.]+", rf"pcloud\.heartbeat\.{d}\.-"),

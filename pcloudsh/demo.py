@@ -173,6 +173,8 @@ class Demo:
                     "one DPE per deployable")
         env = dict(os.environ, PCLOUD_BROKER_URL=self.broker_url or "",
                    PCLOUD_STATE_DIR=str(self.state_dir))
+        if self.own_broker:     # the CPE gives every DPE and agent a login on this node
+            env["PCLOUD_BROKER_ADMIN"] = str(self.broker_dir)
         logfile = open(self.state_dir / "cped.log", "ab")
         self.cped = subprocess.Popen([str(BIN / "cped"), "--foreground", "--state-dir",
                                       str(self.state_dir)], stdout=logfile, stderr=logfile,
