@@ -149,6 +149,7 @@ def main() -> int:
         from pcloud import broker
         private = workdir / "broker"
         os.environ["PCLOUD_BROKER_URL"] = broker.start(private)
+        os.environ["PCLOUD_BROKER_ADMIN"] = str(private)   # the DPE mints its agents' logins
         print(f"private broker at {os.environ['PCLOUD_BROKER_URL'].split('@')[-1]}")
     url = os.environ["PCLOUD_BROKER_URL"]
     name, tag = f"mttr{uuid.uuid4().hex[:6]}", f"{8000 + random.randint(0, 999)}.7"

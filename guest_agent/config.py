@@ -132,7 +132,7 @@ def _from_kernel_cmdline(values: dict[str, str], where: str, cmdline: str) -> di
 
 
 def load(path: str | None, overrides: dict[str, str | None],
-         cmdline: str = KERNEL_CMDLINE) -> AgentConfig:
+         cmdline: str = KERNEL_CMDLINE, fw_cfg: str = FW_CFG_PATH) -> AgentConfig:
     """Merge file, kernel command line (if enabled) and flags (flags win), check, fill defaults."""
     values = read_file(path or DEFAULT_CONFIG, required=path is not None)
     where = f"config {path or DEFAULT_CONFIG}"
@@ -161,7 +161,7 @@ def load(path: str | None, overrides: dict[str, str | None],
         raise ConfigError(f"{where}: uuid {ident!r} must be 1-64 characters without blanks")
     url = _broker_url(values, where)
     if values.get("credentials"):
-        url = with_credentials(url, _credentials(values["credentials"].strip(), where))
+        url = with_credentials(url, _credentials(values["credentials"].strip(), where, fw_cfg))
     deployable = values["deployable"].strip()
     return AgentConfig(deployable=deployable,
                        assembly=values["assembly"].strip(), uuid=ident, broker_url=url,
@@ -171,11 +171,11 @@ def load(path: str | None, overrides: dict[str, str | None],
                        or dpe_user(deployable))
 
 
-def _credentials(source: str, where: str) -> Credentials:
+def _credentials(source: str, where: str, fw_cfg: str) -> Credentials:
     """This boot's login from a file, or from QEMU's fw_cfg (``fw_cfg``)."""
     path = source
     if source == FW_CFG:
-        path = FW_CFG_PATH
+        path = fw_cfg
         if not os.path.exists(path):
             subprocess.run(["modprobe", "qemu_fw_cfg"], capture_output=True, timeout=30,
                            check=False)

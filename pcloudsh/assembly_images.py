@@ -37,14 +37,15 @@ UNASSIGNED = "unassigned"
 
 
 def guest_broker_url(broker_url: str) -> str:
-    """The broker URL as a VM sees it: same scheme, credentials and port, the forward address."""
+    """The broker URL as a VM sees it: same scheme and port, the forward address, and no
+    credentials: an image holds no secret; every boot gets its own login through QEMU's
+    fw_cfg (docs/security.md)."""
     parts = urlsplit(broker_url)
     if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-        raise ImageError(f"broker URL {broker_url!r} is not amqp://[user:pass@]host[:port]")
+        raise ImageError(f"broker URL {redact_url(broker_url)!r} is not "
+                         "amqp://[user:pass@]host[:port]")
     port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
-    userinfo = parts.netloc.rpartition("@")[0]
-    netloc = f"{userinfo}@" if userinfo else ""
-    return urlunsplit((parts.scheme, f"{netloc}{GUEST_BROKER_ADDR}:{port}", parts.path, "", ""))
+    return urlunsplit((parts.scheme, f"{GUEST_BROKER_ADDR}:{port}", parts.path, "", ""))
 
 
 def _random_mac() -> str:

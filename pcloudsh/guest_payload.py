@@ -147,7 +147,8 @@ def agent_config(ident: dict[str, Any]) -> str:
     config["agent"] = {"deployable": ident["deployable"], "assembly": ident["name"],
                        "uuid": ident["uuid"], "broker_url": ident["guest_broker_url"],
                        "heartbeat_interval": str(ident["heartbeat_interval"]),
-                       "state_dir": STATE_DIR, "kernel_cmdline": "yes"}
+                       "state_dir": STATE_DIR, "kernel_cmdline": "yes",
+                       "credentials": "fw_cfg"}
     out = io.StringIO()
     config.write(out)
     return out.getvalue()

@@ -76,12 +76,19 @@ def test_apt_mirror_from_deb822_and_one_line_sources(tmp_path, monkeypatch):
     assert images.apt_mirror("trixie", tmp_path) == "http://env.invalid/debian"
 
 
-def test_guest_broker_url_keeps_credentials_and_port():
-    assert images.guest_broker_url(BROKER) == "amqp://asm-user:s3cret@10.0.2.100:5700"
+def test_guest_broker_url_keeps_the_port_and_drops_the_credentials():
+    assert images.guest_broker_url(BROKER) == "amqp://10.0.2.100:5700"
     assert images.guest_broker_url("amqps://broker.example") == "amqps://10.0.2.100:5671"
     assert images.redact_url(BROKER) == "amqp://asm-user:***@127.0.0.1:5700"
     with pytest.raises(images.ImageError):
         images.guest_broker_url("http://x/")
+
+
+def _fw_cfg(tmp_path) -> str:
+    """What QEMU's fw_cfg item opt/pcloud/credentials shows a booted assembly."""
+    path = tmp_path / "fw_cfg-raw"
+    path.write_text("user=agent.dep1.web.0123abcd\npassword=boot-pw\n")
+    return str(path)
 
 
 def test_payload_carries_agent_sources_and_launcher():
@@ -110,9 +117,10 @@ def test_agent_config_is_what_the_agent_reads(tmp_path):
     cmdline = tmp_path / "cmdline"
     cmdline.write_text("root=/dev/vda rw console=ttyS0\n")
     loaded = agent_config.load(str(path), {"state_dir": str(tmp_path / "state")},
-                               cmdline=str(cmdline))
+                               cmdline=str(cmdline), fw_cfg=_fw_cfg(tmp_path))
     assert (loaded.deployable, loaded.assembly, loaded.uuid) == ("dep1", "web", "u-1")
-    assert loaded.broker_url == "amqp://asm-user:s3cret@10.0.2.100:5700"
+    assert loaded.broker_url == "amqp://agent.dep1.web.0123abcd:boot-pw@10.0.2.100:5700"
+    assert loaded.controller == "dpe.dep1"
     assert loaded.heartbeat_interval == 0.5
 
 
@@ -128,14 +136,17 @@ def test_kernel_command_line_names_the_assembly_an_image_boots_as(tmp_path):
                        "pcloud.uuid=u-2 pcloud.heartbeat_interval=0.5 pcloud.broker_url=x "
                        "systemd.hostname=db\n")
     state = {"state_dir": str(tmp_path / "state")}
-    loaded = agent_config.load(str(path), state, cmdline=str(cmdline))
+    fw_cfg = _fw_cfg(tmp_path)
+    loaded = agent_config.load(str(path), state, cmdline=str(cmdline), fw_cfg=fw_cfg)
     assert (loaded.deployable, loaded.assembly, loaded.uuid) == ("shop", "db", "u-2")
     assert loaded.heartbeat_interval == 0.5
-    assert loaded.broker_url == "amqp://asm-user:s3cret@10.0.2.100:5700"
-    flags = agent_config.load(str(path), {**state, "assembly": "web"}, cmdline=str(cmdline))
+    assert loaded.broker_url == "amqp://agent.dep1.web.0123abcd:boot-pw@10.0.2.100:5700"
+    assert loaded.controller == "dpe.shop"
+    flags = agent_config.load(str(path), {**state, "assembly": "web"}, cmdline=str(cmdline),
+                              fw_cfg=fw_cfg)
     assert flags.assembly == "web"
     path.write_text(path.read_text().replace("kernel_cmdline = yes", "kernel_cmdline = no"))
-    ignored = agent_config.load(str(path), state, cmdline=str(cmdline))
+    ignored = agent_config.load(str(path), state, cmdline=str(cmdline), fw_cfg=fw_cfg)
     assert (ignored.deployable, ignored.assembly) == (images.UNASSIGNED, "tmpl")
 
 
@@ -211,7 +222,9 @@ def test_assembly_create_bakes_agent_config_unit_and_identity(catalogue):
     conf = agent_section(guest["conf"])
     assert conf["deployable"] == "dep1" and conf["assembly"] == "web_1"
     assert conf["uuid"] == "6d1b0e3c-0000-4000-8000-000000000001"
-    assert conf["broker_url"] == "amqp://asm-user:s3cret@10.0.2.100:5700"
+    assert conf["broker_url"] == "amqp://10.0.2.100:5700"    # no secret in an image
+    assert conf["credentials"] == "fw_cfg"
+    assert "s3cret" not in guest["conf"]
     assert conf["heartbeat_interval"] == "0.5"
     assert guest["conf_mode"] == 0o600
     assert guest["machine_id"] == meta["machine_id"] and len(guest["machine_id"]) == 32
@@ -246,7 +259,7 @@ def test_assembly_clone_gets_a_fresh_identity_and_delete_removes_it(catalogue):
     guest = read_guest(dst.disk)
     conf = agent_section(guest["conf"])
     assert conf["assembly"] == "db2" and conf["uuid"] == dst.meta["uuid"]
-    assert conf["broker_url"] == "amqp://asm-user:s3cret@10.0.2.100:5700"
+    assert conf["broker_url"] == "amqp://10.0.2.100:5700"
     assert guest["machine_id"] == dst.meta["machine_id"] and guest["hostname"] == "db2"
     assert guest["wants"] == guest_payload.UNIT_PATH
     assert agent_section(read_guest(src.disk)["conf"])["assembly"] == "db"

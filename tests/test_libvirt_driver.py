@@ -15,6 +15,7 @@ import pytest
 
 from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
 from dpe_agent.drivers.vmboot import GUEST_BROKER_ADDR
+from pcloud.identity import Credentials
 
 libvirt = pytest.importorskip(
     "libvirt", reason="libvirt-python missing: pip install libvirt-python "
@@ -43,7 +44,8 @@ def make_spec(folder: Path, tmp_path: Path, name: str = "web", **extra: str) -> 
     return AssemblySpec(deployable=f"dep{uuid.uuid4().hex[:8]}", name=name,
                         uuid=str(uuid.uuid4()), broker_url="amqp://u:p@127.0.0.1:5700",
                         state_dir=tmp_path / "state", image=str(folder),
-                        extra={"libvirt_uri": TEST_URI, **extra})
+                        extra={"libvirt_uri": TEST_URI, **extra},
+                        credentials=Credentials("agent.d.web.0123abcd", "not-used"))
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 from dpe_agent.drivers import DriverError, get_driver
 from dpe_agent.drivers.base import AssemblySpec, PowerState
 from dpe_agent.drivers.process import ProcessDriver, _alive
+from pcloud.identity import Credentials
 
 FAKE_AGENT = r'''
 import ctypes, os, signal, subprocess, sys, time
@@ -57,7 +58,8 @@ def setup(request, tmp_path):
     driver = ProcessDriver(use_pid_namespace=request.param,
                            agent_argv=[sys.executable, str(script)])
     spec = AssemblySpec(deployable="d", name="a", uuid="u", broker_url="amqp://x",
-                        state_dir=tmp_path / "sandbox")
+                        state_dir=tmp_path / "sandbox",
+                        credentials=Credentials("agent.d.a.0123abcd", "not-used"))
     yield driver, spec
     driver.fence(spec)
 

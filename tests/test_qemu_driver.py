@@ -18,6 +18,7 @@ import pytest
 
 from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
 from dpe_agent.drivers.qemu import PIDFILE, QemuDriver
+from pcloud.identity import Credentials
 
 HOST_KERNELS = sorted(Path("/boot").glob("vmlinuz-*"))
 
@@ -48,7 +49,8 @@ def spec(tmp_path: Path) -> AssemblySpec:
     (folder / "assembly.json").write_text(json.dumps(meta))
     return AssemblySpec(deployable="dep1", name="web", uuid=str(uuid.uuid4()),
                         broker_url="amqp://u:p@127.0.0.1:5700", state_dir=tmp_path / "state",
-                        image=str(folder), extra={"memory_mib": "128"})
+                        image=str(folder), extra={"memory_mib": "128"},
+                        credentials=Credentials("agent.dep1.web.0123abcd", "not-used"))
 
 
 def test_command_line_isolates_the_guest(spec):

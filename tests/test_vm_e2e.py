@@ -20,7 +20,9 @@ from lxml import etree
 
 from dpe_agent.drivers.base import AssemblySpec, PowerState
 from dpe_agent.drivers.qemu import QemuDriver
+from pcloud.broker_admin import admin_for
 from pcloud.bus import Bus, BusError
+from pcloud.credentials import LocalIssuer
 from pcloudsh import images
 from pcloudsh.guestfs_support import guestfs_available
 
@@ -101,8 +103,11 @@ def test_assembly_boots_heartbeats_is_fenced_and_boots_again(client, broker_url,
     sub = client.subscribe(f"pcloud.heartbeat.{dep}.web", beats)
     driver = QemuDriver()
     state = tmp_path / "state"
+    issuer = LocalIssuer(admin_for(os.environ["PCLOUD_BROKER_ADMIN"]), dep)
+    login = issuer.issue(["web"])["web"]        # what the DPE hands every boot (fw_cfg)
     spec = AssemblySpec(deployable=dep, name="web", uuid=asm.meta["uuid"],
-                        broker_url=broker_url, state_dir=state, image=str(asm.path))
+                        broker_url=broker_url, state_dir=state, image=str(asm.path),
+                        credentials=login)
     try:
         booted = time.monotonic()
         driver.start(spec)

@@ -19,6 +19,7 @@ from typing import Any
 from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
 from dpe_agent.drivers.vmboot import (
     BOOT_TIMEOUT,
+    credentials_option,
     kernel_cmdline,
     load_vm_image,
     netdev_option,
@@ -26,6 +27,7 @@ from dpe_agent.drivers.vmboot import (
 )
 
 DEFAULT_URI = "qemu:///system"
+QEMU_USER = "libvirt-qemu"   # whom qemu:///system runs QEMU as (Debian)
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 POLL_INTERVAL = 0.2
 
@@ -90,7 +92,8 @@ def domain_xml(spec: AssemblySpec) -> str:
     _sub(devices, "console", type="pty")
     commandline = _sub(domain, f"{{{QEMU_NS}}}commandline")
     for arg in ("-netdev", netdev_option(image, spec.broker_url),
-                "-device", nic_option(image)):
+                "-device", nic_option(image),
+                "-fw_cfg", credentials_option(spec, owner=QEMU_USER)):
         _sub(commandline, f"{{{QEMU_NS}}}arg", value=arg)
     return ET.tostring(domain, encoding="unicode")
 

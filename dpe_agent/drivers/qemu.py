@@ -22,6 +22,7 @@ from pathlib import Path
 from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
 from dpe_agent.drivers.vmboot import (
     BOOT_TIMEOUT,
+    credentials_option,
     kernel_cmdline,
     load_vm_image,
     netdev_option,
@@ -84,6 +85,7 @@ class QemuDriver:
                 "-drive", f"file={image.disk},if=virtio,format=qcow2",
                 "-netdev", netdev_option(image, spec.broker_url),
                 "-device", nic_option(image),
+                "-fw_cfg", credentials_option(spec),
                 "-serial", f"file:{state / CONSOLE_LOG}",
                 "-qmp", f"unix:{QMP_SOCKET},server=on,wait=off",
                 "-pidfile", str(state / PIDFILE)]

@@ -7,6 +7,10 @@ the broker: user-mode networking with ``restrict=on`` cuts the guest off from th
 outside, and one ``guestfwd`` rule turns connections to ``GUEST_BROKER_ADDR:port`` into a
 ``nc`` to the broker the DPE itself uses.
 
+The assembly's login is not in the image either: every boot gets a fresh one as the QEMU
+``fw_cfg`` item ``opt/pcloud/credentials`` (a 0600 file in the assembly's state dir, which
+only that VM can read; ``guest_agent.config`` reads it with ``credentials = fw_cfg``).
+
 The assembly's identity is not taken from the image: the kernel command line carries it
 (``pcloud.deployable=… pcloud.assembly=… pcloud.uuid=… pcloud.heartbeat_interval=…``, read by
 the guest agent, see ``guest_agent.config``; ``systemd.hostname=…`` for the host name), so an
@@ -15,17 +19,23 @@ image built for one deployable boots as whatever assembly the deployable documen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from dpe_agent.drivers.base import AssemblySpec, DriverError
 from pcloud import config
+from pcloud.credentials import format_credentials
+from pcloud.fsutil import private_dir, write_private
 from pcloud.urls import mask_url
 
 GUEST_BROKER_ADDR = "10.0.2.100"
+FW_CFG_NAME = "opt/pcloud/credentials"
+FW_CFG_FILE = "fw_cfg-credentials"
 ASSEMBLY_META = "assembly.json"
 DISK_NAME = "disk.qcow2"
 KERNEL_CMDLINE = "root=/dev/vda rw console=ttyS0"
@@ -49,6 +59,19 @@ class VmImage:
 
 
 _CMDLINE_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def credentials_option(spec: AssemblySpec, owner: str | None = None) -> str:
+    """QEMU's ``-fw_cfg`` value handing this boot's agent login to the guest. The file is
+    0600 (``owner``: the user QEMU runs as, when that is not us, e.g. libvirt-qemu)."""
+    if spec.credentials is None:
+        raise DriverError(f"no agent login for {spec.deployable}/{spec.name}")
+    path = private_dir(Path(spec.state_dir)) / FW_CFG_FILE
+    write_private(path, format_credentials(spec.credentials))
+    if owner is not None:
+        with contextlib.suppress(LookupError, OSError):
+            shutil.chown(path, user=owner)
+    return f"name={FW_CFG_NAME},file={path.resolve()}"
 
 
 def kernel_cmdline(spec: AssemblySpec) -> str:
