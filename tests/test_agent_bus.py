@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from pcloud.broker_admin import admin_for
 from pcloud.bus import Bus, MethodError
+from pcloud.credentials import with_credentials
+from pcloud.identity import UserSpec, cpe_permissions, new_password
 from tests.helpers import ignores_sigterm, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +70,8 @@ class Collector:
 
 
 class AgentProc:
-    """One pcloud-agent subprocess with its own identity, state dir and topic collectors."""
+    """One pcloud-agent subprocess with its own identity, state dir and topic collectors;
+    the test's client plays its DPE (``--controller``)."""
 
     def __init__(self, client: Bus, url: str, state_dir: Path) -> None:
         self.client = client
@@ -87,7 +91,7 @@ class AgentProc:
         self.proc = subprocess.Popen(
             [AGENT, "--foreground", "--deployable", self.dep, "--assembly", self.asm,
              "--broker-url", self.url, "--state-dir", str(self.state_dir),
-             "--heartbeat-interval", "0.2"], cwd=ROOT)
+             "--heartbeat-interval", "0.2", "--controller", self.client.user], cwd=ROOT)
         pid = self.proc.pid
         self.beats.wait(lambda hb: hb.get("pid") == str(pid), 20)
 
@@ -138,6 +142,22 @@ def test_agent_info(agent):
     info = agent.call("agent_info", "<agent/>")
     assert (info.get("deployable"), info.get("assembly")) == (agent.dep, agent.asm)
     assert info.get("pid") == str(agent.proc.pid)
+
+
+def test_requests_from_anyone_but_its_controller_are_refused(agent, broker_url):
+    """Another login that the broker lets reach the queue (a CPE-like one) may still not
+    operate the agent's resources: the agent checks user_id itself."""
+    other = UserSpec(f"other{uuid.uuid4().hex[:6]}", new_password(), cpe_permissions())
+    admin = admin_for(os.environ["PCLOUD_BROKER_ADMIN"])
+    admin.put_users([other])
+    try:
+        with Bus(url=with_credentials(broker_url, other.credentials), name="intruder") as bus:
+            with pytest.raises(MethodError) as refused:
+                bus.call(agent.queue, "resource_start", "<resource_op/>", timeout=20)
+        assert refused.value.code == "not_authorized"
+        assert agent.call("agent_info", "<agent/>") is not None
+    finally:
+        admin.delete_users([other.user])
 
 
 def test_process_start_monitor_stop_and_sigkill_report(agent):
