@@ -6,6 +6,13 @@ only), distribution port (127.0.0.1 only) and its own epmd on its own port, so i
 touches the machine's broker or epmd and leaves no process behind after ``stop``. Users
 and the reply-queue expiry policy come from a definitions file loaded at boot, so start-up
 needs no ``rabbitmqctl`` round trips.
+
+TLS is on by default: an amqps listener (127.0.0.1, a port of its own) with a server
+certificate for ``localhost`` (and IP 127.0.0.1) signed by a CA of the node's own, both made
+once with the ``openssl`` CLI under ``broker/tls/`` (keys 0600) and reused at every start.
+Clients verify the broker by name against ``broker/tls/ca.pem``. To serve a certificate of
+your own, replace ``server.pem`` and ``server.key`` there (and give clients its CA).
+The management plugin (HTTP API on 127.0.0.1) is off unless ``start(management=True)``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ from pcloud.identity import OPERATOR_TAG
 
 RABBIT_BIN = Path(os.environ.get("PCLOUD_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
 DEFAULT_PORT = 5682
+DEFAULT_TLS_PORT = 5681
+TLS_HOST = "localhost"
+CERT_DAYS = 3650
+CA_DAYS = 2 * CERT_DAYS
 USER = "pcloud"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -59,10 +70,27 @@ class Settings:
     tls_port: int | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    tls_ca: str | None = None
+    management_port: int | None = None
 
     @property
     def url(self) -> str:
+        """Plain AMQP on loopback, for tools on this host."""
         return f"amqp://{self.user}:{self.password}@127.0.0.1:{self.port}"
+
+    @property
+    def tls_url(self) -> str | None:
+        """amqps with the host name the certificate carries (clients verify it by name)."""
+        if not self.tls_port:
+            return None
+        return f"amqps://{self.user}:{self.password}@{TLS_HOST}:{self.tls_port}"
+
+    @property
+    def management_url(self) -> str | None:
+        """The management HTTP API with the owner account (an administrator)."""
+        if not self.management_port:
+            return None
+        return f"http://{self.user}:{self.password}@127.0.0.1:{self.management_port}"
 
 
 def broker_dir(state_dir: str | os.PathLike) -> Path:
@@ -93,8 +121,11 @@ def _settings_file(state_dir) -> Path:
 def load_settings(state_dir) -> Settings | None:
     """The saved settings of the node in this state dir, or None."""
     try:
-        return Settings(**json.loads(_settings_file(state_dir).read_text()))
-    except (OSError, ValueError, TypeError):
+        saved = json.loads(_settings_file(state_dir).read_text())
+        known = {key: value for key, value in saved.items()
+                 if key in Settings.__dataclass_fields__}
+        return Settings(**known)
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
 
 
@@ -111,8 +142,87 @@ def _password_hash(password: str) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
+def _openssl(*args: str, cwd: Path) -> None:
+    try:
+        subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise BrokerError("openssl is not installed (apt-get install openssl); it makes the "
+                          "broker's TLS certificates") from None
+    except subprocess.CalledProcessError as exc:
+        raise BrokerError(f"openssl {args[0]} failed: "
+                          f"{exc.stderr.decode(errors='replace').strip()[-300:]}") from None
+
+
+def _fresh(cert: Path, days: int) -> bool:
+    """Made less than ``days - 1`` days ago, by its mtime (an openssl run to read its end
+    date would cost more than the rest of a restart's preparation)."""
+    try:
+        age = time.time() - cert.stat().st_mtime
+    except OSError:
+        return False
+    return age < (days - 1) * 86400
+
+
+def _ec_key(name: str) -> list[str]:
+    """P-256 keys: made in milliseconds, unlike RSA, and both Erlang and proton speak them."""
+    return ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", name]
+
+
+def ensure_certificates(state_dir) -> tuple[Path, Path, Path]:
+    """(ca, cert, key) under ``broker/tls/``: made once (a few openssl runs), then reused
+    while fresh; a new server certificate keeps the CA, so clients keep trusting it."""
+    tls = broker_dir(state_dir) / "tls"
+    tls.mkdir(parents=True, exist_ok=True)
+    os.chmod(tls, 0o700)
+    ca, ca_key, cert, key = (tls / "ca.pem", tls / "ca.key", tls / "server.pem",
+                             tls / "server.key")
+    if key.exists() and ca.exists() and _fresh(cert, CERT_DAYS):
+        return ca, cert, key
+    try:    # openssl writes keys by the umask: the 0700 directory keeps them private
+        if not (ca_key.exists() and _fresh(ca, CA_DAYS - CERT_DAYS)):
+            _openssl("req", "-x509", *_ec_key("ca.key.new"), "-days", str(CA_DAYS),
+                     "-subj", f"/CN=pcloud private broker CA {secrets.token_hex(4)}",
+                     "-addext", "basicConstraints=critical,CA:TRUE",
+                     "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                     "-out", "ca.pem.new", cwd=tls)
+            os.replace(tls / "ca.key.new", ca_key)
+            os.replace(tls / "ca.pem.new", ca)
+        _openssl("req", "-new", *_ec_key("server.key.new"), "-subj", f"/CN={TLS_HOST}",
+                 "-out", "server.csr", cwd=tls)
+        (tls / "server.ext").write_text(
+            f"subjectAltName=DNS:{TLS_HOST},IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyAgreement\nextendedKeyUsage=serverAuth\n")
+        _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-set_serial", str(secrets.randbits(63)), "-days", str(CERT_DAYS),
+                 "-extfile", "server.ext", "-out", "server.pem.new", cwd=tls)
+        os.replace(tls / "server.key.new", key)
+        os.replace(tls / "server.pem.new", cert)
+    finally:
+        for leftover in ("server.csr", "server.ext"):
+            with contextlib.suppress(FileNotFoundError):
+                (tls / leftover).unlink()
+    for private in (ca_key, key):
+        os.chmod(private, 0o600)
+    for public in (ca, cert):
+        os.chmod(public, 0o644)
+    return ca, cert, key
+
+
+def _pick_port(wanted: int | None, saved: int | None, default: int | None = None) -> int:
+    """The port asked for, else the saved one while free, else ``default`` if free, else any."""
+    if wanted:
+        return wanted
+    for candidate in (saved, default):
+        if candidate and _port_free(candidate):
+            return candidate
+    return free_port()
+
+
 def _prepare(state_dir, port: int | None, dist_port: int | None,
-             epmd_port: int | None, tls: tuple[int, str, str] | None) -> Settings:
+             epmd_port: int | None, tls: bool, tls_port: int | None,
+             management: bool | None) -> Settings:
     """Create or update the node's directory and files; reuse saved choices when possible."""
     root = broker_dir(state_dir)
     for sub in ("", "mnesia", "log", "home"):
@@ -133,11 +243,16 @@ def _prepare(state_dir, port: int | None, dist_port: int | None,
         user=saved.user if saved else USER,
         password=saved.password if saved else secrets.token_hex(16),
     )
-    if tls is not None:
-        settings.tls_port, settings.tls_cert, settings.tls_key = tls
-    elif saved is not None:
-        settings.tls_port, settings.tls_cert, settings.tls_key = (
-            saved.tls_port, saved.tls_cert, saved.tls_key)
+    if tls:
+        ca, cert, key = ensure_certificates(state_dir)
+        settings.tls_ca, settings.tls_cert, settings.tls_key = str(ca), str(cert), str(key)
+        settings.tls_port = _pick_port(
+            tls_port, saved.tls_port if saved else None,
+            DEFAULT_TLS_PORT if chosen_port == DEFAULT_PORT else None)
+    if management is None:
+        management = bool(saved and saved.management_port)
+    if management:
+        settings.management_port = _pick_port(None, saved.management_port if saved else None)
     _write_private(_settings_file(state_dir), json.dumps(settings.__dict__, indent=1))
     _write_private(root / "credentials", f"user={settings.user}\npassword={settings.password}\n"
                                          f"url={settings.url}\n")
@@ -151,7 +266,8 @@ def _prepare(state_dir, port: int | None, dist_port: int | None,
         "policies": [REPLY_POLICY],
     }
     _write_private(root / "definitions.json", json.dumps(definitions, indent=1))
-    (root / "enabled_plugins").write_text("[rabbitmq_amqp1_0].\n")
+    plugins = "rabbitmq_amqp1_0,rabbitmq_management" if management else "rabbitmq_amqp1_0"
+    (root / "enabled_plugins").write_text(f"[{plugins}].\n")
     (root / "rabbitmq-env.conf").write_text("")
     _write_private(root / "rabbitmq.conf", "\n".join([
         f"listeners.tcp.default = 127.0.0.1:{settings.port}",
@@ -162,6 +278,7 @@ def _prepare(state_dir, port: int | None, dist_port: int | None,
         "log.file.level = info",
         "log.console = false",
         *_tls_lines(settings),
+        *_management_lines(settings),
         "",
     ]))
     return settings
@@ -176,6 +293,13 @@ def _tls_lines(settings: Settings) -> list[str]:
             f"ssl_options.keyfile = {settings.tls_key}",
             "ssl_options.verify = verify_none",
             "ssl_options.fail_if_no_peer_cert = false"]
+
+
+def _management_lines(settings: Settings) -> list[str]:
+    if not settings.management_port:
+        return []
+    return [f"management.tcp.port = {settings.management_port}",
+            "management.tcp.ip = 127.0.0.1"]
 
 
 def ctl_env(state_dir, settings: Settings) -> dict[str, str]:
@@ -303,22 +427,27 @@ def _start_epmd(settings: Settings, env: dict[str, str]) -> None:
 
 
 def start(state_dir, port: int | None = None, dist_port: int | None = None,
-          epmd_port: int | None = None, timeout: float = START_TIMEOUT,
-          tls: tuple[int, str, str] | None = None) -> str:
-    """Start the node (no-op if running) and return its URL once it accepts connections.
+          epmd_port: int | None = None, timeout: float = START_TIMEOUT, tls: bool = True,
+          tls_port: int | None = None, management: bool | None = None) -> str:
+    """Start the node (no-op if running) and return its plain URL once it accepts connections.
 
-    ``tls=(port, certfile, keyfile)`` adds an amqps listener on 127.0.0.1.
+    ``tls`` adds the amqps listener (``Settings.tls_url``); ``management`` enables the
+    management plugin on a free port of 127.0.0.1 (``Settings.management_url``), None keeps
+    what the last start chose.
     """
     _check_installed()
     if is_running(state_dir):
         return load_settings(state_dir).url
-    settings = _prepare(state_dir, port, dist_port, epmd_port, tls)
+    settings = _prepare(state_dir, port, dist_port, epmd_port, tls, tls_port, management)
     port_deadline = time.monotonic() + 10.0
     while not _port_free(settings.port) and time.monotonic() < port_deadline:
         time.sleep(0.1)  # a node killed a moment ago may still hold it
     if not _port_free(settings.port):
         raise BrokerError(f"port {settings.port} is already in use; choose another with "
                           f"--port or PCLOUD_BROKER_PORT")
+    if settings.tls_port and not _port_free(settings.tls_port):
+        raise BrokerError(f"amqps port {settings.tls_port} is already in use; choose another "
+                          "with --tls-port")
     env = _env(state_dir, settings)
     with contextlib.suppress(FileNotFoundError):
         (broker_dir(state_dir) / "pid").unlink()
@@ -328,12 +457,23 @@ def start(state_dir, port: int | None = None, dist_port: int | None = None,
                    stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if is_running(state_dir):
+        if is_running(state_dir) and _listening(settings):
             return settings.url
         time.sleep(0.1)
     log_file = broker_dir(state_dir) / "log"
     raise BrokerError(f"RabbitMQ node {settings.node} did not start within {timeout:g} s; "
                       f"see the logs in {log_file}")
+
+
+def _listening(settings: Settings) -> bool:
+    """The amqps and management listeners accept too (they open after the AMQP one)."""
+    for port in (settings.tls_port, settings.management_port):
+        if port:
+            with socket.socket() as sock:
+                sock.settimeout(1.0)
+                if sock.connect_ex(("127.0.0.1", port)) != 0:
+                    return False
+    return True
 
 
 def _wait_gone(pids: list[int], timeout: float) -> bool:
@@ -386,4 +526,5 @@ def restart(state_dir, timeout: float = START_TIMEOUT) -> str:
     stop(state_dir)
     if settings is None:
         raise BrokerError("no private broker was ever started in this state dir")
-    return start(state_dir, settings.port, settings.dist_port, settings.epmd_port, timeout)
+    return start(state_dir, settings.port, settings.dist_port, settings.epmd_port, timeout,
+                 tls=bool(settings.tls_port), tls_port=settings.tls_port)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,22 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     return subprocess.run([sys.executable, "-m", "pcloud.broker_cli", *args],
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
+
+
+def listen_addresses(port: int) -> set[str]:
+    """Local addresses of the sockets listening on ``port`` (IPv4 and IPv6, hex as in /proc)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.rsplit(":", 1)
+                if state == "0A" and int(hex_port, 16) == port:
+                    found.add(address)
+    return found
+
+
+LOOPBACK = "0100007F"   # 127.0.0.1 as /proc/net/tcp writes it
 
 
 def processes_mentioning(needle: str) -> list[str]:
@@ -51,6 +69,17 @@ def test_start_is_idempotent_and_stop_leaves_no_process(node):
     settings = broker.load_settings(state)
     assert processes_mentioning(settings.node)
     assert oct((state / "broker" / "credentials").stat().st_mode & 0o777) == "0o600"
+    for private in ("ca.key", "server.key"):
+        assert oct((state / "broker" / "tls" / private).stat().st_mode & 0o777) == "0o600"
+    for listener in (settings.port, settings.tls_port, settings.dist_port):
+        assert listen_addresses(listener) == {LOOPBACK}, listener
+
+    tls_url = cli("url", "--tls", *args).stdout.strip()
+    assert tls_url == url.replace("amqp://", "amqps://").replace(
+        f"@127.0.0.1:{port}", f"@localhost:{settings.tls_port}")
+    ca = cli("ca", *args)
+    assert ca.returncode == 0 and ca.stdout.strip() == str(state / "broker" / "tls" / "ca.pem")
+    assert f"amqps://pcloud:***@localhost:{settings.tls_port}" in first.stdout
 
     with Bus(url, name="test-private-node") as bus:
         assert bus.connected
@@ -66,7 +95,13 @@ def test_start_is_idempotent_and_stop_leaves_no_process(node):
 def test_restart_keeps_url_and_kill9_leaves_only_epmd(node):
     state, port = node
     url = broker.start(state, port=port)
+    tls = state / "broker" / "tls"
+    made = {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in tls.iterdir()}
+    tls_url = broker.load_settings(state).tls_url
     assert broker.restart(state) == url
+    assert broker.load_settings(state).tls_url == tls_url
+    assert {path.name: (path.read_bytes(), path.stat().st_mtime_ns)
+            for path in tls.iterdir()} == made        # certificates are made once
     broker.kill9(state)
     assert not broker.is_running(state)
     remaining = broker.node_pids(state)

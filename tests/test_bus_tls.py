@@ -1,4 +1,8 @@
-"""amqps:// with PLAIN on a private node with a TLS listener; the peer name is verified."""
+"""amqps:// with PLAIN on the private node's own TLS listener; the peer name is verified.
+
+The session broker is a private node, which listens on amqps by default with a certificate
+for ``localhost`` signed by its own CA (``pcloud-broker ca``).
+"""
 
 from __future__ import annotations
 
@@ -6,46 +10,47 @@ import subprocess
 
 import pytest
 
-from pcloud import broker
+from pcloud import broker as private_broker
 from pcloud.bus import Bus, BusError
 
 
-def openssl(*args: str, cwd) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
-def tls_node(tmp_path_factory):
-    if not (broker.RABBIT_BIN / "rabbitmq-server").exists():
-        pytest.skip("RabbitMQ is not installed here")
-    certs = tmp_path_factory.mktemp("certs")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            "/CN=pcloud test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=certs)
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-            "-keyout", "server.key", "-out", "server.csr", cwd=certs)
-    (certs / "ext.cnf").write_text("subjectAltName=DNS:localhost\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "server.pem",
-            cwd=certs)
-    state = tmp_path_factory.mktemp("tls-broker")
-    tls_port = broker.free_port()
-    url = broker.start(state, port=broker.free_port(),
-                       tls=(tls_port, str(certs / "server.pem"), str(certs / "server.key")))
-    creds = url.split("://", 1)[1].split("@", 1)[0]
-    yield f"amqps://{creds}@localhost:{tls_port}", certs
-    broker.stop(state)
+def tls_node(broker):
+    settings = private_broker.load_settings(broker.require_control())
+    assert settings.tls_url and settings.tls_ca
+    return settings
 
 
-def test_amqps_with_a_trusted_ca_works(tls_node, monkeypatch):
-    url, certs = tls_node
-    monkeypatch.setenv("PCLOUD_TLS_CA", str(certs / "ca.pem"))
-    with Bus(url, name="test-tls") as bus:
+def test_the_certificate_names_localhost_and_chains_to_the_ca(tls_node):
+    text = subprocess.run(["openssl", "x509", "-in", tls_node.tls_cert, "-noout", "-text"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "DNS:localhost" in text and "IP Address:127.0.0.1" in text
+    verified = subprocess.run(["openssl", "verify", "-CAfile", tls_node.tls_ca,
+                               tls_node.tls_cert], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stderr
+
+
+def test_amqps_verified_by_name_against_the_ca_works(tls_node, monkeypatch):
+    monkeypatch.setenv("PCLOUD_TLS_CA", tls_node.tls_ca)
+    with Bus(tls_node.tls_url, name="test-tls") as bus:
         bus.serve("pcloud.test.tls", {"echo": lambda body, msg: body}).wait_attached()
         assert bus.call("pcloud.test.tls", "echo", "<secure/>").tag == "secure"
 
 
-def test_amqps_refuses_an_untrusted_certificate(tls_node, monkeypatch):
-    url, _certs = tls_node
+def test_the_ca_may_come_from_the_config_file(tls_node, monkeypatch, tmp_path):
+    config = tmp_path / "pcloud.conf"
+    config.write_text(f"[bus]\nca = {tls_node.tls_ca}\n")
     monkeypatch.delenv("PCLOUD_TLS_CA", raising=False)
+    monkeypatch.delenv("PCLOUD_TLS_VERIFY", raising=False)
+    monkeypatch.setenv("PCLOUD_CONFIG", str(config))
+    with Bus(tls_node.tls_url, name="test-tls-config") as bus:
+        assert bus.connected
+
+
+def test_amqps_without_the_ca_is_refused(tls_node, monkeypatch, tmp_path):
+    monkeypatch.delenv("PCLOUD_TLS_CA", raising=False)
+    monkeypatch.delenv("PCLOUD_TLS_VERIFY", raising=False)
+    monkeypatch.setenv("PCLOUD_CONFIG", str(tmp_path / "absent.conf"))
     with pytest.raises(BusError, match="not trusted"):
-        Bus(url, name="test-tls-untrusted").start(timeout=30)
+        Bus(tls_node.tls_url, name="test-tls-untrusted").start(timeout=30)
+
