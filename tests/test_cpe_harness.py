@@ -22,6 +22,8 @@ from lxml import etree
 from proton import Message
 from proton.utils import BlockingConnection
 
+from pcloud.bus.bus import login_of
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 EXAMPLES = ROOT / "xml" / "examples"
@@ -40,11 +42,17 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str,
         time.sleep(step)
 
 
+def xml_of(body: str | bytes | memoryview) -> etree._Element:
+    """A received body: a data section (bytes, what pcloud sends) or an amqp-value string."""
+    return etree.fromstring(body.encode() if isinstance(body, str) else bytes(body))
+
+
 class AmqpClient:
     """Request/response on plain queues, the way DESIGN §3 describes it for RabbitMQ."""
 
     def __init__(self, url: str) -> None:
         self.conn = BlockingConnection(url, timeout=15, allowed_mechs="PLAIN")
+        self.user_id = (login_of(url) or "").encode()   # the broker checks it is ours
         self.reply_to = f"pcloud.reply.{uuid.uuid4()}"
         self.receiver = self.conn.create_receiver(self.reply_to)
         self.senders: dict[str, object] = {}
@@ -61,7 +69,7 @@ class AmqpClient:
         cid = str(uuid.uuid4())
         sender.send(Message(body=body, subject=subject, reply_to=self.reply_to,
                             correlation_id=cid, id=cid, content_type="application/xml",
-                            properties={"pcloud.opcode": opcode}))
+                            properties={"pcloud.opcode": opcode}, user_id=self.user_id))
         return cid
 
     def request(self, queue: str, method: str | None, body: object,
@@ -78,7 +86,7 @@ class AmqpClient:
             if str(msg.correlation_id) == cid:
                 assert msg.subject == method
                 assert msg.properties["pcloud.opcode"] == "method_response"
-                return etree.fromstring(msg.body.encode())
+                return xml_of(msg.body)
 
     def call(self, method: str, body: object, queue: str = "pcloud.cpe",
              timeout: float = 15.0) -> etree._Element:
@@ -132,7 +140,7 @@ class EventWatcher:
             except Exception:
                 continue
             self.receiver.accept()
-            event = etree.fromstring(msg.body.encode())
+            event = xml_of(msg.body)
             self.seen.append(event)
             if predicate(event):
                 return event

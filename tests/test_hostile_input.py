@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from lxml import etree
 from proton import Message
 from test_cpe_harness import (
     AmqpClient,
@@ -27,6 +26,7 @@ from test_cpe_harness import (
     service_pid,
     unique,
     wait_until,
+    xml_of,
 )
 
 SERVICES = {"a1": ["s1"], "a2": ["s2"], "a3": ["s3"]}
@@ -94,7 +94,8 @@ class Target:
         properties = {"pcloud.opcode": opcode} if opcode is not None else None
         sender.send(Message(body=body, subject=subject, id=cid, correlation_id=cid,
                             reply_to=self.client.reply_to if reply_to else None,
-                            content_type="application/xml", properties=properties))
+                            content_type="application/xml", properties=properties,
+                            user_id=self.client.user_id))
         return cid
 
     def error(self, queue: str, method: str | None, body: object,
@@ -106,7 +107,7 @@ class Target:
             self.client.receiver.accept()
             if str(msg.correlation_id) == cid:
                 break
-        response = etree.fromstring(msg.body.encode())
+        response = xml_of(msg.body)
         assert response.tag == "response" and response.get("rc") != "0", msg.body
         error = response.find("error")
         assert error is not None, msg.body
