@@ -513,13 +513,13 @@ class CpeService:
     def on_event(self, msg: Message) -> None:
         """Persist an event seen on ``pcloud.event.#`` once per (deployable, seq), if it
         comes from that deployable's DPE (our own config_errors are stored already)."""
-        if msg.user_id == self.bus.user:
-            return
         try:
             root = xmlsafe.parse(msg.body, source="event")
             schemas.validate(root, "event")
         except xmlsafe.XMLError as exc:
             log.warning("dropped an invalid event from %s: %s", msg.user_id, exc)
+            return
+        if msg.user_id == self.bus.user:
             return
         if not self._from_dpe_of(msg, root.get("deployable", ""), "event"):
             return
