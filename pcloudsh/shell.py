@@ -1,9 +1,10 @@
 """The interactive pcloudsh: a ``cmd.Cmd`` prompt over the same commands as the one-shot CLI.
 
 Completion knows command names and, per argument, catalogue names (assemblies, deployables,
-resources, templates, JEOS images); history is kept in ``<state>/pcloudsh/history``. While the
-prompt waits, events are shown live above it, so an operator sees failures and recoveries as
-they happen (pacemaker-cloud's "user interface feedback").
+resources, templates, JEOS images), roles, and the users the CPE lists; history is kept in
+``<state>/pcloudsh/history``. While the prompt waits, events are shown live above it, so an
+operator sees failures and recoveries as they happen (pacemaker-cloud's "user interface
+feedback").
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from pcloud import xmlsafe
 from pcloud.bus import Message
 from pcloud.events import Event
-from pcloudsh import cpe_commands, event_commands, validate
+from pcloudsh import cpe_commands, event_commands, user_commands, validate
 from pcloudsh.catalogue import template_names
 from pcloudsh.commands import REGISTRY, CommandError, Commands, command
 from pcloudsh.event_commands import SeqOrder
@@ -29,7 +30,8 @@ try:
 except ImportError:  # pragma: no cover - readline is part of CPython on Linux
     readline = None  # type: ignore[assignment]
 
-assert cpe_commands and event_commands  # register the deployable and event commands
+# register the deployable, event and user commands
+assert cpe_commands and event_commands and user_commands
 BUILTINS = ("help", "quit", "exit", "watch")
 
 
@@ -201,6 +203,10 @@ class Shell(cmd.Cmd):
                 return ["x86_64"]
             if kind == "distro":
                 return ["debian-12"]
+            if kind == "role":
+                return list(user_commands.ROLES)
+            if kind == "user":
+                return user_commands.user_names(self.commands)
             if kind == "jeos":
                 from pcloudsh import images
 

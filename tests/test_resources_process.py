@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import shutil
 import signal
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +127,69 @@ def test_restarted_agent_adopts_by_pid_and_start_time(make, reaper, tmp_path):
                            reaper, str(tmp_path))
     assert second.running_pid() == pid and second.monitor(1).rc == 0
     assert second.stop(5).rc == 0
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+
+
+def _status_ids(pid: int) -> dict[str, list[int]]:
+    """Uid, Gid and Groups of a process, as /proc/<pid>/status shows them."""
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.rstrip("\n").split(":", 1) for line in f if ":" in line)
+    return {key: [int(v) for v in fields[key].split()] for key in ("Uid", "Gid", "Groups")}
+
+
+@needs_root
+def test_runs_as_named_user_and_exit_still_seen_at_once(make):
+    nobody = pwd.getpwnam("nobody")
+    res = make("unprivileged", command="sh -c 'echo home=$HOME user=$USER; sleep 60'",
+               user="nobody")
+    assert res.start(5).rc == 0
+    pid = res.running_pid()
+    ids = _status_ids(pid)
+    assert ids["Uid"] == [nobody.pw_uid] * 4
+    assert ids["Gid"] == [nobody.pw_gid] * 4
+    assert ids["Groups"] == []            # root's supplementary groups are dropped
+    wait_for(lambda: f"home={nobody.pw_dir} user=nobody" in res.output())
+    os.kill(pid, signal.SIGKILL)
+    assert res.failed.wait(5)
+    assert res.failures == ["process exited with signal 9"]
+
+
+@needs_root
+def test_group_parameter_and_explicit_environment_wins(make, tmp_path):
+    primary = pwd.getpwnam("nobody").pw_gid
+    other = next(g for g in grp.getgrall() if g.gr_gid not in (0, primary))
+    res = make("grouped", command="sh -c 'echo home=$HOME; sleep 60'", user="nobody",
+               group=other.gr_name, env_HOME=str(tmp_path))
+    assert res.start(5).rc == 0
+    assert _status_ids(res.running_pid())["Gid"] == [other.gr_gid] * 4
+    wait_for(lambda: f"home={tmp_path}" in res.output())
+    assert res.stop(5).rc == 0 and not res.failures
+
+
+@needs_root
+def test_pidfile_naming_another_users_process_is_refused(make):
+    drop = Path(tempfile.mkdtemp(prefix="pcloud-test-"))   # tmp_path's parents are 0700
+    os.chmod(drop, 0o777)
+    pidfile = drop / "d.pid"
+    res = make("liar", command=f"sh -c 'echo 1 > {pidfile}'", pidfile=str(pidfile),
+               user="nobody")
+    try:
+        result = res.start(5)
+    finally:
+        shutil.rmtree(drop)
+    assert result.rc == 1 and "names process 1, which is not user nobody's" in result.reason
+    assert res.running_pid() is None
+
+
+def test_unknown_user_or_group_is_invalid_parameter(reaper, tmp_path):
+    for params, words in (({"user": "no-such-user-xyz"}, "user 'no-such-user-xyz' does not"),
+                          ({"user": "nobody", "group": "no-such-group-xyz"},
+                           "group 'no-such-group-xyz' does not"),
+                          ({"group": "nogroup"}, "'group' needs 'user'")):
+        with pytest.raises(ResourceError) as err:
+            make_resource(ResourceSpec("x", "process", params={"command": "true", **params}),
+                          reaper, str(tmp_path))
+        assert err.value.code == "invalid_parameter"
+        assert words in err.value.message

@@ -8,17 +8,28 @@ to the agent (subreaper) and watched the same way.
 The pid, its start time and the process group are kept in ``<state>/resources/<name>.json``,
 so a restarted agent re-adopts a process that still runs (watched through a pidfd) and never
 mistakes a reused pid for it.
+
+Parameters ``user`` (and ``group``) run the command as that account rather than as the agent
+(root), so a service does not hold the host: its uid and gid, no supplementary groups, and
+``HOME``/``USER``/``LOGNAME`` set as a login would (``cwd`` defaults to that home, or ``/``).
+It stays the agent's child in the agent's session tree, so its exit is seen at once and it
+dies with the sandbox like any other resource. A daemon's pidfile must then name a process of
+that user: the user can write the file, and must not point the agent at someone else's pid.
 """
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import shlex
 import signal
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from guest_agent.reaper import Reaper, describe_status, proc_alive, proc_start_time
 from guest_agent.resources.base import (
@@ -58,6 +69,58 @@ def parse_environment(params: dict[str, str]) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class RunAs:
+    """The account a process resource runs as."""
+
+    user: str
+    uid: int
+    gid: int
+    home: str
+
+    def environment(self) -> dict[str, str]:
+        """What a login would set; explicit ``env_*`` parameters still win."""
+        return {"HOME": self.home, "USER": self.user, "LOGNAME": self.user}
+
+    def spawn_kwargs(self) -> dict[str, Any]:
+        """Popen arguments that switch to the account; ``extra_groups=[]`` drops root's
+        supplementary groups, which ``user=`` alone would keep."""
+        if os.geteuid() == 0:
+            return {"user": self.uid, "group": self.gid, "extra_groups": []}
+        return {}
+
+    def startable(self) -> str | None:
+        """Why this agent cannot switch to the account (None: it can)."""
+        if os.geteuid() == 0 or (self.uid, self.gid) == (os.geteuid(), os.getegid()):
+            return None
+        return (f"the agent runs as uid {os.geteuid()}, not root: it cannot start a process "
+                f"as user {self.user}")
+
+
+def run_as(params: dict[str, str]) -> RunAs | None:
+    """The account named by ``user``/``group``; ``invalid_parameter`` when it does not exist
+    here (a typo must not fall back to root)."""
+    name = params.get("user", "").strip()
+    group = params.get("group", "").strip()
+    if not name:
+        if group:
+            raise ResourceError("invalid_parameter", "parameter 'group' needs 'user' as well")
+        return None
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except (KeyError, ValueError, OverflowError):
+        raise ResourceError("invalid_parameter",
+                            f"user {name!r} does not exist (parameter 'user')") from None
+    gid = entry.pw_gid
+    if group:
+        try:
+            gid = (grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)).gr_gid
+        except (KeyError, ValueError, OverflowError):
+            raise ResourceError("invalid_parameter",
+                                f"group {group!r} does not exist (parameter 'group')") from None
+    return RunAs(entry.pw_name, entry.pw_uid, gid, entry.pw_dir or "/")
+
+
 class ProcessResource(Resource):
     """A command the agent starts, watches and stops itself."""
 
@@ -74,8 +137,12 @@ class ProcessResource(Resource):
                 self.argv = shlex.split(command)
             except ValueError as exc:
                 raise ResourceError("invalid_parameter", f"command: {exc}") from None
-        self.env = dict(os.environ, **parse_environment(params))
+        self.run_as = run_as(params)
+        login = self.run_as.environment() if self.run_as else {}
+        self.env = {**os.environ, **login, **parse_environment(params)}
         self.cwd = params.get("cwd") or None
+        if self.cwd is None and self.run_as is not None:
+            self.cwd = self.run_as.home if os.path.isdir(self.run_as.home) else "/"
         self.pidfile = params.get("pidfile") or None
         try:
             self.start_wait = float(params.get("start_wait", "0"))
@@ -113,6 +180,10 @@ class ProcessResource(Resource):
             self._last_exit = ""
         if self.cwd and not os.path.isdir(self.cwd):
             return OpResult(OCF_ERR_CONFIGURED, "error", f"cwd {self.cwd} is not a directory")
+        refusal = self.run_as.startable() if self.run_as else None
+        if refusal:
+            return OpResult(OCF_ERR_PERM, "error", refusal)
+        identity = self.run_as.spawn_kwargs() if self.run_as else {}
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         if self.pidfile:
             _unlink(self.pidfile)
@@ -121,7 +192,7 @@ class ProcessResource(Resource):
                 child = self.reaper.spawn(self.argv, on_exit=self._leader_exit,
                                           stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                           env=self.env, cwd=self.cwd, start_new_session=True,
-                                          close_fds=True)
+                                          close_fds=True, **identity)
         except FileNotFoundError:
             return OpResult(OCF_ERR_INSTALLED, "error", f"command not found: {self.argv[0]}")
         except PermissionError as exc:
@@ -198,6 +269,10 @@ class ProcessResource(Resource):
                             self.output())
         while True:
             pid = _read_pid(self.pidfile or "")
+            if pid and proc_alive(pid) and not self._owns(pid):
+                return OpResult(OCF_ERR_GENERIC, "error",
+                                f"pidfile {self.pidfile} names process {pid}, which is not "
+                                f"user {self.run_as.user}'s", self.output())
             if pid and proc_alive(pid):
                 with self._lock:
                     self._track(pid)
@@ -206,6 +281,10 @@ class ProcessResource(Resource):
                 return OpResult(OCF_ERR_GENERIC, "timeout",
                                 f"pidfile {self.pidfile} names no live process", self.output())
             time.sleep(0.01)
+
+    def _owns(self, pid: int) -> bool:
+        """The process runs as the resource's user (always true without one)."""
+        return self.run_as is None or _proc_uid(pid) == self.run_as.uid
 
     def _track(self, pid: int) -> None:
         """Watch pid as the resource (lock held) and record it for a restarted agent."""
@@ -272,6 +351,18 @@ def _signal(pid: int, pgid: int | None, sig: int) -> None:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _proc_uid(pid: int) -> int | None:
+    """The real uid of a process, from ``/proc/<pid>/status``."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _read_pid(path: str) -> int | None:
