@@ -1,0 +1,1 @@
+"""Helpers for test modules (plain modules, no fixtures)."""

@@ -1,0 +1,360 @@
+"""What an attacker inside one assembly can do, and a client that signs its requests.
+
+``Attacker`` speaks raw AMQP 1.0 (qpid-proton's blocking API, none of pcloud's bus code)
+with the login an assembly holds (its credentials file). Every attempt opens a connection of
+its own, because the broker ends the session (often the connection) of a party that exceeds
+its permissions; an attempt reports what happened instead of raising, so that a test checks
+the *effect* afterwards (a refused attach shows up as a timeout: RabbitMQ ends the session
+without answering the attach).
+
+``SignedClient`` is ``test_cpe_harness.AmqpClient`` with ``user_id`` = its login on every
+request and data-section bodies both ways: receivers drop a request that does not say who
+sent it (DESIGN §3). ``signed_cped`` is ``running_cped`` with that client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from lxml import etree
+from proton import Delivery, Endpoint, Message
+from proton._utils import BlockingReceiver, Fetcher
+from proton.utils import BlockingConnection
+from test_cpe_harness import CpedProcess, kill_all_using, wait_until
+
+from pcloud.bus import Bus, BusError
+from pcloud.credentials import read_credentials_file, with_credentials
+from pcloud.identity import Credentials, agent_of
+from pcloud.urls import mask_urls
+
+#: how long an attempt waits for the broker: a refusal never answers, it ends the session
+ATTEMPT_TIMEOUT = 3.0
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def login_of(url: str) -> str:
+    return urllib.parse.unquote(urllib.parse.urlsplit(url).username or "")
+
+
+def password_of(url: str) -> str:
+    return urllib.parse.unquote(urllib.parse.urlsplit(url).password or "")
+
+
+def body_text(body: object) -> str:
+    """A message body as text: a data section (bytes) or an amqp-value string."""
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body).decode("utf-8")
+    return str(body)
+
+
+class SignedClient:
+    """Request/response on plain queues (DESIGN §3), ``user_id`` = its login."""
+
+    def __init__(self, url: str) -> None:
+        self.user = login_of(url)
+        self.conn = BlockingConnection(url, timeout=15, allowed_mechs="PLAIN")
+        self.reply_to = f"pcloud.reply.{uuid.uuid4()}"
+        self.receiver = self.conn.create_receiver(self.reply_to)
+        self.senders: dict[str, object] = {}
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self.conn.close()
+
+    def send_raw(self, queue: str, subject: str | None, body: str,
+                 opcode: str = "method_request") -> str:
+        sender = self.senders.get(queue)
+        if sender is None:
+            sender = self.senders[queue] = self.conn.create_sender(queue)
+        cid = str(uuid.uuid4())
+        sender.send(Message(body=body.encode(), subject=subject, reply_to=self.reply_to,
+                            correlation_id=cid, id=cid, content_type="application/xml",
+                            user_id=self.user.encode(),
+                            properties={"pcloud.opcode": opcode}))
+        return cid
+
+    def request(self, queue: str, method: str | None, body: str,
+                timeout: float = 15.0) -> etree._Element:
+        """Send one request and return the ``<response>`` root element."""
+        cid = self.send_raw(queue, method, body)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no response to {method} on {queue} within {timeout} s")
+            msg = self.receiver.receive(timeout=remaining)
+            self.receiver.accept()
+            if str(msg.correlation_id) == cid:
+                return etree.fromstring(body_text(msg.body).encode())
+
+    def call(self, method: str, body: str, queue: str = "pcloud.cpe",
+             timeout: float = 15.0) -> etree._Element | None:
+        """A method that must succeed: its result element (or None)."""
+        response = self.request(queue, method, body, timeout)
+        assert response.get("rc") == "0", etree.tostring(response, encoding="unicode")
+        return response[0] if len(response) else None
+
+    def error(self, method: str, body: str, queue: str = "pcloud.cpe") -> tuple[str, str]:
+        """A request that must fail: its (code, message)."""
+        response = self.request(queue, method, body)
+        assert response.get("rc") != "0", etree.tostring(response, encoding="unicode")
+        error = response.find("error")
+        assert error is not None
+        return error.get("code"), error.get("message")
+
+    def status(self, name: str) -> etree._Element:
+        return self.call("deployable_status", f'<deployable name="{name}"/>')
+
+    def listing(self) -> dict[str, str]:
+        result = self.call("deployables_list", "<deployables/>")
+        return {d.get("name"): d.get("state") for d in result}
+
+    def events(self, name: str, since: int = 0) -> list[etree._Element]:
+        return list(self.call("events_query", f'<events deployable="{name}" '
+                                              f'since_seq="{since}" limit="100000"/>'))
+
+
+@contextmanager
+def signed_cped(state_dir: Path, url: str) -> Iterator[tuple[CpedProcess, SignedClient]]:
+    """A cped and its owner's client; afterwards every deployable is stopped and nothing
+    that names ``state_dir`` is left running."""
+    client = SignedClient(url)
+    cped = CpedProcess(state_dir, url)
+    try:
+        cped.start(client)
+        yield cped, client
+    finally:
+        try:
+            if cped.proc is not None and cped.proc.poll() is None:
+                for name, state in client.listing().items():
+                    if state != "stopped":
+                        client.request("pcloud.cpe", "deployable_stop",
+                                       f'<deployable name="{name}"/>')
+                wait_until(lambda: all(s == "stopped" for s in client.listing().values()), 60,
+                           "every deployable to stop")
+        finally:
+            cped.terminate()
+            client.close()
+            kill_all_using(str(state_dir))
+
+
+# --- what an assembly holds ----------------------------------------------------------------
+
+def assembly_dir(state_dir: Path, dep: str, asm: str) -> Path:
+    return state_dir / "dpe" / dep / "assemblies" / asm
+
+
+def stolen_login(state_dir: Path, dep: str, asm: str) -> Credentials:
+    """The agent login a sandbox holds (its credentials file), read as its tenant would."""
+    return read_credentials_file(assembly_dir(state_dir, dep, asm) / "credentials")[0]
+
+
+def sandbox_pid(state_dir: Path, dep: str, asm: str) -> int | None:
+    try:
+        info = json.loads((assembly_dir(state_dir, dep, asm) / "sandbox.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    return int(info["pid"])
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (through /proc/<pid>/task/*/children)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            with suppress(OSError, ValueError):
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def kill9(pid: int) -> None:
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def logs_in(url: str, credentials: Credentials, timeout: float = 10.0) -> bool:
+    """Whether the broker takes this login (pcloud's own Bus, as an agent would use it)."""
+    bus = Bus(with_credentials(url, credentials), name="test-stolen-login")
+    try:
+        bus.start(timeout=timeout)
+    except BusError:
+        return False
+    bus.close()
+    return True
+
+
+# --- the attacker --------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """What one attempt did: ``error`` is None when nothing refused it that we could see."""
+
+    what: str
+    error: str | None = None
+    received: list[Message] = field(default_factory=list)
+
+    @property
+    def refused(self) -> bool:
+        return self.error is not None
+
+
+class Attacker:
+    """Raw AMQP 1.0 with a stolen login; each attempt is a connection of its own."""
+
+    def __init__(self, broker_url: str, credentials: Credentials) -> None:
+        self.url = with_credentials(broker_url, credentials)
+        self.user = credentials.user
+        self.outcomes: list[Outcome] = []
+
+    def __repr__(self) -> str:          # never show the password
+        return f"Attacker({self.user})"
+
+    def _attempt(self, what: str, action: Callable[[BlockingConnection, Outcome], None],
+                 timeout: float) -> Outcome:
+        outcome = Outcome(what)
+        conn = None
+        try:
+            conn = BlockingConnection(self.url, timeout=timeout, allowed_mechs="PLAIN")
+            action(conn, outcome)
+        except Exception as exc:     # the broker's refusal, in whatever form proton gives it
+            outcome.error = mask_urls(f"{type(exc).__name__}: {exc}")
+        finally:
+            if conn is not None:
+                with suppress(Exception):
+                    conn.close()
+        self.outcomes.append(outcome)
+        return outcome
+
+    def send(self, address: str, body: str, subject: str | None, opcode: str,
+             reply_to: str | None = None, user_id: str | None = None, count: int = 1,
+             timeout: float = ATTEMPT_TIMEOUT) -> Outcome:
+        """Send ``count`` messages to ``address`` (a queue name or ``/topic/KEY``)."""
+        def action(conn: BlockingConnection, outcome: Outcome) -> None:
+            link = conn.container.create_sender(conn.conn, address)
+            _opened(conn, link, timeout)
+            for _ in range(count):
+                delivery = link.send(message(body, subject, opcode, user_id or self.user,
+                                             reply_to))
+                conn.wait(lambda d=delivery: d.settled or _ended(link) is not None,
+                          timeout=timeout, msg=f"sending to {address}")
+                _check_open(link)
+                if delivery.remote_state in (Delivery.REJECTED, Delivery.RELEASED):
+                    raise RuntimeError(f"delivery {delivery.remote_state}")
+        return self._attempt(f"send {subject} to {address}", action, timeout)
+
+    def request(self, queue: str, method: str, body: str) -> Outcome:
+        """A method request, answered (if ever) on the attacker's own agent queue."""
+        return self.send(queue, body, method, "method_request", reply_to=self.own_queue)
+
+    def receive(self, address: str, seconds: float,
+                during: Callable[[], None] | None = None,
+                timeout: float = ATTEMPT_TIMEOUT) -> Outcome:
+        """Attach a receiver to ``address``, run ``during()`` (legitimate traffic that a
+        thief would get), and keep whatever arrives within ``seconds``."""
+        def action(conn: BlockingConnection, outcome: Outcome) -> None:
+            fetcher = Fetcher(conn, 100)
+            link = conn.container.create_receiver(conn.conn, address, handler=fetcher)
+            _opened(conn, link, timeout)
+            receiver = BlockingReceiver(conn, link, fetcher, credit=100)
+            if during is not None:
+                during()
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    msg = receiver.receive(timeout=left)
+                except Exception as exc:
+                    if type(exc).__name__ == "Timeout":
+                        break
+                    raise
+                outcome.received.append(msg)
+                receiver.accept()
+        return self._attempt(f"receive from {address}", action, timeout)
+
+    @property
+    def own_queue(self) -> str:
+        dep, asm = agent_of(self.user) or ("?", "?")
+        return f"pcloud.agent.{dep}.{asm}"
+
+
+def _ended(link) -> str | None:
+    """Why the broker ended this link, its session or its connection (None: it did not)."""
+    for endpoint in (link, link.session, link.connection):
+        if endpoint.state & Endpoint.REMOTE_CLOSED:
+            return f"{type(endpoint).__name__} ended: {endpoint.remote_condition}"
+    return None
+
+
+def _check_open(link) -> None:
+    why = _ended(link)
+    if why is not None:
+        raise RuntimeError(f"refused by the broker ({why})")
+
+
+def _opened(conn: BlockingConnection, link, timeout: float) -> None:
+    """Wait until the broker attaches ``link`` or ends it (a refusal ends the session)."""
+    conn.wait(lambda: _ended(link) is not None or not link.state & Endpoint.REMOTE_UNINIT,
+              timeout=timeout, msg=f"attaching {link.name}")
+    _check_open(link)
+
+
+def message(body: str, subject: str | None, opcode: str, user_id: str,
+            reply_to: str | None = None) -> Message:
+    cid = str(uuid.uuid4())
+    return Message(body=body.encode(), subject=subject, id=cid, correlation_id=cid,
+                   reply_to=reply_to, content_type="application/xml",
+                   user_id=user_id.encode(), properties={"pcloud.opcode": opcode})
+
+
+class Publisher:
+    """One connection that keeps publishing on one topic key it may use (no refusal
+    expected); ``send`` raises if the broker ends it."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.user = login_of(url)
+        self.conn = BlockingConnection(url, timeout=10, allowed_mechs="PLAIN")
+        self.sender = self.conn.create_sender(f"/topic/{key}")
+
+    def send(self, body: str, subject: str, opcode: str) -> None:
+        self.sender.send(message(body, subject, opcode, self.user))
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self.conn.close()
+
+
+# --- forged documents ----------------------------------------------------------------------
+
+def heartbeat_xml(dep: str, asm: str, uuid_: str, seq: int, started: str,
+                  interval: float = 0.5) -> str:
+    return (f'<heartbeat deployable="{dep}" assembly="{asm}" uuid="{uuid_}" seq="{seq}" '
+            f'started="{started}" pid="1" interval="{interval:g}" '
+            f'time="{now_iso()}"/>')
+
+
+def report_xml(dep: str, asm: str, rsc: str, uuid_: str, rc: int = 7,
+               interval: int = 1000) -> str:
+    return (f'<report deployable="{dep}" assembly="{asm}" resource="{rsc}" operation="monitor" '
+            f'interval="{interval}" rc="{rc}" time="{now_iso()}" uuid="{uuid_}" '
+            f'reason="process exited with signal 9"/>')
+
+
+def event_xml(dep: str, seq: int, type_: str = "deployable_state_change",
+              state: str = "stopped", asm: str | None = None, rsc: str | None = None) -> str:
+    where = (f' assembly="{asm}"' if asm else "") + (f' resource="{rsc}"' if rsc else "")
+    return (f'<event seq="{seq}" time="{now_iso()}" type="{type_}" deployable="{dep}"{where} '
+            f'state="{state}" reason="forged"/>')
