@@ -25,7 +25,6 @@ from cpe_agent.store import (
     StoredDeployable,
     StoredEvent,
     StoreError,
-    now_iso,
 )
 from cpe_agent.supervisor import Supervisor
 from pcloud import identity, schemas, xmlsafe
@@ -87,6 +86,7 @@ class CpeService:
         self.infrastructures = infrastructures
         self._starting = threading.Lock()
         self._forged: set[tuple[str, str]] = set()
+        self.on_stored: Callable[[etree._Element], None] | None = None   # operator hooks
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -332,6 +332,13 @@ class CpeService:
                                                 f"credentials of deployable {name!r}")
         return name
 
+    @staticmethod
+    def _generation(body: etree._Element) -> str:
+        generation = body.get("generation", "")
+        if not identity.GENERATION.fullmatch(generation):
+            raise MethodError("invalid_request", "generation must be at most 8 hex digits")
+        return generation
+
     def _issuer(self, name: str) -> LocalIssuer:
         if self.admin is None:
             raise MethodError("no_broker_admin", "this CPE cannot administer the broker's "
@@ -348,8 +355,9 @@ class CpeService:
         if not wanted or unknown or len(wanted) > len(known) * 4:
             raise MethodError("invalid_request", f"credentials_issue names no assembly of "
                                                  f"{name} or unknown ones: {unknown[:5]}")
+        generation = self._generation(body)
         try:
-            issued = self._issuer(name).issue(wanted)
+            issued = self._issuer(name).issue(wanted, generation)
         except Exception as exc:
             raise MethodError("broker_admin_failed", str(exc)) from None
         result = etree.Element("credentials", deployable=name)
@@ -368,7 +376,7 @@ class CpeService:
         issuer = self._issuer(name)
         try:
             if body.get("keep") == "true":
-                issuer.prune(users)
+                issuer.prune(users, self._generation(body))
             else:
                 issuer.revoke(users)
         except Exception as exc:
@@ -469,10 +477,14 @@ class CpeService:
         raise MethodError(code, message)
 
     def raise_config_error(self, name: str, reason: str) -> None:
-        reason = reason[:4096]
+        self.raise_event(etree.Element("event", type="config_error", deployable=name,
+                                       reason=reason[:4096]))
+
+    def raise_event(self, request: etree._Element) -> None:
+        """Number, store and publish an event the CPE raises (config_error, hook_result):
+        by the DPE's ``event_raise`` while it runs (one seq sequence), else here."""
+        name, kind = request.get("deployable", ""), request.get("type", "")
         if self.supervisor.is_running(name):
-            request = etree.Element("event", type="config_error", deployable=name,
-                                    reason=reason)
             try:
                 raised = self._call_dpe(name, "event_raise",
                                        etree.tostring(request, encoding="unicode"),
@@ -481,12 +493,14 @@ class CpeService:
                     self._persist(raised)
                     return
             except (BusError, MethodError) as exc:
-                log.info("DPE of %s could not raise the config_error (%s)", name, exc)
+                log.info("DPE of %s could not raise the %s (%s)", name, kind, exc)
+        draft = Event.from_xml(request)
         stored = self.supervisor.number_event(
-            name, lambda seq: self._stored(Event(seq, now_iso(), "config_error", name,
-                                                 reason=reason)))
-        self.bus.publish(_topic_of(stored), Message(body=stored.xml, subject="config_error",
+            name, lambda seq: self._stored(draft.with_seq(seq)))
+        self.bus.publish(_topic_of(stored), Message(body=stored.xml, subject=kind,
                                                     opcode="event"))
+        if self.on_stored is not None:
+            self.on_stored(xmlsafe.parse(stored.xml, source="event"))
 
     def _last_known_status(self, stored: StoredDeployable) -> etree._Element:
         reason = ("last known state: the DPE is not answering"
@@ -537,7 +551,9 @@ class CpeService:
                         name, msg.user_id, identity.dpe_user(name))
         return False
 
-    def _persist(self, root: etree._Element) -> None:
+    def _persist(self, root: etree._Element) -> bool:
+        """Store an event once per (deployable, seq); True when it was new (then the
+        operator hooks see it: every stored event passes here or through ``raise_event``)."""
         event = Event.from_xml(root)
         if event.seq is None:
             raise xmlsafe.XMLError("event has no seq")
@@ -545,11 +561,15 @@ class CpeService:
         if event.seq > ceiling:
             log.warning("dropped event seq %d of %s: more than %d past the stored history",
                         event.seq, event.deployable, MAX_SEQ_JUMP)
-            return
-        if self.store.add_event(self._stored(event)):
-            if event.type == "deployable_state_change" and event.assembly in (None, "-") \
-                    and event.state:
-                self.store.set_state(event.deployable, event.state)
+            return False
+        if not self.store.add_event(self._stored(event)):
+            return False
+        if event.type == "deployable_state_change" and event.assembly in (None, "-") \
+                and event.state:
+            self.store.set_state(event.deployable, event.state)
+        if self.on_stored is not None:
+            self.on_stored(root)
+        return True
 
     @staticmethod
     def _stored(event: Event) -> StoredEvent:

@@ -18,6 +18,7 @@ uses is kept in the DPE's store, so a restarted DPE adopts running agents.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -107,6 +108,7 @@ class AgentLogins:
         self._current: dict[str, str] = dict(store.load_json(self.STORE_KEY, {}))
         self._spares: dict[str, Credentials] = {}
         self._refilling: set[str] = set()
+        self.generation = secrets.token_hex(2)     # this DPE's: prune spares it
 
     def expected(self, assembly: str) -> str | None:
         return self._current.get(assembly)
@@ -118,7 +120,8 @@ class AgentLogins:
     def start(self, assemblies: list[str]) -> None:
         """At DPE start: forget every login but those of running agents, mint spares."""
         keep = list(self.users().values())
-        self.pool.submit(self._guarded, "prune", lambda: self.issuer.prune(keep))
+        self.pool.submit(self._guarded, "prune",
+                         lambda: self.issuer.prune(keep, self.generation))
         self._refill(assemblies)
 
     def for_boot(self, assembly: str) -> Credentials:
@@ -128,7 +131,7 @@ class AgentLogins:
             self._minted.wait_for(lambda: assembly not in self._refilling, SPARE_WAIT)
             credentials = self._spares.pop(assembly, None)
         if credentials is None:
-            credentials = self.issuer.issue([assembly])[assembly]
+            credentials = self.issuer.issue([assembly], self.generation)[assembly]
         with self._lock:
             old = self._current.get(assembly)
             self._current[assembly] = credentials.user
@@ -168,7 +171,7 @@ class AgentLogins:
     def _mint(self, assemblies: list[str]) -> None:
         issued: dict[str, Credentials] = {}
         try:
-            issued = self.issuer.issue(assemblies)
+            issued = self.issuer.issue(assemblies, self.generation)
         finally:
             with self._minted:
                 self._spares.update(issued)

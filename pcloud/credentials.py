@@ -19,7 +19,7 @@ from typing import Protocol
 
 from lxml import etree
 
-from pcloud.identity import AGENT_PREFIX, Credentials, agent_of, agent_spec
+from pcloud.identity import AGENT_PREFIX, Credentials, agent_of, agent_spec, boot_token
 
 log = logging.getLogger("pcloud.credentials")
 
@@ -36,15 +36,19 @@ class CredentialsError(Exception):
 
 
 class Issuer(Protocol):
-    def issue(self, assemblies: list[str]) -> dict[str, Credentials]:
+    """Mints and revokes a deployable's agent logins. ``generation`` (a few hex digits,
+    one per DPE start) prefixes the boot token of what that DPE mints, so its start-up
+    ``prune`` cannot delete logins it minted meanwhile."""
+
+    def issue(self, assemblies: list[str], generation: str = "") -> dict[str, Credentials]:
         """A fresh agent login for one boot of each assembly."""
 
     def revoke(self, users: list[str]) -> None:
         """Delete these agent users of the deployable (their connections are closed)."""
 
-    def prune(self, keep: list[str]) -> None:
-        """Delete every agent user of the deployable but ``keep`` (a DPE that starts
-        forgets the spares of the one before it)."""
+    def prune(self, keep: list[str], generation: str = "") -> None:
+        """Delete every agent user of the deployable but ``keep`` and those of
+        ``generation`` (a DPE that starts forgets the spares of the one before it)."""
 
 
 class LocalIssuer:
@@ -54,8 +58,8 @@ class LocalIssuer:
         self.admin = admin
         self.deployable = deployable
 
-    def issue(self, assemblies: list[str]) -> dict[str, Credentials]:
-        specs = {name: agent_spec(self.deployable, name) for name in assemblies}
+    def issue(self, assemblies: list[str], generation: str = "") -> dict[str, Credentials]:
+        specs = {name: agent_spec(self.deployable, name, generation) for name in assemblies}
         self.admin.put_users(list(specs.values()))
         return {name: spec.credentials for name, spec in specs.items()}
 
@@ -64,9 +68,10 @@ class LocalIssuer:
         if mine:
             self.admin.delete_users(mine)
 
-    def prune(self, keep: list[str]) -> None:
+    def prune(self, keep: list[str], generation: str = "") -> None:
         prefix = f"{AGENT_PREFIX}{self.deployable}."
-        self.revoke([u for u in self.admin.users() if u.startswith(prefix) and u not in keep])
+        self.revoke([u for u in self.admin.users() if u.startswith(prefix) and u not in keep
+                     and not (generation and boot_token(u).startswith(generation))])
 
 
 class CpeIssuer:
@@ -77,8 +82,9 @@ class CpeIssuer:
         self.deployable = deployable
         self.senders = {cpe_user} if cpe_user else None
 
-    def issue(self, assemblies: list[str]) -> dict[str, Credentials]:
-        request = etree.Element("credentials", deployable=self.deployable)
+    def issue(self, assemblies: list[str], generation: str = "") -> dict[str, Credentials]:
+        request = etree.Element("credentials", deployable=self.deployable,
+                                generation=generation)
         for name in assemblies:
             etree.SubElement(request, "assembly", name=name)
         result = self.bus.call(CPE_QUEUE, ISSUE_METHOD, request, timeout=CALL_TIMEOUT,
@@ -94,13 +100,13 @@ class CpeIssuer:
     def revoke(self, users: list[str]) -> None:
         self._revoke(users, keep=False)
 
-    def prune(self, keep: list[str]) -> None:
-        self._revoke(keep, keep=True)
+    def prune(self, keep: list[str], generation: str = "") -> None:
+        self._revoke(keep, keep=True, generation=generation)
 
-    def _revoke(self, users: list[str], keep: bool) -> None:
-        """``<credentials deployable keep="true|false"><agent user/>…</credentials>``."""
+    def _revoke(self, users: list[str], keep: bool, generation: str = "") -> None:
+        """``<credentials deployable keep="true|false" generation><agent user/>…``."""
         request = etree.Element("credentials", deployable=self.deployable,
-                                keep="true" if keep else "false")
+                                keep="true" if keep else "false", generation=generation)
         for user in users:
             etree.SubElement(request, "agent", user=user)
         self.bus.call(CPE_QUEUE, REVOKE_METHOD, request, timeout=CALL_TIMEOUT,

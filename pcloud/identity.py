@@ -33,6 +33,7 @@ _NAME = NAME_PATTERN
 _USER_NAME = NAME
 _DPE_USER = re.compile(rf"^dpe\.({_NAME})$")
 _AGENT_USER = re.compile(rf"^agent\.({_NAME})\.({_NAME})\.([0-9a-f]{{8,32}})$")
+GENERATION = re.compile(r"^[0-9a-f]{0,8}$")
 NOTHING = "^$"
 
 
@@ -159,9 +160,18 @@ def client_permissions() -> Permissions:
         topic_write=NOTHING, topic_read=r"^pcloud\.event\..+$")
 
 
-def agent_spec(deployable: str, assembly: str) -> UserSpec:
-    return UserSpec(agent_user(deployable, assembly), new_password(),
+def agent_spec(deployable: str, assembly: str, generation: str = "") -> UserSpec:
+    """A fresh agent login; its boot token starts with ``generation`` (hex: the minting
+    DPE's own, so that a prune never deletes what that DPE just minted)."""
+    boot = generation + secrets.token_hex(6)
+    return UserSpec(agent_user(deployable, assembly, boot), new_password(),
                     agent_permissions(deployable, assembly))
+
+
+def boot_token(user: str) -> str:
+    """The boot token of an agent user name ("" for any other name)."""
+    match = _AGENT_USER.fullmatch(user or "")
+    return match.group(3) if match else ""
 
 
 def dpe_spec(deployable: str) -> UserSpec:
