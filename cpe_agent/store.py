@@ -260,6 +260,11 @@ class Store:
         kept window (pruned, see ``max_events``) do not count as missing."""
         with self._lock:
             floor = max(0, self.max_seq(deployable) - self.max_events)
+            count, lowest = self._conn.execute(
+                "SELECT COUNT(*), MIN(seq) FROM events WHERE deployable = ?",
+                (deployable,)).fetchone()
+            if count >= self.max_events:        # the window is full: older ones were pruned
+                floor = max(floor, int(lowest) - 1)
             row = self._conn.execute(
                 "SELECT MIN(e.seq) FROM events e WHERE e.deployable = ? AND e.seq > ? "
                 "AND NOT EXISTS (SELECT 1 FROM events n WHERE n.deployable = e.deployable "

@@ -95,7 +95,10 @@ def test_event_log_keeps_the_newest_events_of_each_deployable(tmp_path: Path) ->
     made = store.add_event_next_seq("d", lambda seq: _event("d", seq))
     assert made.seq == 6 and [e.seq for e in store.events("d")] == [4, 5, 6]
     store.add_event(_event("d", 8))                 # 7 missing: back-fill from 6
-    assert [e.seq for e in store.events("d")] == [6, 8] and store.contiguous_seq("d") == 6
+    assert [e.seq for e in store.events("d")] == [5, 6, 8]    # the newest three, by count
+    assert store.contiguous_seq("d") == 6
     store.add_event(_event("d", 7))
     assert store.contiguous_seq("d") == 8
+    store.add_event(_event("d", 9_000_000))         # a huge seq erases nothing
+    assert [e.seq for e in store.events("d")] == [7, 8, 9_000_000]
     store.close()
