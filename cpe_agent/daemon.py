@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import IO
 
+from cpe_agent.hooks import HookRunner, load_hooks
 from cpe_agent.service import (
     CPE_QUEUE,
     DPE_HEARTBEATS,
@@ -107,6 +108,18 @@ class Cped:
                 delay = min(CONNECT_BACKOFF_CAP, delay * 2)
         return None
 
+    @staticmethod
+    def _hooks(service: CpeService) -> HookRunner:
+        """Operator hooks on every newly stored event; a bad section is logged and skipped."""
+        hooks, errors = load_hooks(config.config_path())
+        for error in errors:
+            log.error("hook not used: %s", error)
+        runner = HookRunner(hooks, publish=service.raise_event)
+        if hooks:
+            service.on_stored = runner.submit
+            log.info("hooks: %s", ", ".join(h.name for h in hooks))
+        return runner
+
     def run(self) -> None:
         self._lock()
         admin = broker_admin()
@@ -120,6 +133,7 @@ class Cped:
         service = CpeService(store, supervisor, bus, admin=admin, roles=RoleBook(admin),
                              infrastructures=allowed_infrastructures())
         supervisor.request_stop = service.request_stop
+        hooks = self._hooks(service)
         supervisor.bus_connected = lambda: bus.connected
         try:
             subs = [bus.subscribe(EVENT_TOPICS, service.on_event),
@@ -139,6 +153,7 @@ class Cped:
                 supervisor.reap()
             log.info("CPE stopping; DPEs keep running")
         finally:
+            hooks.close()
             supervisor.close()
             bus.close()
             store.close()

@@ -57,13 +57,14 @@ class Methods:
         self._check_name(body.get("name"))
 
     def _check_event(self, body: etree._Element) -> None:
-        """Only the CPE's ``config_error`` may be raised: any other type would let a client
-        forge state changes into the event log (and the CPE's stored state)."""
+        """Only the CPE's ``config_error`` and ``hook_result`` may be raised: they change no
+        state, and any other type would let a client forge state changes into the event log
+        (and the CPE's stored state)."""
         _validate(body, "event_raise")
         self._check_name(body.get("deployable"))
-        if body.get("type") != EventType.CONFIG_ERROR.value:
-            raise MethodError("invalid_request",
-                              f"event_raise raises config_error events, not {body.get('type')!r}")
+        if body.get("type") not in (EventType.CONFIG_ERROR.value, EventType.HOOK_RESULT.value):
+            raise MethodError("invalid_request", "event_raise raises config_error and "
+                              f"hook_result events, not {body.get('type')!r}")
         if body.get("seq") is not None or body.get("time") is not None:
             raise MethodError("invalid_request", "event_raise numbers and dates the event "
                                                  "itself: leave out seq and time")

@@ -28,6 +28,8 @@ class EventType(StrEnum):
     FENCING = "fencing"
     #: a new deployable document was applied by deployable_reload
     CONFIG_RELOAD = "config_reload"
+    #: an operator hook ran on an event (cpe_agent/hooks.py): ``hook``, ``exit_status``
+    HOOK_RESULT = "hook_result"
 
 
 #: Attributes with a field of their own; everything else goes to ``Event.extra``.
@@ -193,6 +195,8 @@ class Event:
             text = "configuration error"
         elif self.type is EventType.FENCING:
             text = "assembly fenced"
+        elif self.type is EventType.HOOK_RESULT:
+            text = "hook ran"
         else:
             text = "configuration reloaded"
         if self.reason:
