@@ -65,9 +65,9 @@ class Scheduler:
         """Which nodes are online, which unclean (Pacemaker's determine_online_status)."""
         cluster = self.cluster
         fencing = cluster.stonith_enabled
-        if fencing and not cluster.fence_devices:
-            raise Unsupported("stonith-enabled=true without a fence device (Pacemaker then "
-                              "leaves every resource unmanaged)")
+        # Fencing enabled without a device: Pacemaker fences nothing and leaves every
+        # resource unmanaged (probed and monitored where it is, never started or stopped).
+        self.unmanaged = fencing and not cluster.fence_devices
         startup_fencing = cluster.option("startup-fencing", True)
         for node in cluster.nodes.values():
             if not node.has_state:
@@ -119,7 +119,7 @@ class Scheduler:
                 if inst.fence and fencing or inst.active and not node.online:
                     node.unclean = True
                 self._note_recheck(node, prim)
-        if not fencing:
+        if not fencing or self.unmanaged:
             return set()
         return {node.uname for node in self.cluster.nodes.values() if node.unclean}
 
@@ -133,7 +133,7 @@ class Scheduler:
                 self.recheck = when
 
     def _usable(self, node: Node | None) -> bool:
-        return node is not None and node.online and node.uname not in self.fence
+        return node is not None and node.online and not node.unclean
 
     # -- phase 2: what should run -----------------------------------------------------
     def _topological(self) -> list[str]:
@@ -178,6 +178,10 @@ class Scheduler:
             restart = inst is not None and inst.active and (
                 inst.failed or changed
                 or any(self.needs_start.get(f, False) for f in firsts))
+            if self.unmanaged:
+                run = allowed = inst is not None and inst.active and self._usable(home)
+                restart = changed = False
+                self.will_run[rid] = run
             self.allowed[rid] = allowed
             self.needs_start[rid] = run and (inst is None or not inst.active or restart)
             # A changed definition forces a restart even where the resource may not run.
@@ -235,13 +239,13 @@ class Scheduler:
         home = self.cluster.nodes.get(prim.home) if prim.home else None
         home_inst = None
         for inst in self.instances.get(rid, ()):
-            if self._usable(inst.node) and (inst.clear_failcount or (
+            if self._usable(inst.node) and not self.unmanaged and (inst.clear_failcount or (
                     inst.active and effective_failures(inst.node, prim, self.now)[0] > 0
                     and definition_changed(inst.lrm, prim))):
                 g.clear_failcount(rid, inst.node)
             if inst.node is home:
                 home_inst = inst
-            if not inst.active:
+            if not inst.active or self.unmanaged:
                 continue
             if inst.node is not home or not self.will_run[rid] or self.needs_start[rid]:
                 stop = self._stop(rid, inst)
@@ -281,14 +285,14 @@ class Scheduler:
 
     def _orphan_actions(self, rid: str, insts: list[Instance]) -> None:
         for inst in insts:
-            stop = self._stop(rid, inst) if inst.active else None
+            stop = self._stop(rid, inst) if inst.active and not self.unmanaged else None
             if not self._usable(inst.node):
                 continue
-            if inst.node.fail_counts.get(rid, 0) > 0:
+            if inst.node.fail_counts.get(rid, 0) > 0 and not self.unmanaged:
                 clear = self.graph.clear_failcount(rid, inst.node)
                 if stop is not None:
                     self.graph.order(clear, stop)
-            if any(other.failed for other in insts):
+            if self.unmanaged or any(other.failed for other in insts):
                 continue                # Pacemaker cleans up no failed resource
             delete = self.graph.rsc_op(rid, inst.lrm, inst.node, "delete")
             if stop is not None:
