@@ -30,6 +30,7 @@ from pathlib import Path
 from lxml import etree
 
 from dpe_agent.cib import build_cib
+from dpe_agent.digest import op_digest
 from dpe_agent.engines import EngineError, get_engine
 from dpe_agent.engines.native import NativeEngine
 from dpe_agent.observed import AssemblyStatus, ObservedState, OpRecord, ResourceHistory
@@ -153,7 +154,7 @@ class _History:
                            op_status=op_status, now=when)
 
     def _pending(self, asm: str, res: Resource, operation: str, interval: int,
-                 when: int) -> None:
+                 when: int, params: dict[str, str]) -> None:
         """A pending op (record-pending): op-status -1, rc 193, no failure counted."""
         hist = self.obs.resource(asm, res.rid)
         if hist is None:
@@ -161,7 +162,7 @@ class _History:
             self.obs.assembly(asm).resources[res.rid] = hist
         expected = 7 if operation == "monitor" and interval == 0 else 0
         op = OpRecord(operation, interval, PENDING_RC, self.obs.next_call_id(), expected, -1,
-                      None, when)
+                      op_digest(params, interval_ms=interval), when)
         if interval:
             hist.monitors[interval] = op
         else:
@@ -190,7 +191,7 @@ class _History:
         elif first < 0.8:
             self._record(asm, res, "monitor", 0, rng.choice(FAIL_RCS), t, params)
         elif first < 0.83:
-            self._pending(asm, res, "monitor", 0, t)
+            self._pending(asm, res, "monitor", 0, t, params)
             return
         for _ in range(rng.randint(0, 4)):
             t += rng.randint(1, 100)
@@ -206,7 +207,7 @@ class _History:
                 elif outcome < 0.95:
                     self._record(asm, res, "start", 0, 1, self._when(res), params, op_status=2)
                 else:
-                    self._pending(asm, res, "start", 0, t)
+                    self._pending(asm, res, "start", 0, t, params)
                     return
             elif running and roll < 0.5:
                 self._record(asm, res, "monitor", monitor, 0, t, params, timeout_ms=mon_timeout)
@@ -223,7 +224,7 @@ class _History:
                     self._record(asm, res, "stop", 0, rng.choice((1, 5, 6)), self._when(res),
                                  params)
                 else:
-                    self._pending(asm, res, "stop", 0, t)
+                    self._pending(asm, res, "stop", 0, t, params)
                     return
             elif roll < 0.85:
                 rc = rng.choice((0, 7, 7, 1))
