@@ -64,6 +64,11 @@ def test_start_status_list_events_stop_and_start_again(cpe) -> None:
     wait_until(lambda: service_pid(cped.state_dir, name, "a1", "s1") is None, 30,
                "s1 gone")
     assert client.status(name).get("state") == "stopped"
+    asker = client.user_id.decode()          # who asked is stored with what it caused
+    states = {e.get("state"): e for e in client.events(name)
+              if e.get("type") == "deployable_state_change"}
+    assert states["starting"].get("requested_by") == asker
+    assert states["stopping"].get("requested_by") == asker
 
     client.call("deployable_start", deployable_xml(name))
     _running(client, name)
