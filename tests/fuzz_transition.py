@@ -434,12 +434,13 @@ def fuzz(seed: int, cases: int, *, start: int = 0, keep_going: bool = False,
         report.cases += 1
         if outcome.refused:
             report.refused += 1
-        if report.cases % 1000 == 0:
-            log(f"seed {seed}: {report.cases} cases, {report.disagreements} disagreements, "
-                f"{report.agreed_in_row} agreeing in a row")
         if outcome.agree:
             report.agreed_in_row += 1
             report.best_row = max(report.best_row, report.agreed_in_row)
+            if report.cases % 1000 == 0:
+                log(f"seed {seed}: {report.cases} cases, {report.disagreements} "
+                    f"disagreements, {report.agreed_in_row} agreeing in a row, "
+                    f"{report.refused} refused by native")
             continue
         report.disagreements += 1
         report.agreed_in_row = 0
