@@ -14,6 +14,7 @@ from collections.abc import Callable
 from lxml import etree
 
 from pcloud.bus import Bus, Message, Subscription
+from pcloud.bus.addressing import REPLY_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,15 @@ class AgentServer:
         self.handler = handler
         self.workers = workers
         self.controller = controller
+        # an agent may publish only on its DPE's reply topic (docs/security.md)
+        self.reply_prefix = (f"/topic/{REPLY_PREFIX}{controller}." if controller else None)
         self._served: Subscription | None = None
 
     def start(self) -> Subscription:
         handlers = {method: self._bind(method) for method in METHODS}
         self._served = self.bus.serve(self.queue, handlers, workers=self.workers,
-                                      serial_key=resource_key, authorize=self.authorize)
+                                      serial_key=resource_key, authorize=self.authorize,
+                                      reply_prefix=self.reply_prefix)
         return self._served
 
     def authorize(self, method: str, msg: Message) -> str | None:

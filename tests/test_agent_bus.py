@@ -18,8 +18,9 @@ from lxml import etree
 
 from pcloud.broker_admin import admin_for
 from pcloud.bus import Bus, MethodError
+from pcloud.bus.bus import login_of
 from pcloud.credentials import with_credentials
-from pcloud.identity import UserSpec, cpe_permissions, new_password
+from pcloud.identity import UserSpec, cpe_permissions, new_password, reply_topic_key
 from tests.helpers import ignores_sigterm, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +30,9 @@ DUMMY = "/usr/lib/ocf/resource.d/heartbeat/Dummy"
 
 @pytest.fixture(scope="module")
 def client(broker_url):
-    bus = Bus(url=broker_url, name="test-agent-client").start()
+    # it plays the agents' DPE: their answers come on a reply topic key of its login's
+    bus = Bus(url=broker_url, name="test-agent-client",
+              reply_topic_key=reply_topic_key(login_of(broker_url))).start()
     yield bus
     bus.close()
 
@@ -151,7 +154,8 @@ def test_requests_from_anyone_but_its_controller_are_refused(agent, broker_url):
     admin = admin_for(os.environ["PCLOUD_BROKER_ADMIN"])
     admin.put_users([other])
     try:
-        with Bus(url=with_credentials(broker_url, other.credentials), name="intruder") as bus:
+        with Bus(url=with_credentials(broker_url, other.credentials), name="intruder",
+                 reply_topic_key=reply_topic_key(agent.client.user)) as bus:
             with pytest.raises(MethodError) as refused:
                 bus.call(agent.queue, "resource_start", "<resource_op/>", timeout=20)
         assert refused.value.code == "not_authorized"

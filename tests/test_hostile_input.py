@@ -11,11 +11,13 @@ same processes, every resource has the pid it had, and the deployable's only new
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from lxml import etree
 from proton import Message
 from test_cpe_harness import (
     AmqpClient,
@@ -61,6 +63,7 @@ class Target:
     watcher: EventWatcher
     name: str
     uuids: dict[str, str]
+    agent_replies: tuple[str, object] | None = None
 
     @property
     def dpe_dir(self) -> Path:
@@ -84,6 +87,16 @@ class Target:
     def last_seq(self) -> int:
         return max((int(e.get("seq")) for e in self.client.events(self.name)), default=0)
 
+    def _replies(self, address: str) -> tuple[str, object]:
+        """Where the answer to a request on ``address`` comes: an agent answers only on its
+        DPE's reply topic (it may write to no queue), everyone else on our reply queue."""
+        if not address.startswith("pcloud.agent."):
+            return self.client.reply_to, self.client.receiver
+        if self.agent_replies is None:
+            key = f"/topic/pcloud.reply.dpe.{self.name}.{uuid.uuid4().hex[:16]}"
+            self.agent_replies = (key, self.client.conn.create_receiver(key))
+        return self.agent_replies
+
     def send(self, address: str, body: object, subject: str | None = "deployable_status",
              opcode: str | None = "method_request", reply_to: bool = True) -> str:
         """One raw message; returns its correlation id."""
@@ -93,24 +106,30 @@ class Target:
         cid = unique("hostile-")
         properties = {"pcloud.opcode": opcode} if opcode is not None else None
         sender.send(Message(body=body, subject=subject, id=cid, correlation_id=cid,
-                            reply_to=self.client.reply_to if reply_to else None,
+                            reply_to=self._replies(address)[0] if reply_to else None,
                             content_type="application/xml", properties=properties,
                             user_id=self.client.user_id))
         return cid
 
+    def request(self, address: str, method: str | None, body: object,
+                opcode: str = "method_request") -> etree._Element:
+        """Send a request; its ``<response>``."""
+        cid = self.send(address, body, method, opcode)
+        receiver = self._replies(address)[1]
+        while True:
+            msg = receiver.receive(timeout=15)
+            receiver.accept()
+            if str(msg.correlation_id) == cid:
+                return xml_of(msg.body)
+
     def error(self, queue: str, method: str | None, body: object,
               opcode: str = "method_request") -> tuple[str, str]:
         """Send a request that must fail; its (code, message)."""
-        cid = self.send(queue, body, method, opcode)
-        while True:
-            msg = self.client.receiver.receive(timeout=15)
-            self.client.receiver.accept()
-            if str(msg.correlation_id) == cid:
-                break
-        response = xml_of(msg.body)
-        assert response.tag == "response" and response.get("rc") != "0", msg.body
+        response = self.request(queue, method, body, opcode)
+        text = etree.tostring(response, encoding="unicode")
+        assert response.tag == "response" and response.get("rc") != "0", text
         error = response.find("error")
-        assert error is not None, msg.body
+        assert error is not None, text
         return error.get("code"), error.get("message")
 
 
@@ -200,8 +219,11 @@ def test_wrong_opcode_is_refused(target: Target, queue: str, opcode: str) -> Non
 ])
 def test_wrong_documents_are_refused(target: Target, queue: str, method: str, body: str,
                                      code: str) -> None:
+    """A well-formed request the schema refuses. An agent takes requests only from its DPE:
+    anyone else is refused before the body is looked at (its body checks are covered in
+    test_agent_bus and test_agent_server, where the test plays the DPE)."""
     got, message = target.error(queues(target)[queue], method, body.format(dep=target.name))
-    assert got == code, message
+    assert got == ("not_authorized" if queue == "agent" else code), message
 
 
 @pytest.mark.parametrize("queue", ["cpe", "dpe", "agent"])
@@ -211,8 +233,11 @@ def test_a_request_without_reply_to_is_dropped_and_the_server_keeps_serving(
     method, body = (("agent_info", "<agent/>") if queue == "agent"
                     else ("deployable_status", f"<deployable name='{target.name}'/>"))
     target.send(address, body, method, reply_to=False)
-    response = target.client.request(address, method, body)
-    assert response.get("rc") == "0"
+    response = target.request(address, method, body)       # answered: it keeps serving
+    if queue == "agent":        # and answers no one but its DPE
+        assert response.find("error").get("code") == "not_authorized"
+    else:
+        assert response.get("rc") == "0"
 
 
 def _beat(target: Target, asm: str, uuid: str | None, seq: int = 1) -> str:
@@ -263,8 +288,8 @@ def test_agent_messages_from_another_login_are_dropped(target: Target, kind: str
     make = _beat if kind == "heartbeat" else _report
     sender = target.client.user_id.decode()
     before = len(target.dpe_log())
-    for uuid in (target.uuids[asm], None, target.uuids[asm]):
-        target.send(f"/topic/pcloud.{kind}.{target.name}.{asm}", make(target, asm, uuid),
+    for claimed in (target.uuids[asm], None, target.uuids[asm]):
+        target.send(f"/topic/pcloud.{kind}.{target.name}.{asm}", make(target, asm, claimed),
                     kind, kind, reply_to=False)
     _dropped(target, before, f"dropped a {kind} of assembly {asm} from {sender!r}")
     target.send(f"/topic/pcloud.{kind}.{target.name}.{asm}", "not xml", kind, kind,

@@ -231,7 +231,8 @@ class Bus:
 
     def serve(self, queue: str, handlers: Mapping[str, Handler], *, workers: int = 1,
               serial_key: SerialKey | None = None,
-              authorize: Authorize | None = None) -> Subscription:
+              authorize: Authorize | None = None,
+              reply_prefix: str | None = None) -> Subscription:
         """Answer method requests on a queue with ``handlers[subject](body, msg)``.
 
         Handlers run on a pool of ``workers`` threads of this queue's own, so they never
@@ -239,11 +240,19 @@ class Bus:
         ``serial_key(method, body, msg)`` (cheap; runs on the proton thread) names what a
         request works on: requests with the same key run one at a time in arrival order,
         different keys (or ``None``) concurrently. ``authorize(method, msg)`` returns why the
-        request's sender (``msg.user_id``) may not call ``method``, or None.
+        request's sender (``msg.user_id``) may not call ``method``, or None. ``reply_prefix``:
+        the only reply addresses this server can write to (a guest agent: its DPE's reply
+        topic); a request asking for an answer elsewhere is dropped unanswered, since sending
+        there would only make the broker end this party's session.
         """
+        profile_ok = self.profile.is_reply_address
+
+        def reply_ok(address: str) -> bool:
+            return profile_ok(address) and (reply_prefix is None
+                                            or address.startswith(reply_prefix))
+
         server = RequestServer(queue, handlers, self._reply, workers=workers,
-                               serial_key=serial_key, reply_ok=self.profile.is_reply_address,
-                               authorize=authorize)
+                               serial_key=serial_key, reply_ok=reply_ok, authorize=authorize)
         loop = self._running()
         handle = loop.submit(loop.add_receiver, self.profile.queue(queue),
                              server.accept).result(CLOSE_TIMEOUT)

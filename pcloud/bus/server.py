@@ -65,7 +65,7 @@ class RequestServer:
         if self._reply_ok is not None and not self._reply_ok(request.reply_to):
             # nowhere to answer: sending there would only make the broker end the session
             log_at = log.debug if self._refused.seen(request.reply_to) else log.warning
-            log_at("request %r on %s: reply_to %r is not a plain queue name; dropped",
+            log_at("request %r on %s: reply_to %r is no address this server answers; dropped",
                    request.subject, self.queue, request.reply_to)
             return
         if not request.user_id:
