@@ -80,15 +80,16 @@ def test_shrink_keeps_what_the_predicate_needs():
 
 
 def test_native_refuses_what_it_does_not_implement():
-    """A pending operation is named in the refusal; by default crm_simulate is used instead."""
-    cib = etree.parse(str(SCENARIOS / "pending-probe-refused-by-native" / "cib.xml")).getroot()
+    """A promoted result is named in the refusal; by default crm_simulate is used instead."""
+    folder = SCENARIOS / "promoted-result-refused-by-native"
+    cib = etree.parse(str(folder / "cib.xml")).getroot()
     from datetime import UTC, datetime
     now = datetime.fromtimestamp(int(cib.get("execution-date")), UTC)
-    with pytest.raises(Unsupported, match="rc-code=193 op-status=-1"):
+    with pytest.raises(Unsupported, match="rc-code=9 op-status=0"):
         NativeEngine(fallback=False).compute(cib, now)
     if crm_simulate_path() is not None:
         graph = NativeEngine().compute(cib, now)
-        expected = (SCENARIOS / "pending-probe-refused-by-native" / "expected.txt").read_text()
+        expected = (folder / "expected.txt").read_text()
         assert "\n".join(graph.summary_lines()) + "\n" == expected
 
 

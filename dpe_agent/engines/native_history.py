@@ -16,13 +16,14 @@ from dpe_agent.engines.native_model import HistOp, LrmResource, Node, Primitive
 UNKNOWN, STOPPED, RUNNING = "unknown", "stopped", "running"
 # Results whose handling is implemented: success, generic error, not running, and the hard
 # (invalid parameter, unimplemented, insufficient privileges, not installed) and fatal (not
-# configured) errors, which ban a pinned resource from its only node. Promoted roles,
-# degraded results and executor states other than "done" or "timed out" (pending,
-# cancelled...) are refused, not guessed.
+# configured) errors, which ban a pinned resource from its only node; pending probes,
+# monitors and stops, which change nothing. Pending starts, promoted roles, degraded results
+# and other executor states (cancelled, not installed...) are refused, not guessed.
 KNOWN_RCS = (0, 1, 2, 3, 4, 5, 6, 7)
 BANNING_RCS = (2, 3, 4, 5, 6)
 MASKED_PROBE_RCS = (2, 5)          # a probe with these means "not running here", and a ban
 KNOWN_OP_STATUS = (0, 2)
+PENDING, PENDING_RC = -1, 193
 
 
 @dataclass
@@ -107,7 +108,9 @@ def read_instance(node: Node, lrm: LrmResource, prim: Primitive | None,
     for index, op in enumerate(lrm.ops):
         if op.operation in ("cancel", "delete", "notify"):
             continue
-        if op.rc not in KNOWN_RCS or op.op_status not in KNOWN_OP_STATUS:
+        pending = op.op_status == PENDING and op.rc == PENDING_RC
+        if pending and op.operation == "start" or not pending and (
+                op.rc not in KNOWN_RCS or op.op_status not in KNOWN_OP_STATUS):
             raise Unsupported(f"{op.operation} of {lrm.id} on {node.uname} recorded with "
                               f"rc-code={op.rc} op-status={op.op_status}")
         failed = op.failed and not _probe_ok(op)
@@ -133,6 +136,8 @@ def read_instance(node: Node, lrm: LrmResource, prim: Primitive | None,
                 if op.digest is not None:
                     rescheduled.append((index, op.interval_ms))
                 continue
+        if pending:
+            continue                                # in flight: changes nothing yet
         if failed and op.op_status == 0 and op.rc in BANNING_RCS \
                 and not (op.rc == 3 and op.interval_ms > 0):    # recurring: "not supported"
             inst.banned = True
@@ -147,7 +152,7 @@ def read_instance(node: Node, lrm: LrmResource, prim: Primitive | None,
     start, stop = active_range(lrm.ops)
     if start >= stop:
         for op in lrm.ops[max(start, 0):]:
-            if op.interval_ms > 0 and op.operation == "monitor":
+            if op.interval_ms > 0 and op.operation == "monitor" and op.op_status != PENDING:
                 inst.monitors[op.interval_ms] = op.digest
         # An expired monitor failure since the last start has its monitor rescheduled.
         inst.expired_monitors = {interval for index, interval in rescheduled if index >= start}
