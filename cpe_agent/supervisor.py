@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cpe_agent.store import DESIRED_RUNNING, Store, StoredEvent, StoreError
 from dpe_agent.store import DpeStore
+from pcloud.broker_admin import BrokerAdminError
 from pcloud.bus.eventloop import HEARTBEAT
 from pcloud.credentials import format_credentials, scrubbed_environ, without_credentials
 from pcloud.fsutil import private_dir, write_atomic
@@ -130,6 +131,7 @@ class Supervisor:
         self.admin = admin
         self.cpe_user = cpe_user
         self.requested_by: dict[str, str] = {}     # deployable -> who started it
+        self._dpe_logins: dict[str, str] = {}      # deployable -> its DPE's last login
         self._lock = threading.RLock()
         self._dpes: dict[str, DpeProcess] = {}
         self._heartbeat_watch_from = clock()
@@ -440,12 +442,24 @@ class Supervisor:
 
     def _dpe_credentials(self, name: str) -> str:
         """A fresh password for ``dpe.<name>`` at every spawn (the dead DPE's is void), handed
-        over through a pipe: never in a file, an environment or a command line."""
+        over through a pipe: never in a file, an environment or a command line. While the
+        broker is down no password can change, so the last one (still the broker's) is
+        handed over again: a DPE started during an outage waits for the broker with it."""
         if self.admin is None:
             raise RuntimeError("this CPE has no broker-administration seam")
         spec = dpe_spec(name)
-        self.admin.put_users([spec])
-        return format_credentials(spec.credentials, cpe_user=self.cpe_user or "")
+        try:
+            self.admin.put_users([spec])
+        except BrokerAdminError as exc:
+            last = self._dpe_logins.get(name)
+            if last is None:
+                raise
+            log.warning("cannot give the DPE of %s a new password (%s): it keeps its last",
+                        name, exc)
+            return last
+        secret = format_credentials(spec.credentials, cpe_user=self.cpe_user or "")
+        self._dpe_logins[name] = secret
+        return secret
 
     def reap(self) -> None:
         """Collect exited children so no zombie outlives a stop."""

@@ -125,7 +125,9 @@ class RabbitmqctlAdmin:
             raise BrokerAdminError(f"rabbitmqctl {args[0]} failed: {exc}") from None
         if done.returncode != 0:
             text = (done.stderr or done.stdout).strip().splitlines()
-            message = text[-1] if text else f"exit status {done.returncode}"
+            errors = [line.strip() for line in text if line.strip().startswith("Error")]
+            message = (errors[0] if errors else text[-1] if text
+                       else f"exit status {done.returncode}")
             if quiet_missing and "does not exist" in (done.stderr + done.stdout):
                 return ""
             raise BrokerAdminError(f"rabbitmqctl {args[0]} failed: {message}")

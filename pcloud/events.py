@@ -28,6 +28,8 @@ class EventType(StrEnum):
     FENCING = "fencing"
     #: a new deployable document was applied by deployable_reload
     CONFIG_RELOAD = "config_reload"
+    #: an assembly's IP addresses changed (``old``, ``new``)
+    ASSEMBLY_ADDRESS_CHANGE = "assembly_address_change"
     #: an operator hook ran on an event (cpe_agent/hooks.py): ``hook``, ``exit_status``
     HOOK_RESULT = "hook_result"
 
