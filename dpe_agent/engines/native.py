@@ -155,6 +155,8 @@ class Scheduler:
         return result + [r for r in prims if r not in seen]
 
     def _plan(self) -> None:
+        """Per resource, firsts before thens: may it run, must it (re)start, and does
+        Pacemaker keep a start action for it (runnable or blocked; probes order on it)."""
         prims = self.cluster.primitives
         self.will_run: dict[str, bool] = {}
         self.needs_start: dict[str, bool] = {}
