@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pcloud.bus import Bus  # noqa: E402
+from pcloud.bus.bus import login_of  # noqa: E402
+from pcloud.identity import reply_topic_key  # noqa: E402
 
 AGENT = str(Path(sys.executable).with_name("pcloud-agent"))
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -73,7 +75,10 @@ def main() -> int:
     dep, asm = "bench" + uuid.uuid4().hex[:6], "a1"
     queue = f"pcloud.agent.{dep}.{asm}"
     state = tempfile.mkdtemp(prefix="pcloud-bench-agent-")
-    bus = Bus(url=args.broker_url, name="bench-agent").start()
+    user = login_of(args.broker_url) or "pcloud"
+    # this bench plays the agent's DPE: its controller, answered on a reply topic key
+    bus = Bus(url=args.broker_url, name="bench-agent",
+              reply_topic_key=reply_topic_key(user)).start()
     arrivals: dict[str, list[float]] = {}
     cond = threading.Condition()
     beats = threading.Event()
@@ -88,7 +93,8 @@ def main() -> int:
                 bus.subscribe(f"pcloud.heartbeat.{dep}.{asm}", lambda m: beats.set())):
         sub.wait_attached(10)
     agent = subprocess.Popen([AGENT, "--foreground", "--deployable", dep, "--assembly", asm,
-                              "--broker-url", args.broker_url, "--state-dir", state],
+                              "--broker-url", args.broker_url, "--state-dir", state,
+                              "--controller", user],
                              stderr=subprocess.DEVNULL)
     try:
         if not beats.wait(30):

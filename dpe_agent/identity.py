@@ -43,6 +43,7 @@ log = logging.getLogger("dped")
 
 READ_ONLY = frozenset({"deployable_status", "events_query"})
 SPARE_WAIT = 30.0
+ADMIN_DELAY = 5.0
 
 
 @dataclass
@@ -137,8 +138,8 @@ class AgentLogins:
             self._current[assembly] = credentials.user
             self.store.save_json(self.STORE_KEY, self._current)
         if old and old != credentials.user:
-            self.pool.submit(self._guarded, "revoke", lambda: self.issuer.revoke([old]))
-        self._refill([assembly])
+            self._later("revoke", lambda: self.issuer.revoke([old]))
+        self._later("mint spares", lambda: self._refill([assembly]))
         return credentials
 
     def retire(self, assembly: str, user: str | None) -> None:
@@ -150,7 +151,7 @@ class AgentLogins:
             old = self._current.pop(assembly)
             self.store.save_json(self.STORE_KEY, self._current)
         if old:
-            self.pool.submit(self._guarded, "revoke", lambda: self.issuer.revoke([old]))
+            self._later("revoke", lambda: self.issuer.revoke([old]))
 
     def retire_all(self) -> None:
         """The deployable stopped: no login of it is left on the broker."""
@@ -177,6 +178,20 @@ class AgentLogins:
                 self._spares.update(issued)
                 self._refilling.difference_update(assemblies)
                 self._minted.notify_all()
+
+    def _later(self, what: str, action: Callable[[], object]) -> None:
+        """Run ``action`` on the pool after ``ADMIN_DELAY``: administering the broker costs
+        a CPU-heavy ``rabbitmqctl`` run that would otherwise compete with the boot it
+        follows. The old login is useless meanwhile (the DPE expects the new one)."""
+        timer = threading.Timer(ADMIN_DELAY, self._submit, (what, action))
+        timer.daemon = True
+        timer.start()
+
+    def _submit(self, what: str, action: Callable[[], object]) -> None:
+        try:
+            self.pool.submit(self._guarded, what, action)
+        except RuntimeError:            # the DPE is exiting: its start-up prune tidies up
+            log.info("agent logins: %s skipped, the DPE is exiting", what)
 
     @staticmethod
     def _guarded(what: str, action: Callable[[], object]) -> None:
