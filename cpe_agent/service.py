@@ -29,6 +29,7 @@ from cpe_agent.store import (
 from cpe_agent.supervisor import Supervisor
 from pcloud import identity, schemas, xmlsafe
 from pcloud.bus import Bus, BusError, Message, MethodError
+from pcloud.bus.dedup import RecentIds
 from pcloud.credentials import ISSUE_METHOD, REVOKE_METHOD, LocalIssuer
 from pcloud.deployable import Deployable, DeployableError, diff
 from pcloud.events import MAX_SEQ, Event, format_time
@@ -47,6 +48,7 @@ CHANGES = frozenset({"deployable_start", "deployable_stop", "deployable_reload",
                      "deployable_delete"})
 DPE_METHODS = frozenset({ISSUE_METHOD, REVOKE_METHOD})
 REQUESTED_BY = "pcloud.requested_by"
+LOGGED_SENDERS = 4096      # wrong senders remembered so that each is logged once
 MAX_SEQ_JUMP = 1_000_000    # an event this far past the stored history is not believed
 BACKFILL_PAGE = 500
 _NAME = NAME
@@ -85,7 +87,7 @@ class CpeService:
         self.roles = roles
         self.infrastructures = infrastructures
         self._starting = threading.Lock()
-        self._forged: set[tuple[str, str]] = set()
+        self._forged = RecentIds(LOGGED_SENDERS)   # (sender, deployable) already logged
         self.on_stored: Callable[[etree._Element], None] | None = None   # operator hooks
 
     def handlers(self) -> dict[str, Handler]:
@@ -544,9 +546,7 @@ class CpeService:
         sender and deployable) and False."""
         if msg.user_id == identity.dpe_user(name):
             return True
-        key = (msg.user_id or "", name)
-        if key not in self._forged and len(self._forged) < 4096:
-            self._forged.add(key)
+        if not self._forged.seen(f"{msg.user_id}\0{name}"):
             log.warning("dropped a %s of deployable %r from %r: only %s may send it", what,
                         name, msg.user_id, identity.dpe_user(name))
         return False

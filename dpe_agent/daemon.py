@@ -62,6 +62,7 @@ from dpe_agent.store import DpeStore
 from pcloud import identity as roles
 from pcloud.broker_admin import admin_from_config
 from pcloud.bus import Bus, BusError, Message
+from pcloud.bus.dedup import RecentIds
 from pcloud.credentials import CredentialsError, without_credentials
 from pcloud.deployable import Deployable
 from pcloud.events import EventType
@@ -144,7 +145,7 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         self.next_beat = 0.0
         self.subscriptions: list = []
         self.impostor_events: dict[str, float] = {}   # assembly -> last uuid config_error
-        self.wrong_logins: set[str] = set()          # "asm:user" already logged as dropped
+        self.wrong_logins = RecentIds(4096)          # "asm:user" already logged as dropped
         self._persist = False
 
     def _new_bus(self) -> Bus:

@@ -194,10 +194,8 @@ class Detection:
 
     def _wrong_login(self, kind: str, asm: str, user: str | None, login: str | None) -> None:
         """Logged once per sender: a fenced copy, a stale boot, or someone else entirely."""
-        key = f"{asm}:{user}"
-        if key in self.wrong_logins or len(self.wrong_logins) > 4096:
+        if self.wrong_logins.seen(f"{asm}:{user}"):
             return
-        self.wrong_logins.add(key)
         log.warning("dropped a %s of assembly %s from %r: only its current agent login %s "
                     "may send it", kind, asm, user, login or "(none: not booted by this DPE)")
 

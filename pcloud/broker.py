@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pcloud.fsutil import write_private
 from pcloud.identity import OPERATOR_TAG
 
 RABBIT_BIN = Path(os.environ.get("PCLOUD_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
@@ -127,13 +128,6 @@ def load_settings(state_dir) -> Settings | None:
         return Settings(**known)
     except (OSError, ValueError, TypeError, AttributeError):
         return None
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(path, 0o600)
 
 
 def _password_hash(password: str) -> str:
@@ -253,8 +247,8 @@ def _prepare(state_dir, port: int | None, dist_port: int | None,
         management = bool(saved and saved.management_port)
     if management:
         settings.management_port = _pick_port(None, saved.management_port if saved else None)
-    _write_private(_settings_file(state_dir), json.dumps(settings.__dict__, indent=1))
-    _write_private(root / "credentials", f"user={settings.user}\npassword={settings.password}\n"
+    write_private(_settings_file(state_dir), json.dumps(settings.__dict__, indent=1))
+    write_private(root / "credentials", f"user={settings.user}\npassword={settings.password}\n"
                                          f"url={settings.url}\n")
     definitions = {
         "vhosts": [{"name": "/"}],
@@ -265,11 +259,11 @@ def _prepare(state_dir, port: int | None, dist_port: int | None,
                          "write": ".*", "read": ".*"}],
         "policies": [REPLY_POLICY],
     }
-    _write_private(root / "definitions.json", json.dumps(definitions, indent=1))
+    write_private(root / "definitions.json", json.dumps(definitions, indent=1))
     plugins = "rabbitmq_amqp1_0,rabbitmq_management" if management else "rabbitmq_amqp1_0"
     (root / "enabled_plugins").write_text(f"[{plugins}].\n")
     (root / "rabbitmq-env.conf").write_text("")
-    _write_private(root / "rabbitmq.conf", "\n".join([
+    write_private(root / "rabbitmq.conf", "\n".join([
         f"listeners.tcp.default = 127.0.0.1:{settings.port}",
         "amqp1_0.default_user = none",
         f"default_user = {settings.user}",

@@ -7,12 +7,11 @@ stopped, then every process naming the state dir killed).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from lxml import etree
-from test_cpe_harness import CpedProcess, kill_all_using, wait_until
+from test_cpe_harness import CpedProcess, running_cped
 
 from pcloud.bus import Bus, BusError, MethodError
 
@@ -50,23 +49,7 @@ class BusClient:
         return {d.get("name"): d.get("state") for d in (result if result is not None else [])}
 
 
-@contextmanager
-def signed_cped(state_dir: Path, url: str) -> Iterator[tuple[CpedProcess, BusClient]]:
-    """A cped and a signing client; afterwards every deployable is stopped, nothing left."""
-    client = BusClient(url)
-    cped = CpedProcess(state_dir, url)
-    try:
-        cped.start(client)
-        yield cped, client
-    finally:
-        try:
-            if cped.proc is not None and cped.proc.poll() is None:
-                for name, state in client.listing().items():
-                    if state != "stopped":
-                        client.call("deployable_stop", f'<deployable name="{name}"/>')
-                wait_until(lambda: all(s == "stopped" for s in client.listing().values()), 30,
-                           "every deployable to stop")
-        finally:
-            cped.terminate()
-            client.close()
-            kill_all_using(str(state_dir))
+def signed_cped(state_dir: Path, url: str
+                ) -> AbstractContextManager[tuple[CpedProcess, BusClient]]:
+    """``running_cped`` with a client on pcloud's own bus."""
+    return running_cped(state_dir, url, BusClient)

@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from lxml import etree
 from proton import Message
@@ -224,9 +225,11 @@ class CpedProcess:
 
 
 @contextmanager
-def running_cped(state_dir: Path, url: str) -> Iterator[tuple[CpedProcess, AmqpClient]]:
-    """A cped and a client; afterwards every deployable is stopped and nothing is left."""
-    client = AmqpClient(url)
+def running_cped(state_dir: Path, url: str, client_type: Callable[[str], Any] = AmqpClient,
+                 stop_timeout: float = 30.0) -> Iterator[tuple[CpedProcess, Any]]:
+    """A cped and a client (``client_type(url)``: anything with ``request``, ``listing`` and
+    ``close``); afterwards every deployable is stopped and nothing is left."""
+    client = client_type(url)
     cped = CpedProcess(state_dir, url)
     try:
         cped.start(client)
@@ -238,8 +241,8 @@ def running_cped(state_dir: Path, url: str) -> Iterator[tuple[CpedProcess, AmqpC
                     if state != "stopped":
                         client.request("pcloud.cpe", "deployable_stop",
                                        f'<deployable name="{name}"/>')
-                wait_until(lambda: all(s == "stopped" for s in client.listing().values()), 30,
-                           "every deployable to stop")
+                wait_until(lambda: all(s == "stopped" for s in client.listing().values()),
+                           stop_timeout, "every deployable to stop")
         finally:
             cped.terminate()
             client.close()

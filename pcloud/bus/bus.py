@@ -100,7 +100,7 @@ class Bus:
         self._waiters = Waiters()
         self._reply_queue = (self.profile.reply_topic(reply_topic_key) if reply_topic_key
                              else self.profile.new_reply_queue())
-        self._replies_attached = False
+        self._replies: Subscription | None = None
         self._replies_lock = threading.Lock()
         self._anonymous = RecentIds(256)
         self._reconnect_callbacks: list[Callable[[], None]] = []
@@ -203,17 +203,15 @@ class Bus:
         return protocol.parse_response(response.body)
 
     def _attach_replies(self) -> None:
+        """Attach the reply receiver on the first call; every caller waits until the broker
+        attached it (a topic reply sent before the binding exists would be lost)."""
         with self._replies_lock:
-            if self._replies_attached:
-                return
-            loop = self._running()
-            handle = loop.submit(loop.add_receiver, self._reply_queue,
-                                 self._waiters.resolve).result(CLOSE_TIMEOUT)
-            self._replies_attached = True
-        for _ in range(int(CLOSE_TIMEOUT / 0.01)):     # a topic reply sent before the
-            if self._attached(handle):                  # binding exists would be lost
-                return
-            threading.Event().wait(0.01)
+            if self._replies is None:
+                loop = self._running()
+                handle = loop.submit(loop.add_receiver, self._reply_queue,
+                                     self._waiters.resolve).result(CLOSE_TIMEOUT)
+                self._replies = Subscription(self, handle, self._reply_queue)
+                self._replies.wait_attached(CLOSE_TIMEOUT)
 
     def _send_to(self, address: str, message: Message) -> None:
         message.user_id = self.user

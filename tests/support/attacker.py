@@ -20,8 +20,8 @@ import signal
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +30,7 @@ from lxml import etree
 from proton import Delivery, Endpoint, Message
 from proton._utils import BlockingReceiver, Fetcher
 from proton.utils import BlockingConnection
-from test_cpe_harness import CpedProcess, kill_all_using, wait_until
+from test_cpe_harness import CpedProcess, running_cped
 
 from pcloud.bus import Bus, BusError
 from pcloud.credentials import read_credentials_file, with_credentials
@@ -127,28 +127,10 @@ class SignedClient:
                                               f'since_seq="{since}" limit="100000"/>'))
 
 
-@contextmanager
-def signed_cped(state_dir: Path, url: str) -> Iterator[tuple[CpedProcess, SignedClient]]:
-    """A cped and its owner's client; afterwards every deployable is stopped and nothing
-    that names ``state_dir`` is left running."""
-    client = SignedClient(url)
-    cped = CpedProcess(state_dir, url)
-    try:
-        cped.start(client)
-        yield cped, client
-    finally:
-        try:
-            if cped.proc is not None and cped.proc.poll() is None:
-                for name, state in client.listing().items():
-                    if state != "stopped":
-                        client.request("pcloud.cpe", "deployable_stop",
-                                       f'<deployable name="{name}"/>')
-                wait_until(lambda: all(s == "stopped" for s in client.listing().values()), 60,
-                           "every deployable to stop")
-        finally:
-            cped.terminate()
-            client.close()
-            kill_all_using(str(state_dir))
+def signed_cped(state_dir: Path, url: str
+                ) -> AbstractContextManager[tuple[CpedProcess, SignedClient]]:
+    """``running_cped`` with the owner's signing client; its deployables get 60 s to stop."""
+    return running_cped(state_dir, url, SignedClient, stop_timeout=60.0)
 
 
 # --- what an assembly holds ----------------------------------------------------------------
