@@ -4,6 +4,7 @@ The stand-in ignores the agent's flags, starts a child and a double-forked grand
 agents do) writing their pids to files, and exits on SIGTERM after stopping them.
 """
 
+import json
 import os
 import signal
 import sys
@@ -145,3 +146,95 @@ def test_registry_knows_process_and_rejects_unknown():
     assert get_driver("process").name == "process"
     with pytest.raises(DriverError):
         get_driver("cardboard")
+
+
+# --- the sandbox's own /run, /tmp and /var/run; its persistent directory ---------------------
+
+MOUNTS_AGENT = r'''
+import json, os, time
+mark = "pcloud-mark-%(tag)s"
+here = os.environ["PCLOUD_STATE_DIR"]
+keep = os.environ["PCLOUD_PERSISTENT_DIR"]
+paths = {"run": f"/run/{mark}", "tmp": f"/tmp/{mark}", "var_run": f"/var/run/{mark}.v",
+         "rsc": f"/run/resource-agents/{mark}", "persistent": os.path.join(keep, mark)}
+seen = {name: os.path.exists(path) for name, path in paths.items()}
+for path in paths.values():
+    open(path, "w").write("x")
+seen.update(cwd=os.getcwd(), keep=keep, lock=os.path.isdir("/var/lock"),
+            rsctmp=os.listdir(os.path.join(here, "rsctmp")) if os.path.isdir(
+                os.path.join(here, "rsctmp")) else None)
+with open(os.path.join(here, "seen.tmp"), "w") as out:
+    json.dump(seen, out)
+os.rename(os.path.join(here, "seen.tmp"), os.path.join(here, "seen.json"))
+while True:
+    time.sleep(1)
+'''
+
+
+@pytest.fixture(params=[pytest.param(True, marks=needs_root),
+                        pytest.param(False, marks=needs_root)], ids=["pidns", "pgroup"])
+def mounts_setup(request, tmp_path):
+    tag = os.urandom(6).hex()
+    script = tmp_path / "mounts_agent.py"
+    script.write_text(MOUNTS_AGENT % {"tag": tag})
+    driver = ProcessDriver(use_pid_namespace=request.param,
+                           agent_argv=[sys.executable, str(script)])
+    if not driver.use_mount_namespace:
+        pytest.skip("no mount namespace on this host")
+    spec = AssemblySpec(deployable="d", name="a", uuid="u", broker_url="amqp://x",
+                        state_dir=tmp_path / "sandbox",
+                        credentials=Credentials("agent.d.a.0123abcd", "not-used"))
+    yield driver, spec, f"pcloud-mark-{tag}"
+    driver.fence(spec)
+
+
+def boot_and_look(driver, spec) -> dict:
+    seen = Path(spec.state_dir) / "seen.json"
+    seen.unlink(missing_ok=True)
+    driver.start(spec)
+    wait_for(seen.exists)
+    return json.loads(seen.read_text())
+
+
+def test_sandbox_run_and_tmp_are_its_own_and_empty_after_a_fence(mounts_setup):
+    driver, spec, mark = mounts_setup
+    folder = Path(spec.state_dir)
+    first = boot_and_look(driver, spec)
+    assert not any(first[k] for k in ("run", "tmp", "var_run", "rsc", "persistent"))
+    assert first["cwd"] == first["keep"] == str(folder / "persistent")
+    assert first["lock"]                                # /var/lock -> /run/lock exists
+    for host in (f"/run/{mark}", f"/tmp/{mark}", f"/var/run/{mark}.v",
+                 f"/run/resource-agents/{mark}"):
+        assert not os.path.exists(host), f"{host} leaked onto the host"
+    assert (folder / "persistent" / mark).exists()      # the sandbox's disk is the host's
+    (folder / "rsctmp").mkdir()
+    (folder / "rsctmp" / "Dummy-x.state").write_text("")
+    driver.fence(spec)
+    again = boot_and_look(driver, spec)
+    assert not any(again[k] for k in ("run", "tmp", "var_run", "rsc"))
+    assert again["persistent"]                          # survives, as a VM's disk does
+    assert again["rsctmp"] in (None, [])                # HA_RSCTMP emptied, as /run at boot
+    driver.stop(spec, timeout=5)
+    assert not any(line.split()[4].startswith(("/run", "/tmp")) and "pcloud" in line
+                   for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+def test_without_a_mount_namespace_the_sandbox_still_runs(tmp_path):
+    script = tmp_path / "mounts_agent.py"
+    tag = os.urandom(6).hex()
+    script.write_text(MOUNTS_AGENT % {"tag": tag})
+    driver = ProcessDriver(use_pid_namespace=False, agent_argv=[sys.executable, str(script)],
+                           use_mount_namespace=False)
+    spec = AssemblySpec(deployable="d", name="a", uuid="u", broker_url="amqp://x",
+                        state_dir=tmp_path / "sandbox",
+                        credentials=Credentials("agent.d.a.0123abcd", "not-used"))
+    try:
+        if os.access("/run/resource-agents", os.W_OK):
+            seen = boot_and_look(driver, spec)
+            assert seen["keep"] == seen["cwd"] == str(tmp_path / "sandbox" / "persistent")
+            assert Path(f"/tmp/pcloud-mark-{tag}").exists()     # today's behaviour: shared
+    finally:
+        driver.fence(spec)
+        for path in (f"/run/pcloud-mark-{tag}", f"/tmp/pcloud-mark-{tag}",
+                     f"/var/run/pcloud-mark-{tag}.v", f"/run/resource-agents/pcloud-mark-{tag}"):
+            Path(path).unlink(missing_ok=True)

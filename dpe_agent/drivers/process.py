@@ -9,9 +9,17 @@ so that stopping or fencing it is like powering off a VM:
 - otherwise in its own session and process group, the agent being a child subreaper so
   orphans stay in its tree; fencing freezes and kills the whole tree and the group.
 
-The sandbox's directory (``spec.state_dir``: ``<state>/dpe/<dep>/assemblies/<asm>``) holds the
-agent's own state, its log and ``sandbox.pid`` (pid, kernel start time, mode), through which a
-restarted DPE re-adopts a sandbox that is still running.
+As root it also gets a mount namespace of its own with empty tmpfs on ``/run``, ``/tmp`` and
+``/var/run`` (``sandbox_mounts``), so a fenced and restarted sandbox starts from what a rebooted
+VM would see there; without root or ``unshare`` it shares the host's, with one warning.
+
+The sandbox's directory (``spec.state_dir``: ``<state>/dpe/<dep>/assemblies/<asm>``) is its
+disk: the agent's own state, its log, ``sandbox.pid`` (pid, kernel start time, mode), through
+which a restarted DPE re-adopts a sandbox that is still running, and ``persistent/``, where
+resources keep what must survive a reboot (``PCLOUD_PERSISTENT_DIR``, the sandbox's working
+directory). What a VM keeps under ``/run`` but the agent keeps in this directory (``rsctmp``,
+the OCF agents' ``HA_RSCTMP``) is emptied at each start, as a boot empties ``/run``.
+See docs/architecture.md, "The process sandbox".
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import time
 import uuid
 from pathlib import Path
 
+from dpe_agent.drivers import sandbox_mounts
 from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
 from pcloud.credentials import format_credentials, scrubbed_environ, without_credentials
 from pcloud.fsutil import private_dir, write_private
@@ -39,6 +48,12 @@ LOG_FILE = "agent.log"
 TOKEN_VAR = "PCLOUD_SANDBOX"
 #: the agent's login for this boot, 0600 in the sandbox's 0700 state dir (docs/security.md)
 CREDENTIALS_FILE = "credentials"
+#: resources' state that survives a fence and a restart, like a VM's disk
+PERSISTENT_DIR = "persistent"
+PERSISTENT_VAR = "PCLOUD_PERSISTENT_DIR"
+#: what the agent keeps in its state dir but a machine keeps under /run: emptied at each start
+#: (``rsctmp`` is the OCF agents' ``HA_RSCTMP``, guest_agent/resources/ocf.py)
+VOLATILE_DIRS = ("rsctmp",)
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -134,10 +149,17 @@ class ProcessDriver:
     boot_timeout = 30.0
 
     def __init__(self, use_pid_namespace: bool | None = None,
-                 agent_argv: list[str] | None = None) -> None:
+                 agent_argv: list[str] | None = None,
+                 use_mount_namespace: bool | None = None) -> None:
         if use_pid_namespace is None:
             use_pid_namespace = os.geteuid() == 0 and shutil.which("unshare") is not None
         self.use_pid_namespace = use_pid_namespace
+        if use_mount_namespace is None:
+            reason = sandbox_mounts.unavailable()
+            if reason is not None:
+                sandbox_mounts.warn_unavailable(reason)
+            use_mount_namespace = reason is None
+        self.use_mount_namespace = use_mount_namespace
         self.agent_argv = agent_argv or agent_command()
         self._children: dict[str, subprocess.Popen] = {}
         self._lock = threading.Lock()
@@ -193,30 +215,42 @@ class ProcessDriver:
                  "--heartbeat-interval", f"{spec.heartbeat_interval:g}",
                  "--broker-url", without_credentials(spec.broker_url),
                  "--credentials", str(folder / CREDENTIALS_FILE)]
+        for name in VOLATILE_DIRS:
+            shutil.rmtree(folder / name, ignore_errors=True)
+        persistent = folder / PERSISTENT_DIR
+        persistent.mkdir(mode=0o755, exist_ok=True)
         argv = agent
+        if self.use_mount_namespace:
+            argv = sandbox_mounts.wrap(agent, keep=[str(folder), *self.agent_argv])
         mode = "pgroup"
         if self.use_pid_namespace:
-            argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", *agent]
+            argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", *argv]
             mode = "pidns"
+        elif self.use_mount_namespace:
+            argv = ["unshare", "--mount", *argv]
+        if self.use_mount_namespace:
+            argv[1:1] = ["--propagation", "private"]
         token = uuid.uuid4().hex
         env = scrubbed_environ(PCLOUD_STATE_DIR=str(folder))
+        env[PERSISTENT_VAR] = str(persistent)
         env[TOKEN_VAR] = token
         with open(folder / LOG_FILE, "ab") as out:
             try:
                 child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                          start_new_session=True, close_fds=True, env=env,
-                                         cwd=str(folder))
+                                         cwd=str(persistent))
             except OSError as exc:
                 raise DriverError(f"cannot start sandbox {spec.deployable}/{spec.name}: "
                                   f"{exc}") from exc
-        info = {"pid": child.pid, "start": _start_time(child.pid), "mode": mode, "token": token}
+        info = {"pid": child.pid, "start": _start_time(child.pid), "mode": mode, "token": token,
+                "mounts": self.use_mount_namespace}
         tmp = folder / (PID_FILE + ".tmp")
         tmp.write_text(json.dumps(info))
         tmp.replace(self._pid_file(spec))
         with self._lock:
             self._children[folder.as_posix()] = child
-        log.info("sandbox %s/%s started (pid %d, %s)", spec.deployable, spec.name, child.pid,
-                 mode)
+        log.info("sandbox %s/%s started (pid %d, %s%s)", spec.deployable, spec.name, child.pid,
+                 mode, ", own /run and /tmp" if self.use_mount_namespace else "")
 
     def _wait_gone(self, spec: AssemblySpec, pid: int, start: int | None, timeout: float) -> bool:
         with self._lock:
