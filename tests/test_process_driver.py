@@ -238,3 +238,63 @@ def test_without_a_mount_namespace_the_sandbox_still_runs(tmp_path):
         for path in (f"/run/pcloud-mark-{tag}", f"/tmp/pcloud-mark-{tag}",
                      f"/var/run/pcloud-mark-{tag}.v", f"/run/resource-agents/pcloud-mark-{tag}"):
             Path(path).unlink(missing_ok=True)
+
+
+# --- the real agent in a real sandbox: an OCF Dummy after a fence and a restart --------------
+
+DUMMY = "/usr/lib/ocf/resource.d/heartbeat/Dummy"
+
+
+def dummy_op(bus, queue: str, method: str, interval: int = 0):
+    body = (f'<resource_op operation="{method.removeprefix("resource_")}" interval="{interval}" '
+            'timeout="10000"><resource name="dummy" class="ocf" provider="heartbeat" '
+            'type="Dummy"><parameters/></resource></resource_op>')
+    return bus.call(queue, method, body, timeout=20)
+
+
+def agent_up(bus, queue: str, timeout: float = 40.0):
+    """The agent's answer to ``agent_info`` once it serves its queue."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return bus.call(queue, "agent_info", "<agent/>", timeout=3)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+
+
+@pytest.mark.skipif(not os.access(DUMMY, os.X_OK), reason="resource-agents not installed")
+def test_ocf_dummy_is_not_running_after_the_sandbox_is_fenced_and_restarted(broker, tmp_path):
+    from pcloud.broker_admin import admin_for
+    from pcloud.bus import Bus
+    from pcloud.credentials import with_credentials
+    from pcloud.identity import agent_spec, dpe_spec, reply_topic_key
+
+    dep = "t" + os.urandom(4).hex()
+    dpe, agent = dpe_spec(dep), agent_spec(dep, "web")
+    admin = admin_for(os.environ["PCLOUD_BROKER_ADMIN"])
+    admin.put_users([dpe, agent])
+    driver = ProcessDriver()
+    spec = AssemblySpec(deployable=dep, name="web", uuid=os.urandom(8).hex(),
+                        broker_url=broker.url, state_dir=tmp_path / "sandbox",
+                        heartbeat_interval=0.5, credentials=agent.credentials)
+    queue = f"pcloud.agent.{dep}.web"
+    bus = Bus(url=with_credentials(broker.url, dpe.credentials), name="test-sandbox-dpe",
+              reply_topic_key=reply_topic_key(dpe.user)).start(timeout=30)
+    try:
+        driver.start(spec)
+        agent_up(bus, queue)
+        assert dummy_op(bus, queue, "resource_monitor").get("rc") == "7"
+        assert dummy_op(bus, queue, "resource_start").get("rc") == "0"
+        assert dummy_op(bus, queue, "resource_monitor").get("rc") == "0"
+        driver.fence(spec)
+        driver.start(spec)
+        agent_up(bus, queue)
+        probe = dummy_op(bus, queue, "resource_monitor")
+        assert (probe.get("rc"), probe.get("status")) == ("7", "done")
+        assert dummy_op(bus, queue, "resource_start").get("rc") == "0"
+        driver.stop(spec, timeout=10)
+    finally:
+        driver.fence(spec)
+        bus.close()
+        admin.delete_users([dpe.user, agent.user])
