@@ -16,11 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from pcloud.exitcodes import EXIT_BUS, EXIT_CONFIG, EXIT_FAILED
 from pcloud.wire import NAME
 
-EXIT_CONFIG = 2
-EXIT_BUS = 3
-EXIT_FAILED = 1
 STOP_TIMEOUT = 120.0
 _NAME = NAME
 
@@ -52,9 +50,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="read this DPE's broker login from FD (the CPE hands it over a pipe)")
     p.add_argument("--requested-by", metavar="USER", help="who started the deployable "
                                                           "(recorded on its first event)")
+    p.add_argument("--seq-floor", type=_seq_floor, default=0, metavar="N",
+                   help="the deployable's event seq is already at least N (events the CPE "
+                        "numbered while no DPE ran): this DPE numbers its events above it")
     p.add_argument("--foreground", action="store_true", help="do not daemonize")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
+
+
+def _seq_floor(text: str) -> int:
+    from pcloud.events import MAX_SEQ
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < MAX_SEQ:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_SEQ - 1}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.credentials_fd is not None:
             identity = managed_identity(dep.name, config.broker_url(), args.credentials_fd)
         dpe = Dpe(dep, state_dir, engine=args.engine, identity=identity,
-                  requested_by=args.requested_by, handle_signals=True)
+                  requested_by=args.requested_by, handle_signals=True,
+                  seq_floor=args.seq_floor)
     except (DriverError, CredentialsError, BrokerAdminError) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG

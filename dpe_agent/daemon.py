@@ -89,9 +89,10 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
     def __init__(self, deployable: Deployable, state_dir: Path, *, engine: str = "native",
                  driver: Any = None, broker_url: str | None = None,
                  identity: DpeIdentity | None = None, requested_by: str | None = None,
-                 handle_signals: bool = False) -> None:
+                 handle_signals: bool = False, seq_floor: int = 0) -> None:
         self.dir = private_dir(dpe_dir(state_dir, deployable.name))
         self.store = DpeStore(self.dir / "dpe.sqlite")
+        self.store.raise_seq(seq_floor)      # the CPE's --seq-floor: events it numbered
         saved = self.store.get("deployable_xml")
         if saved:
             deployable = deployable.adopt_uuids(Deployable.from_xml(saved))
@@ -118,7 +119,9 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         self.failures: dict[tuple[str, ...], tuple[float, str]] = {
             k: (float(v[0]), str(v[1]))
             for k, v in decode_keyed(self.store.load_json("failures", {})).items()}
-        self.queue: queue.Queue[tuple] = queue.Queue()
+        # SimpleQueue: its put is safe to call from the signal handler (Queue.put is not
+        # reentrant), and nothing here needs task_done/join/maxsize.
+        self.queue: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dpe-action")
         self.logins = AgentLogins(self.identity.make_issuer(self.bus), self.store, self.pool)
         self.runner = ActionRunner(self.bus, self.name, self.driver, self.spec,

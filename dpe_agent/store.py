@@ -79,6 +79,14 @@ class DpeStore:
     def last_seq(self) -> int:
         return int(self.get("seq") or 0)
 
+    def raise_seq(self, floor: int) -> int:
+        """Never number an event at or below ``floor`` (events numbered elsewhere while this
+        DPE did not run, e.g. by the CPE): the counter becomes max(stored, floor)."""
+        with self.transaction() as db:
+            seq = max(int(self._get_meta(db, "seq") or 0), floor)
+            self._set_meta(db, "seq", str(seq))
+        return seq
+
     def add_event(self, make: Callable[[int], tuple[str, str, str, str | None, str | None]]
                   ) -> tuple[int, str]:
         """Allocate the next seq and log the event ``make(seq)`` builds, atomically.
