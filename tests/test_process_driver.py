@@ -298,3 +298,16 @@ def test_ocf_dummy_is_not_running_after_the_sandbox_is_fenced_and_restarted(brok
         driver.fence(spec)
         bus.close()
         admin.delete_users([dpe.user, agent.user])
+
+
+def test_kept_paths_under_tmp_are_bound_back_once(tmp_path):
+    from dpe_agent.drivers.sandbox_mounts import setup_script
+    (tmp_path / "sb" / "inner").mkdir(parents=True)
+    (tmp_path / "agent.py").write_text("")
+    script = setup_script([str(tmp_path / "sb"), str(tmp_path / "sb" / "inner"),
+                           str(tmp_path / "agent.py"), str(tmp_path / "missing"), "relative"])
+    binds = [line.split()[-2] for line in script.splitlines()
+             if "--bind" in line and str(tmp_path) in line]
+    if str(tmp_path).startswith(os.path.realpath("/tmp") + "/"):
+        assert sorted(binds) == [str(tmp_path / "agent.py"), str(tmp_path / "sb")]
+    assert script.splitlines()[-1] == 'exec "$@"'

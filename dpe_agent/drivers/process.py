@@ -221,7 +221,10 @@ class ProcessDriver:
         persistent.mkdir(mode=0o755, exist_ok=True)
         argv = agent
         if self.use_mount_namespace:
-            argv = sandbox_mounts.wrap(agent, keep=[str(folder), *self.agent_argv])
+            # what the agent needs from the host stays visible if it lies under /tmp or /run:
+            # its directory, its program, this interpreter and what it imports from
+            keep = [str(folder), *self.agent_argv, sys.prefix, sys.base_prefix, *sys.path]
+            argv = sandbox_mounts.wrap(agent, keep=keep)
         mode = "pgroup"
         if self.use_pid_namespace:
             argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", *argv]

@@ -12,10 +12,10 @@ host's volatile directories:
 
 The target of ``/etc/resolv.conf`` stays reachable when it lies under ``/run`` (a host with
 systemd-resolved), so that the agent can still resolve the broker's name, and so do the
-sandbox's own directory and the agent's program when they lie under ``/tmp`` (as in tests):
-each is bound back at its own path. Nothing else of the host's ``/run`` is seen inside: no
-systemd (``systemd`` resources are refused, as the agent does on any machine without it), no
-D-Bus socket.
+sandbox's own directory, the agent's program and what its interpreter imports when they lie
+under ``/tmp`` (as in tests): each is bound back at its own path. Nothing else of the host's
+``/run`` is seen inside: no systemd (``systemd`` resources are refused, as the agent does on
+any machine without it), no D-Bus socket.
 
 Mounts vanish with the namespace, that is with the sandbox's last process: a fenced and
 restarted sandbox starts from empty directories, and nothing is left to unmount on the host.
