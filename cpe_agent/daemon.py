@@ -133,6 +133,7 @@ class Cped:
         service = CpeService(store, supervisor, bus, admin=admin, roles=RoleBook(admin),
                              infrastructures=allowed_infrastructures())
         supervisor.request_stop = service.request_stop
+        supervisor.raise_event = service.raise_event
         hooks = self._hooks(service)
         supervisor.bus_connected = lambda: bus.connected
         try:

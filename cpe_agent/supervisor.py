@@ -4,8 +4,15 @@ The supervisor's loop compares what the store wants (deployables whose desired s
 ``running``) with what runs. A DPE is watched two ways: its process (``waitpid`` for our own
 children, ``/proc`` for DPEs adopted after a CPE restart) and its heartbeats on
 ``pcloud.heartbeat.<dep>.-``. A dead or silent DPE is killed and started again with capped
-exponential back-off. DPEs run in their own session so they outlive the CPE; a restarted CPE
-finds them again through their pid file and their heartbeats.
+exponential back-off, unless it exited with ``EXIT_CONFIG`` (:mod:`pcloud.exitcodes`): that
+configuration can never start, so the deployable is marked ``failed`` with the reason (a
+``deployable_state_change`` event) and its DPE is not started again until the document
+changes (a reload) or the deployable is stopped and started. DPEs run in their own session so
+they outlive the CPE; a restarted CPE finds them again through their pid file and their
+heartbeats.
+
+The CPE never opens a DPE's database: a DPE learns the ``seq`` floor of its events from its
+command line (``--seq-floor``, the highest seq in the CPE's log).
 
 The clock is injected (``tick(now)``) so that the loop is testable without real time.
 """
@@ -24,11 +31,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpe_agent.store import DESIRED_RUNNING, Store, StoredEvent, StoreError
-from dpe_agent.store import DpeStore
+from lxml import etree
+
+from cpe_agent.store import DESIRED_RUNNING, Store, StoredDeployable, StoredEvent, StoreError
 from pcloud.broker_admin import BrokerAdminError
 from pcloud.bus.eventloop import HEARTBEAT
 from pcloud.credentials import format_credentials, scrubbed_environ, without_credentials
+from pcloud.events import Event, format_time
+from pcloud.exitcodes import EXIT_CONFIG, describe
 from pcloud.fsutil import private_dir, write_atomic
 from pcloud.identity import dpe_spec
 
@@ -45,6 +55,7 @@ STOP_RESEND = 5.0
 FIRST_STOP_DELAY = 1.0
 STOP_ATTEMPTS = 3
 SUPERVISOR_STALL = 2.0     # seconds of oversleep that mean this process was paused
+REASON_TAIL = 4096         # bytes of dped.log searched for why a DPE could not start
 
 
 def default_dped_command() -> list[str]:
@@ -105,6 +116,9 @@ class DpeProcess:
     not_before: float = 0.0
     last_stop_request: float = 0.0
     restarts: int = 0
+    log_offset: int = 0                # size of dped.log when this DPE was spawned
+    gave_up: str | None = None         # why its configuration cannot start (EXIT_CONFIG)
+    gave_up_document: str | None = None   # ... with this document: a new one is tried
 
     def alive(self) -> bool:
         if self.pid is None:
@@ -136,6 +150,9 @@ class Supervisor:
         self._dpes: dict[str, DpeProcess] = {}
         self._heartbeat_watch_from = clock()
         self.bus_connected: Callable[[], bool] = lambda: True   # set by the daemon
+        # Number, store and publish an event the CPE raises (the service's raise_event, set
+        # by the daemon); without it the event is only numbered and stored.
+        self.raise_event: Callable[[etree._Element], None] = self._store_event
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -160,33 +177,17 @@ class Supervisor:
     def number_event(self, name: str, build: Callable[[int], StoredEvent]) -> StoredEvent:
         """Number and persist an event the CPE raises while no DPE can number it.
 
-        ``seq`` is one sequence per deployable whoever numbers it: above both logs here, and
-        the DPE's counter is raised past the CPE's before the DPE is started again.
+        ``seq`` is one sequence per deployable whoever numbers it: above the CPE's log (which
+        holds every event of the DPE's it received or back-filled), and the next DPE is
+        started with ``--seq-floor`` at the top of that log, so it numbers above these.
         """
         with self._lock:
-            return self.store.add_event_next_seq(name, build, floor=self._dpe_seq(name))
+            return self.store.add_event_next_seq(name, build)
 
-    def _dpe_db(self, name: str) -> Path:
-        return dpe_dir(self.state_dir, name) / "dpe.sqlite"
-
-    def _dpe_seq(self, name: str) -> int:
-        if not self._dpe_db(name).exists():
-            return 0
-        db = DpeStore(self._dpe_db(name))
-        try:
-            return db.last_seq()
-        finally:
-            db.close()
-
-    def _seed_dpe_seq(self, name: str) -> None:
-        ours = self.store.max_seq(name)
-        if ours <= self._dpe_seq(name):
-            return
-        db = DpeStore(self._dpe_db(name))
-        try:
-            db.set("seq", str(ours))
-        finally:
-            db.close()
+    def _store_event(self, request: etree._Element) -> None:
+        """``raise_event`` without a bus: number and store only."""
+        draft = Event.from_xml(request)
+        self.number_event(draft.deployable, lambda seq: _stored_event(draft.with_seq(seq)))
 
     # --- inputs from the bus -----------------------------------------------------------
 
@@ -303,22 +304,30 @@ class Supervisor:
             for name, stored in wanted.items():
                 dpe = self._dpes.setdefault(name, DpeProcess(name))
                 if stored.desired == DESIRED_RUNNING:
-                    self._keep_running(dpe, now)
+                    self._keep_running(dpe, stored, now)
                 else:
                     self._let_stop(dpe, stored.state, now)
             for name in [n for n in self._dpes if n not in wanted]:
                 del self._dpes[name]
 
-    def _keep_running(self, dpe: DpeProcess, now: float) -> None:
+    def _keep_running(self, dpe: DpeProcess, stored: StoredDeployable, now: float) -> None:
         if dpe.pid is not None and not dpe.alive():
             code = dpe.popen.returncode if dpe.popen is not None else None
-            log.warning("DPE of %s (pid %d) died (exit %s)", dpe.name, dpe.pid, code)
+            if code == EXIT_CONFIG:
+                self._give_up(dpe, stored, code)
+                return
+            log.warning("DPE of %s (pid %d) died (%s)", dpe.name, dpe.pid, describe(code))
             self._forget(dpe, now)
         elif dpe.pid is not None and self._silent(dpe, now):
             log.warning("DPE of %s (pid %d) stopped heartbeating: killing it", dpe.name,
                         dpe.pid)
             self._kill(dpe)
             self._forget(dpe, now)
+        if dpe.pid is None and dpe.gave_up is not None:
+            if stored.document == dpe.gave_up_document:
+                return                          # it would only fail again
+            log.info("deployable %s has a new document: starting its DPE again", dpe.name)
+            dpe.gave_up = dpe.gave_up_document = None
         if dpe.pid is None and now >= dpe.not_before:
             pid = self._pid_from_file(dpe.name)
             if pid is not None and _is_dped_of(pid, dpe.name):
@@ -337,8 +346,14 @@ class Supervisor:
         """
         if dpe.pid is None:
             if state == "stopped":
+                dpe.gave_up = dpe.gave_up_document = None
                 return
-            if dpe.failures >= STOP_ATTEMPTS:
+            if dpe.gave_up is not None:
+                log.info("DPE of %s cannot start this configuration: marking it stopped",
+                         dpe.name)
+                dpe.gave_up = dpe.gave_up_document = None
+                self.store.set_state(dpe.name, "stopped")
+            elif dpe.failures >= STOP_ATTEMPTS:
                 log.error("DPE of %s cannot be started to stop it: marking it stopped",
                           dpe.name)
                 self.store.set_state(dpe.name, "stopped")
@@ -354,8 +369,15 @@ class Supervisor:
                 dpe.last_heartbeat = None
                 dpe.failures = 0
                 self.store.set_state(dpe.name, "stopped")
+            elif code == EXIT_CONFIG:
+                log.error("DPE of %s cannot start this configuration (%s): marking it "
+                          "stopped", dpe.name, self._why_not(dpe) or describe(code))
+                dpe.pid = dpe.popen = None
+                dpe.last_heartbeat = None
+                dpe.failures = 0
+                self.store.set_state(dpe.name, "stopped")
             else:
-                log.warning("DPE of %s died while stopping (exit %s)", dpe.name, code)
+                log.warning("DPE of %s died while stopping (%s)", dpe.name, describe(code))
                 self._forget(dpe, now)
         elif self.request_stop is not None and now - dpe.last_stop_request > STOP_RESEND:
             dpe.last_stop_request = now
@@ -378,6 +400,46 @@ class Supervisor:
         if dpe.last_heartbeat is None:
             return now - max(dpe.since, self._heartbeat_watch_from) > FIRST_HEARTBEAT_GRACE
         return now - dpe.last_heartbeat > limit and now - self._heartbeat_watch_from > limit
+
+    def _give_up(self, dpe: DpeProcess, stored: StoredDeployable, code: int) -> None:
+        """The DPE exited with ``EXIT_CONFIG``: ``failed`` with the reason, no restart."""
+        why = self._why_not(dpe)
+        reason = f"the DPE cannot start this configuration ({describe(code)})" + \
+            (f": {why}" if why else "")
+        log.error("deployable %s failed: %s; its DPE is not restarted until the document "
+                  "changes or the deployable is stopped and started again", dpe.name, reason)
+        dpe.pid = dpe.popen = None
+        dpe.last_heartbeat = dpe.started_stamp = None
+        dpe.failures = 0
+        dpe.gave_up, dpe.gave_up_document = reason, stored.document
+        self.store.set_state(dpe.name, "failed")
+        event = etree.Element("event", type="deployable_state_change", deployable=dpe.name,
+                              state="failed", reason=reason)
+        if stored.state and stored.state != "failed":
+            event.set("previous", stored.state)
+        # Off the supervisor's lock: publishing waits for the bus.
+        threading.Thread(target=self._safe_raise, args=(event,), name=f"failed-{dpe.name}",
+                         daemon=True).start()
+
+    def _safe_raise(self, event: etree._Element) -> None:
+        try:
+            self.raise_event(event)
+        except Exception as exc:
+            log.warning("could not raise the %s event of %s: %s", event.get("type"),
+                        event.get("deployable"), exc)
+
+    def _why_not(self, dpe: DpeProcess) -> str | None:
+        """The last line the DPE wrote to its log since it was spawned (its error)."""
+        path = dpe_dir(self.state_dir, dpe.name) / "dped.log"
+        try:
+            with open(path, "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(dpe.log_offset, size - REASON_TAIL))
+                tail = handle.read().decode("utf-8", errors="replace")
+        except OSError:
+            return None
+        lines = [line.strip() for line in tail.splitlines() if line.strip()]
+        return lines[-1][:1024] if lines else None
 
     def _forget(self, dpe: DpeProcess, now: float) -> None:
         dpe.pid = None
@@ -410,7 +472,6 @@ class Supervisor:
         path = self.document_path(dpe.name)
         if not path.exists() or path.read_text(encoding="utf-8") != stored.document:
             self.write_document(dpe.name, stored.document)
-        self._seed_dpe_seq(dpe.name)
         try:
             secret = self._dpe_credentials(dpe.name)
         except Exception as exc:
@@ -418,7 +479,8 @@ class Supervisor:
             self._forget(dpe, now)
             return
         argv = [*self.dped_command, "--deployable", str(path),
-                "--state-dir", str(self.state_dir), "--managed"]
+                "--state-dir", str(self.state_dir), "--managed",
+                "--seq-floor", str(self.store.max_seq(dpe.name))]
         requested_by = self.requested_by.pop(dpe.name, None)
         if requested_by:
             argv += ["--requested-by", requested_by]
@@ -430,6 +492,7 @@ class Supervisor:
             os.write(write_end, secret.encode())
             os.close(write_end)
             with open(directory / "dped.log", "ab") as logfile:
+                dpe.log_offset = logfile.seek(0, os.SEEK_END)
                 popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfile,
                                          stderr=subprocess.STDOUT, env=env, close_fds=True,
                                          pass_fds=(read_end,), start_new_session=True)
@@ -467,3 +530,9 @@ class Supervisor:
             for dpe in self._dpes.values():
                 if dpe.popen is not None:
                     dpe.popen.poll()
+
+
+def _stored_event(event: Event) -> StoredEvent:
+    assert event.seq is not None
+    return StoredEvent(event.deployable, event.seq, event.type.value, format_time(event.time),
+                       event.to_xml())
