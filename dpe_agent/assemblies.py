@@ -42,6 +42,7 @@ class AssemblyOps:
         self._assembly_state(asm, A.STARTING)
         self.busy[asm] = "start"
         self.awaiting.add(asm)
+        self.adopting.discard(asm)
         self._submit_driver(asm, "start")
 
     def _needs_boot(self, asm: str) -> bool:

@@ -45,7 +45,7 @@ class Convergence:
             return
         if self.gave_up:
             return
-        if not self._bus_steady() or self._awaiting_beats():
+        if not self._bus_steady() or self._awaiting_beats() or self._adopting():
             self.dirty = True           # nothing can be learnt or done now: ask again later
             return
         for asm in self._assemblies():
@@ -123,6 +123,15 @@ class Convergence:
         self.reprobe_on_beat = {asm for asm in self.reprobe_on_beat
                                 if self.observed.status(asm) is AssemblyStatus.ONLINE}
         return bool(self.reprobe_on_beat)
+
+    def _adopting(self) -> bool:
+        """After a restart, until each sandbox found running has beaten (or been lost).
+
+        Until then its resources' states are unknown: a graph computed now would take them
+        for stopped, and stop their dependents in other assemblies for nothing.
+        """
+        self.adopting &= self.awaiting
+        return bool(self.adopting)
 
     def _bus_steady(self, since: int | None = None) -> bool:
         """Connected now, and (given the reconnect count at some moment) ever since."""

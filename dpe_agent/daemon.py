@@ -76,7 +76,8 @@ CONNECT_ATTEMPT = 10.0
 CONNECT_BACKOFF_START = 0.5
 CONNECT_BACKOFF_CAP = 5.0
 ADOPT_TIMEOUT = 10.0
-MAIN_LOOP_STALL = 2.0        # seconds of oversleep that mean this process was paused
+MAIN_LOOP_STALL = 0.2        # seconds of oversleep that mean this process was paused
+STALL_WARNING = 1.0          # a pause this long is worth a warning
 
 
 def dpe_dir(state_dir: Path, deployable: str) -> Path:
@@ -130,6 +131,7 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         self.transition_id = 0
         self.busy: dict[str, str] = {}           # assembly -> driver operation in flight
         self.awaiting: set[str] = set()          # sandbox up (booted or adopted), no beat yet
+        self.adopting: set[str] = set()          # found running at start, no beat yet
         self.adding: set[tuple[str, ...]] = set()   # added by a reload, not yet running
         self.reconnects = 0                      # bus reconnects so far (dispatcher thread)
         self.reprobe_on_beat: set[str] = set()   # re-probe once its agent beats again
@@ -242,6 +244,7 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
                 self.tracker.expect(asm.name, interval, misses, now,
                                     boot_timeout=max(ADOPT_TIMEOUT, interval * misses))
                 self.awaiting.add(asm.name)
+                self.adopting.add(asm.name)
 
     def _connect(self) -> None:
         """Connect, waiting as long as it takes for a broker that is down (a DPE started
@@ -310,15 +313,18 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
             self.store.save_json("failures", encode_keyed(self.failures))
 
     def _excuse_stall(self, overslept: float) -> None:
-        """After this process was paused (SIGSTOP, a starved host), restart heartbeat deadlines.
+        """After this process was paused (SIGSTOP, a starved host), move heartbeat deadlines
+        out by the pause.
 
-        Beats that arrived while we were frozen are still queued in the broker or the bus;
-        judging silence now would fence healthy assemblies for our own pause.
+        Beats sent while we were frozen are still queued in the broker or the bus; judging
+        that silence would fence healthy assemblies, or report a mass loss, for our own pause.
         """
-        if overslept > MAIN_LOOP_STALL:
-            log.warning("main loop stalled %.1f s (process paused or starved): heartbeat "
-                        "deadlines restarted", overslept)
-            self.tracker.grace(time.monotonic())
+        if overslept <= MAIN_LOOP_STALL:
+            return
+        log.log(logging.WARNING if overslept >= STALL_WARNING else logging.DEBUG,
+                "main loop stalled %.1f s (process paused or starved): heartbeat deadlines "
+                "moved out by as much", overslept)
+        self.tracker.pause(overslept)
 
     def _sleep_time(self) -> float:
         now = time.monotonic()

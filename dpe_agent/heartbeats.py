@@ -6,7 +6,7 @@ at least half of those being watched), the likelier cause is the broker or the n
 simultaneous crashes: that is reported once as a *mass loss*, nothing is declared lost, and the
 watch waits for beats to come back. Assemblies still silent one timeout after the others are
 back are then lost individually. After a bus reconnect every deadline gets a grace period, so
-agents have time to reconnect too.
+agents have time to reconnect too; time this process spent frozen counts as nobody's silence.
 
 Times are monotonic seconds supplied by the caller.
 """
@@ -130,6 +130,17 @@ class HeartbeatTracker:
         """Push every deadline out (after a bus reconnect): agents need time to reconnect."""
         for watch in self.watches.values():
             watch.grace_until = now + (seconds if seconds is not None else watch.timeout)
+
+    def pause(self, seconds: float) -> None:
+        """This process was frozen (SIGSTOP, a starved host) for ``seconds``: no beat could
+        be received meanwhile, so that time counts as nobody's silence. Every reference
+        moves forward by it: silence is judged only on beats that could have arrived."""
+        for watch in self.watches.values():
+            watch.since += seconds
+            if watch.last is not None:
+                watch.last += seconds
+            if watch.grace_until:
+                watch.grace_until += seconds
 
     def restart_watch(self, assembly: str, now: float,
                       boot_timeout: float | None = None) -> None:

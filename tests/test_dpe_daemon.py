@@ -267,7 +267,8 @@ def test_sigkilled_process_resource_is_restarted(harness):
 
 def test_ocf_monitor_failure_is_restarted(harness, tmp_path):
     name = unique()
-    state_file = tmp_path / "dummy.state"
+    # In the sandbox's persistent directory: its /tmp and /run are its own.
+    state_file = tmp_path / "dpe" / name / "assemblies" / "a" / "persistent" / "dummy.state"
     svc = ('<service name="dummy" class="ocf" provider="heartbeat" type="Dummy" '
            f'monitor_interval="1"><parameters><parameter name="state" value="{state_file}"/>'
            '</parameters></service>')
@@ -336,6 +337,90 @@ def test_dpe_killed_and_restarted_adopts_running_resources(harness):
     assert sorted(pgrep(f"sleep {t}")) == before
     assert (h.sandbox_pid("a"), h.sandbox_pid("b")) == sandboxes
     assert not h.events.find(type="resource_state_change", state="starting", after=mark)
+
+
+def _db_and_app(name: str, t: str) -> str:
+    """``app:api`` needs ``db:store`` in another assembly; ``app:web`` needs nothing."""
+    return deployable(name, assembly("db", process_service("store", f"sleep {t}1"))
+                      + assembly("app", process_service("api", f"sleep {t}2")
+                                 + process_service("web", f"sleep {t}3")),
+                      '<service_dependency id="d1" first="db:store" then="app:api"/>')
+
+
+def _pids(t: str) -> dict[str, list[int]]:
+    return {svc: pgrep(f"sleep {t}{i}") for i, svc in enumerate(("store", "api", "web"), 1)}
+
+
+def _restarted(h: DpeHarness, mark: int) -> set[str]:
+    return {e.resource for e in h.events.find(type="resource_state_change", after=mark)
+            if e.state in ("stopping", "restarting", "starting")}
+
+
+def test_adoption_where_the_dependent_beats_first_restarts_nothing(harness):
+    """The new DPE hears ``app`` while ``db`` (frozen) is still silent: ``db:store`` is
+    unknown, not stopped, so ``app:api`` must not be stopped for it."""
+    name, t = unique(), tag()
+    h = harness(_db_and_app(name, t), subprocess_mode=True)
+    h.wait_running()
+    before = _pids(t)
+    db_agent = h.agent_pid("db")
+    h.kill_dpe()
+    os.kill(db_agent, signal.SIGSTOP)
+    try:
+        mark = h.events.last_seq()
+        h.start()
+        wait_for(lambda: _answers(h), timeout=30, what="the new DPE answering")
+        time.sleep(4.0)             # app beats alone for longer than a graph takes
+    finally:
+        os.kill(db_agent, signal.SIGCONT)
+    wait_for(lambda: _all_running(h), timeout=30, what="adopted deployable")
+    assert _pids(t) == before
+    assert not _restarted(h, mark)
+
+
+def test_dpe_killed_during_a_graph_restarts_only_the_failed_chain(harness):
+    name, t = unique(), tag()
+    h = harness(_db_and_app(name, t), subprocess_mode=True)
+    h.wait_running()
+    web = pgrep(f"sleep {t}3")
+    mark = h.events.last_seq()
+    (store,) = pgrep(f"sleep {t}1")
+    os.kill(store, signal.SIGKILL)
+    h.events.wait(type="resource_state_change", resource="store", state="failed", after=mark)
+    h.kill_dpe()
+    h.start()
+    wait_for(lambda: _all_running(h), timeout=60, what="the deployable running again")
+    pids = _pids(t)
+    assert all(len(found) == 1 for found in pids.values()), pids
+    assert pids["store"] != [store]
+    assert pids["web"] == web
+    assert "web" not in _restarted(h, mark)
+
+
+def test_dpe_killed_while_an_assembly_is_really_down(harness):
+    name, t = unique(), tag()
+    h = harness(_db_and_app(name, t), subprocess_mode=True)
+    h.wait_running()
+    web = pgrep(f"sleep {t}3")
+    h.kill_dpe()
+    ProcessDriver().fence(h.spec("db"))
+    mark = h.events.last_seq()
+    h.start()
+    h.events.wait(type="resource_state_change", resource="store", state="running",
+                  after=mark, timeout=60)
+    wait_for(lambda: _all_running(h), timeout=60, what="the deployable running again")
+    pids = _pids(t)
+    assert all(len(found) == 1 for found in pids.values()), pids
+    assert pids["web"] == web
+    assert "web" not in _restarted(h, mark)
+
+
+def _answers(h: DpeHarness) -> bool:
+    try:
+        h.status()
+    except Exception:
+        return False
+    return True
 
 
 def _all_running(h: DpeHarness) -> bool:
@@ -507,23 +592,30 @@ def test_dped_status_and_stop_without_a_cpe(harness):
     assert gone.returncode == 1 and "no DPE of" in gone.stderr
 
 
-def test_paused_dpe_does_not_fence_for_its_own_pause(harness):
+@pytest.mark.parametrize("pause", [1.0, 2.0, 5.0,
+                                   pytest.param(20.0, marks=pytest.mark.slow)])
+def test_paused_dpe_does_not_fence_or_alarm_for_its_own_pause(harness, pause):
+    """Frozen for ``pause`` seconds against 0.5 s beats (2 s timeout): the beats it could
+    not receive are nobody's silence. No fencing, no mass-loss ``degraded``."""
     name, t = unique(), tag()
-    h = harness(deployable(name, assembly("a", process_service("svc", f"sleep {t}1"))),
+    h = harness(deployable(name, assembly("a", process_service("svc", f"sleep {t}1"))
+                           + assembly("b", process_service("svc2", f"sleep {t}2"))),
                 subprocess_mode=True)
     h.wait_running()
-    sandbox = h.sandbox_pid("a")
+    sandboxes = (h.sandbox_pid("a"), h.sandbox_pid("b"))
     mark = h.events.last_seq()
-    h.proc.send_signal(signal.SIGSTOP)       # longer than the 3 s heartbeat timeout
+    h.proc.send_signal(signal.SIGSTOP)
     try:
-        time.sleep(5.0)
+        time.sleep(pause)
     finally:
         h.proc.send_signal(signal.SIGCONT)
     # Once a resource failure after the pause has been handled, any verdict on the silence
     # during the pause has been given too: a lost assembly is judged on the first tick.
-    (victim,) = pgrep(f"sleep {t}1")
+    (victim,) = wait_for(lambda: pgrep(f"sleep {t}1"), what="the resource")
     os.kill(victim, signal.SIGKILL)
     h.events.wait(type="resource_state_change", resource="svc", state="running", after=mark)
     assert not h.events.find(type="fencing", after=mark)
     assert not h.events.find(type="assembly_state_change", after=mark)
-    assert h.sandbox_pid("a") == sandbox
+    assert not [e for e in h.events.find(type="deployable_state_change", after=mark)
+                if "heartbeats" in (e.reason or "")]
+    assert (h.sandbox_pid("a"), h.sandbox_pid("b")) == sandboxes

@@ -1,4 +1,4 @@
-"""Heartbeat watching: loss, gaps, agent restarts, mass loss, reconnect grace."""
+"""Heartbeat watching: loss, gaps, agent restarts, mass loss, reconnect grace, own pauses."""
 
 from dpe_agent.heartbeats import BeatKind, HeartbeatTracker, Liveness
 
@@ -116,6 +116,32 @@ def test_reconnect_grace_postpones_loss():
     t.grace(3.5, 5.0)
     assert t.check(4.0).lost == ()
     assert t.check(8.5).lost == ("a",)
+
+
+def test_own_pause_is_nobodys_silence_so_no_mass_loss():
+    t = tracker("a", "b", "c")
+    beat_all(t, 1.0, 1)
+    t.pause(2.5)                    # frozen from 1.5 to 4.0: beats queued, none received
+    verdict = t.check(4.0)
+    assert verdict == type(verdict)()
+    assert t.next_deadline(4.0) == 6.5
+
+
+def test_own_pause_moves_a_booting_deadline_too():
+    t = tracker("a")
+    t.pause(5.0)
+    assert t.check(14.9).lost == ()
+    assert t.check(15.0).lost == ("a",)
+
+
+def test_silence_before_and_after_a_pause_still_adds_up_to_a_loss():
+    t = tracker("a", "b", "c")
+    beat_all(t, 1.0, 1)
+    t.pause(20.0)
+    beat_all(t, 21.5, 2, ["b", "c"])
+    beat_all(t, 22.5, 3, ["b", "c"])
+    assert t.check(23.9).lost == ()
+    assert t.check(24.0).lost == ("a",)
 
 
 def test_declare_lost_once():

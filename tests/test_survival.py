@@ -136,7 +136,10 @@ def system(broker, tmp_path: Path) -> Iterator[System]:
                     client.call("deployable_stop", f'<deployable name="{name}"/>')
             wait_until(lambda: all(s == "stopped" for s in client.listing().values()), 60,
                        "every deployable to stop")
-            wait_until(lambda: not leftovers(sys_), 30, "no process but cped left")
+            try:
+                wait_until(lambda: not leftovers(sys_), 30, "no process but cped left")
+            except AssertionError as timeout:
+                raise AssertionError(f"{timeout}: {leftovers(sys_)}") from None
 
 
 def start(system: System, xml: str | None = None) -> None:
