@@ -35,6 +35,7 @@ from guest_agent.resources.base import (
     ResourceError,
     ResourceSpec,
 )
+from guest_agent.resources.ocf import clear_rsctmp_after_reboot
 from pcloud.bus import BusError, Message, MethodError
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class Agent:
     def start(self) -> None:
         """Start reaping and resume what a previous agent knew (monitors, probes)."""
         os.makedirs(self._specs_dir, exist_ok=True)
+        if clear_rsctmp_after_reboot(self.config.state_dir):
+            log.info("first start since this machine booted: OCF state (HA_RSCTMP) emptied")
         for path in sorted(os.listdir(self._specs_dir)):
             if path.endswith(".json"):
                 self._restore(os.path.join(self._specs_dir, path))

@@ -9,6 +9,7 @@ import pytest
 from guest_agent.resources import make_resource
 from guest_agent.resources.base import ResourceError, ResourceSpec
 from guest_agent.resources.lsb import map_action, map_status
+from guest_agent.resources.ocf import clear_rsctmp_after_reboot
 from guest_agent.resources.systemd import systemd_running
 
 DUMMY = "/usr/lib/ocf/resource.d/heartbeat/Dummy"
@@ -85,3 +86,21 @@ def test_systemd_unsupported_without_systemd(reaper, tmp_path):
     result = res.start(5)
     assert (result.rc, result.status) == (5, "error")
     assert "systemd is not PID 1" in result.reason
+
+
+def test_rsctmp_is_emptied_once_per_boot_like_run(tmp_path):
+    """A VM's agent keeps HA_RSCTMP on disk: the first start after a boot empties it."""
+    boot_id = tmp_path / "kernel_boot_id"
+    boot_id.write_text("boot-1\n")
+    state = tmp_path / "rsctmp" / "Dummy-d1.state"
+    state.parent.mkdir()
+    state.write_text("")
+    assert clear_rsctmp_after_reboot(str(tmp_path), str(boot_id))
+    assert not state.exists()
+    state.parent.mkdir()
+    state.write_text("")
+    assert not clear_rsctmp_after_reboot(str(tmp_path), str(boot_id))   # same boot
+    assert state.exists()
+    boot_id.write_text("boot-2\n")
+    assert clear_rsctmp_after_reboot(str(tmp_path), str(boot_id))
+    assert not state.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 
 from guest_agent.reaper import Reaper
 from guest_agent.resources.base import (
@@ -26,8 +27,38 @@ _PARAM = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _OCF_CODES = set(range(0, 8))
 
 
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
 def ocf_root() -> str:
     return os.environ.get("OCF_ROOT", "/usr/lib/ocf")
+
+
+def clear_rsctmp_after_reboot(state_dir: str, boot_id_path: str = BOOT_ID) -> bool:
+    """Empty ``HA_RSCTMP`` when the machine booted since the agent last ran; True if it did.
+
+    OCF agents keep "I am running" files there (Dummy's state, ``ha_pseudo_resource``), on
+    the assumption that it is ``/run`` and a boot empties it. Ours is on the image's disk, so
+    without this a rebooted VM would find resources "running" that no longer are.
+    """
+    try:
+        with open(boot_id_path) as f:
+            boot = f.read().strip()
+    except OSError:
+        return False
+    rsctmp = os.path.join(state_dir, "rsctmp")
+    marker = os.path.join(state_dir, "rsctmp.boot_id")
+    try:
+        with open(marker) as f:
+            if f.read().strip() == boot:
+                return False
+    except OSError:
+        pass
+    if os.path.isdir(rsctmp):
+        shutil.rmtree(rsctmp)
+    with open(marker, "w") as f:
+        f.write(boot + "\n")
+    return True
 
 
 class OCFResource(ScriptResource):
