@@ -102,6 +102,7 @@ class CpeService:
             "deployable_reload": self.deployable_reload,
             "deployable_delete": self.deployable_delete,
             "deployable_status": self.deployable_status,
+            "resource_cleanup": self.resource_cleanup,
             "deployables_list": self.deployables_list,
             "events_query": self.events_query,
         }
@@ -204,6 +205,22 @@ class CpeService:
                             stored.name, exc)
         log.info("deployable %s stopping (asked by %s)", stored.name, msg.user_id)
         return _result(stored.name, "stopping")
+
+    def resource_cleanup(self, body: etree._Element, msg: Message) -> etree._Element:
+        """Forget a resource's failures and blocking, so its DPE probes it and starts it
+        again (``crm_resource --cleanup``): for after fixing what blocked it."""
+        _check(body, "resource_ref", "resource_cleanup")
+        name = body.get("deployable", "")
+        stored = self.store.get(name)
+        if stored is None:
+            raise MethodError("unknown_deployable", f"no deployable named {name!r}")
+        if not self.supervisor.is_running(name):
+            raise MethodError("not_running", f"deployable {name!r} is {stored.state}: its "
+                              "resources are probed afresh when it starts")
+        log.info("resource %s/%s/%s cleaned up (asked by %s)", name, body.get("assembly"),
+                 body.get("name"), msg.user_id)
+        return self._call_dpe(name, "resource_cleanup", etree.tostring(body, encoding="unicode"),
+                              timeout=DPE_CALL_TIMEOUT, requested_by=msg.user_id)
 
     def request_stop(self, name: str, requested_by: str | None = None) -> None:
         """Ask a DPE to stop its deployable (it exits once everything is stopped)."""

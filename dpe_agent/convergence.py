@@ -22,6 +22,7 @@ from pcloud.states import AssemblyState as A
 from pcloud.states import ResourceState as R
 
 MAX_IDLE_COMPUTES = 25
+BLOCKING_RCS = frozenset({2, 5, 6})   # OCF: invalid arguments, not installed, not configured
 
 log = logging.getLogger("dped")
 
@@ -115,8 +116,8 @@ class Convergence:
                              for a in self._graph.actions)
             if state in (R.FAILED, R.RUNNING) and restarting:
                 self._resource_state(asm, svc, R.RESTARTING)
-            elif state in (R.RUNNING, R.FAILED, R.BLOCKED):
-                self._resource_state(asm, svc, R.STOPPING)
+            elif state in (R.RUNNING, R.FAILED) or state == R.BLOCKED and self.stopping:
+                self._resource_state(asm, svc, R.STOPPING)   # a blocked one stays blocked
 
     def _awaiting_beats(self) -> bool:
         """After a reconnect, until each online assembly's agent beats again (or is lost)."""
@@ -191,8 +192,8 @@ class Convergence:
             if ok:
                 self.policy.healthy(asm, svc, time.time())
                 self._resource_state(asm, svc, R.RUNNING)
-            elif result.rc in (5, 6, 2):
-                self._resource_state(asm, svc, R.BLOCKED, reason)
+            elif result.rc in BLOCKING_RCS:
+                self._resource_blocked(asm, svc, reason)
             else:
                 self._resource_failed(asm, svc, reason, result.finished)
         elif action.operation == "stop":
@@ -201,9 +202,11 @@ class Convergence:
             elif state == R.STOPPING:
                 self._resource_state(asm, svc, R.STOPPED)
         elif action.operation == "monitor":
-            if action.is_probe:
+            if result.rc in BLOCKING_RCS:
+                self._resource_blocked(asm, svc, reason)
+            elif action.is_probe:
                 if result.rc == 0 and state != R.RUNNING:
-                    if state not in (R.PENDING, R.FAILED):
+                    if state not in (R.PENDING, R.FAILED, R.BLOCKED):
                         self.change_state((asm, svc), R.PENDING)
                     self._resource_state(asm, svc, R.RUNNING, "found running")
                 elif result.rc == 7 and state == R.RUNNING:

@@ -136,6 +136,7 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         self.reconnects = 0                      # bus reconnects so far (dispatcher thread)
         self.reprobe_on_beat: set[str] = set()   # re-probe once its agent beats again
         self.holds: dict[tuple[str, ...], float] = {}   # back-off: key -> monotonic due
+        self.blocked: dict[tuple[str, str], float] = {}  # blocked resource -> re-probe due
         self.dirty = True
         self.idle_computes = 0
         self.recheck_at: float | None = None
@@ -333,6 +334,7 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         if deadline is not None:
             due.append(deadline)
         due.extend(self.holds.values())
+        due.extend(self.blocked.values())
         if self.recheck_at is not None:
             due.append(self.recheck_at)
         return min(max(0.0, min(due) - now), 1.0)
@@ -370,6 +372,7 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
             self.dirty = True
         if not self.stopping:
             self._check_heartbeats(now)
+            self._reprobe_blocked(now)
 
     def _publish_heartbeat(self) -> None:
         self.beat_seq += 1

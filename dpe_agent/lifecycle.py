@@ -127,8 +127,19 @@ class Lifecycle:
             return
         if whole and not self.adding:
             self.change_state((), D.RUNNING)
+        elif current in (D.RUNNING, D.STARTING) and (blocked := self._blocked_reason()):
+            self.change_state((), D.DEGRADED, blocked)
         elif current == D.RUNNING:
             self.change_state((), D.DEGRADED, "a component failed and is being recovered")
+
+    def _blocked_reason(self) -> str | None:
+        """Why the deployable cannot be whole by waiting: its first blocked resource."""
+        for asm, svc in self.dep.services():
+            if self.state(asm.name, svc.name) == R.BLOCKED and (
+                    asm.name, svc.name) not in self.adding:
+                why = self.reasons.get((asm.name, svc.name)) or "not installed or not configured"
+                return f"{asm.name}/{svc.name} is blocked: {why}"
+        return None
 
     def _ensure_states(self, asm: str) -> None:
         if self.state(asm) is None:

@@ -1,4 +1,4 @@
-"""The DPE's bus methods: status, reload, stop, event_raise, events_query.
+"""The DPE's bus methods: status, reload, stop, resource_cleanup, event_raise, events_query.
 
 Handlers that read or change the runtime's state run on the main loop: the bus thread
 queues the call and waits for its future. ``events_query`` only reads the store and is
@@ -19,6 +19,7 @@ from pcloud.bus import Message, MethodError
 from pcloud.deployable import Deployable, DeployableError, diff
 from pcloud.events import MAX_SEQ, Event, EventType
 from pcloud.states import DeployableState as D
+from pcloud.states import ResourceState as R
 
 log = logging.getLogger("dped")
 
@@ -42,6 +43,7 @@ class Methods:
                 "deployable_reload": on_loop(self._reload, self._check_reload),
                 "deployable_stop": on_loop(self._stop_method, self._check_ref),
                 "event_raise": on_loop(self._event_raise, self._check_event),
+                "resource_cleanup": on_loop(self._resource_cleanup, self._check_resource_ref),
                 "events_query": self._events_query}
 
     def _check_ref(self, body: etree._Element) -> None:
@@ -49,6 +51,14 @@ class Methods:
         queue must never stop this one."""
         _validate(body, "deployable_ref")
         self._check_name(body.get("name"))
+
+    def _check_resource_ref(self, body: etree._Element) -> None:
+        """``<resource deployable assembly name/>`` naming one of this deployable's."""
+        _validate(body, "resource_ref")
+        self._check_name(body.get("deployable"))
+        if self._service(body.get("assembly"), body.get("name")) is None:
+            raise MethodError("unknown_resource", f"{self.name} has no resource "
+                              f"{body.get('assembly')}/{body.get('name')}")
 
     def _check_reload(self, body: etree._Element) -> None:
         if body.tag != "deployable":
@@ -95,6 +105,13 @@ class Methods:
     def _stop_method(self, body: etree._Element) -> etree._Element:
         self._begin_stop()
         return etree.Element("deployable", name=self.name, state=D.STOPPING)
+
+    def _resource_cleanup(self, body: etree._Element) -> etree._Element:
+        asm, svc = body.get("assembly"), body.get("name")
+        log.info("%s/%s cleaned up (asked by %s)", asm, svc, self.requested_by or "?")
+        self._cleanup_resource(asm, svc)
+        return etree.Element("resource", deployable=self.name, assembly=asm, name=svc,
+                             state=self.state(asm, svc) or R.PENDING)
 
     def _event_raise(self, body: etree._Element) -> etree._Element:
         draft = Event.from_xml(body)
@@ -147,6 +164,9 @@ class Methods:
         for asm, _svc in change.services_added:
             if asm not in change.assemblies_added:
                 self._ensure_states(asm)
+        for asm, svc in change.services_changed:
+            if self.blocked.pop((asm, svc), None) is not None:
+                self._forget_resource(asm, svc)    # a new definition: probed afresh
         for asm in change.assemblies_changed:
             interval, misses = new.assembly(asm).heartbeat()
             watch = self.tracker.watches.get(asm)

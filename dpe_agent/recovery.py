@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 import time
 
+from dpe_agent.cib import rsc_id
 from dpe_agent.escalation import Decision, EscalationPolicy, Level, Thresholds
 from pcloud.deployable import Deployable
 from pcloud.events import EventType
 from pcloud.states import AssemblyState as A
 from pcloud.states import DeployableState as D
 from pcloud.states import ResourceState as R
+
+BLOCKED_REPROBE = 300.0   # seconds between probes of a blocked resource
 
 log = logging.getLogger("dped")
 
@@ -59,6 +62,44 @@ class Recovery:
         if not self._escalate(decision, reason) and decision.delay:
             log.info("%s/%s flaps: restart delayed %.1f s", asm, svc, decision.delay)
             self.holds[(asm, svc)] = time.monotonic() + decision.delay
+
+    def _resource_blocked(self, asm: str, svc: str, reason: str) -> None:
+        """Not installed or not configured: retrying cannot help, so it is not a failure.
+
+        It stays ``blocked`` (no restart, no failure count, no escalation) until its
+        configuration changes, an operator cleans it up, or a probe every
+        :data:`BLOCKED_REPROBE` seconds finds that it can run after all.
+        """
+        self.blocked[(asm, svc)] = time.monotonic() + BLOCKED_REPROBE
+        if self.state(asm, svc) != R.BLOCKED:
+            log.warning("%s/%s blocked: %s", asm, svc, reason)
+            self._resource_state(asm, svc, R.BLOCKED, reason)
+
+    def _reprobe_blocked(self, now: float) -> None:
+        """Forget a blocked resource's history when its re-probe is due: the next graph
+        probes it, and starts it if it can run now."""
+        for key, due in list(self.blocked.items()):
+            if self.state(*key) != R.BLOCKED:
+                del self.blocked[key]
+            elif now >= due:
+                self.blocked[key] = now + BLOCKED_REPROBE
+                self._forget_resource(*key)
+                self._abort(f"re-probing blocked {key[0]}/{key[1]}")
+
+    def _forget_resource(self, asm: str, svc: str) -> None:
+        """Clear what is known of a resource's operations: the next graph probes it."""
+        self.observed.forget(asm, rsc_id(asm, svc))
+
+    def _cleanup_resource(self, asm: str, svc: str) -> None:
+        """An operator's clean-up: failures, back-off and blocking forgotten, probed again."""
+        self.blocked.pop((asm, svc), None)
+        self.holds.pop((asm, svc), None)
+        self.fail_counts.pop((asm, svc), None)
+        self.failures.pop((asm, svc), None)
+        self.policy.reset(asm, svc)
+        self._persist = True
+        self._forget_resource(asm, svc)
+        self._abort(f"{asm}/{svc} cleaned up")
 
     def _escalate(self, decision: Decision, reason: str) -> bool:
         """Act on an escalated decision; False when it is a plain restart."""

@@ -26,7 +26,8 @@ _R = f"{{{RNG_NS}}}"
 
 #: Every schema in schemas/, by name (file name without .rng).
 SCHEMAS = (
-    "deployable", "service", "deployable_ref", "deployable_status", "deployables",
+    "deployable", "service", "deployable_ref", "resource_ref", "deployable_status",
+    "deployables",
     "event", "event_raise", "events", "response", "heartbeat", "report", "resource_op",
     "op_result", "resources", "agent",
 )

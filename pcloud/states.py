@@ -179,6 +179,7 @@ RESOURCE_TRANSITIONS: dict[ResourceState, frozenset[ResourceState]] = {
     }),
     _R.BLOCKED: frozenset({
         _R.STARTING,     # the blocking cause cleared
+        _R.RUNNING,      # a re-probe or clean-up found it running (installed meanwhile)
         _R.PENDING,      # its assembly restarts
         _R.STOPPING,     # stop requested
         _R.STOPPED,      # nothing to stop

@@ -10,7 +10,7 @@ from __future__ import annotations
 from lxml import etree
 
 from pcloudsh import display
-from pcloudsh.commands import CommandError, Commands, _args, command
+from pcloudsh.commands import NAME_RE, CommandError, Commands, _args, command
 
 
 @command("<deployable> [process|qemu|libvirt|openstack]", "new", "infrastructure")
@@ -108,6 +108,24 @@ def cmd_deployable_status(self: Commands, args: list[str]) -> None:
         self.say(display.as_json(display.status_json(status)))
     else:
         self.say(display.status_text(status))
+
+
+@command("<deployable> <assembly> <resource>", "deployable", "assembly")
+def cmd_resource_cleanup(self: Commands, args: list[str]) -> None:
+    """Forget a resource's failures and its blocked state (e.g. after installing what it
+    lacked): its DPE probes it again and starts it if it can run."""
+    deployable, assembly, resource = _args(args, "resource_cleanup", 3)
+    for what, name in (("deployable", deployable), ("assembly", assembly),
+                       ("resource", resource)):
+        if not NAME_RE.match(name):
+            raise CommandError(f"invalid {what} name {name!r}: use letters, digits, _ and -")
+    body = etree.tostring(etree.Element("resource", deployable=deployable, assembly=assembly,
+                                        name=resource), encoding="unicode")
+    result = self.cpe("resource_cleanup", body)
+    if result is None:
+        raise CommandError("the CPE sent an empty answer to resource_cleanup")
+    self.say(display.as_json(dict(result.attrib)) if self.json else
+             f"resource {deployable}/{assembly}/{resource} cleaned up: probing it again")
 
 
 def _said(self: Commands, result: etree._Element | None, method: str) -> None:

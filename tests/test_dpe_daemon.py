@@ -23,7 +23,7 @@ from lxml import etree
 from dpe_agent.daemon import Dpe, run_in_thread
 from dpe_agent.drivers.base import AssemblySpec
 from dpe_agent.drivers.process import ProcessDriver, _descendants
-from pcloud.bus import Bus
+from pcloud.bus import Bus, MethodError
 from pcloud.deployable import Deployable
 from pcloud.events import Event
 
@@ -619,3 +619,49 @@ def test_paused_dpe_does_not_fence_or_alarm_for_its_own_pause(harness, pause):
     assert not [e for e in h.events.find(type="deployable_state_change", after=mark)
                 if "heartbeats" in (e.reason or "")]
     assert (h.sandbox_pid("a"), h.sandbox_pid("b")) == sandboxes
+
+
+def _missing_httpd(monitor: str = "1") -> str:
+    """ocf:heartbeat:apache pointed at a program that is not there: rc 5, not installed."""
+    return (f'<service name="web" class="ocf" provider="heartbeat" type="apache" '
+            f'monitor_interval="{monitor}"><parameters>'
+            '<parameter name="httpd" value="/nonexistent/apache2"/></parameters></service>')
+
+
+def test_not_installed_resource_is_blocked_with_its_reason_and_not_retried(harness):
+    name, t = unique(), tag()
+    h = harness(deployable(name, assembly("a", _missing_httpd()
+                                          + process_service("ok", f"sleep {t}1"))))
+    degraded = h.events.wait(type="deployable_state_change", state="degraded")
+    assert "a/web is blocked" in degraded.reason
+    assert "apache httpd program not found" in degraded.reason      # the agent's own words
+    h.events.wait(type="resource_state_change", resource="ok", state="running")
+    time.sleep(3.0)                 # three monitor intervals: nothing retries it
+    starts = h.events.find(type="resource_state_change", resource="web", state="starting")
+    assert len(starts) == 1
+    web = next(r for r in h.status().iter("resource") if r.get("name") == "web")
+    assert web.get("state") == "blocked" and web.get("fail_count") == "0"
+    assert h.status().get("state") == "degraded"
+
+
+def test_cleanup_of_a_blocked_resource_tries_it_again(harness):
+    name = unique()
+    h = harness(deployable(name, assembly("a", _missing_httpd())))
+    h.events.wait(type="resource_state_change", resource="web", state="blocked")
+    mark = h.events.last_seq()
+    answer = h.call("resource_cleanup",
+                    f'<resource deployable="{name}" assembly="a" name="web"/>')
+    assert answer.get("name") == "web"
+    h.events.wait(type="resource_state_change", resource="web", state="starting", after=mark)
+    h.events.wait(type="resource_state_change", resource="web", state="blocked", after=mark)
+    with pytest.raises(MethodError, match="unknown_resource"):
+        h.call("resource_cleanup", f'<resource deployable="{name}" assembly="a" name="nope"/>')
+
+
+def test_blocked_resource_is_probed_again_slowly(harness, monkeypatch):
+    monkeypatch.setattr("dpe_agent.recovery.BLOCKED_REPROBE", 2.0)
+    name = unique()
+    h = harness(deployable(name, assembly("a", _missing_httpd(monitor="30"))))
+    first = h.events.wait(type="resource_state_change", resource="web", state="blocked")
+    h.events.wait(type="resource_state_change", resource="web", state="starting",
+                  after=first.seq, timeout=30)

@@ -25,6 +25,7 @@ from guest_agent.resources.base import (
 
 _PARAM = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _OCF_CODES = set(range(0, 8))
+OUTPUT_TAIL_LINES = 3    # of an agent's output, quoted when it gave no exit reason
 
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -124,15 +125,22 @@ class OCFResource(ScriptResource):
 
 
 def _reason(action: str, code: int, output: str) -> str:
-    """The agent's own exit reason (``ocf-exit-reason:``) or a generic sentence."""
-    for line in reversed(output.splitlines()):
+    """The agent's own words: its exit reasons (``ocf-exit-reason:``, the cause usually
+    first, e.g. "apache httpd program not found; environment is invalid"), else a generic
+    sentence with the last lines it wrote."""
+    reasons: list[str] = []
+    for line in output.splitlines():
         marker = line.find("ocf-exit-reason:")
-        if marker >= 0:
-            return line[marker + len("ocf-exit-reason:"):].strip()
+        text = line[marker + len("ocf-exit-reason:"):].strip() if marker >= 0 else ""
+        if text and text not in reasons:
+            reasons.append(text)
+    if reasons:
+        return "; ".join(reasons)
     if code == OCF_SUCCESS:
         return ""
     if code == OCF_NOT_RUNNING:
         return "not running"
-    if code == OCF_ERR_CONFIGURED:
-        return f"{action}: not configured"
-    return f"{action} exited with status {code}"
+    generic = f"{action}: not configured" if code == OCF_ERR_CONFIGURED else \
+        f"{action} exited with status {code}"
+    tail = [line.strip() for line in output.splitlines() if line.strip()][-OUTPUT_TAIL_LINES:]
+    return f"{generic}: {' / '.join(tail)}" if tail else generic
