@@ -133,6 +133,8 @@ class Soak:
         self.monitor: threading.Thread | None = None
         self.event_counts: dict[str, tuple[int, int]] = {}
         self.started = self.elapsed = 0.0
+        self.replaced = 0   # paused dpeds that cped killed and replaced during the pause
+        self.replaced_after: list[float] = []   # SIGSTOP -> its replacement running
         self.t0 = now()
 
     # ---- bookkeeping ---------------------------------------------------------------
@@ -468,13 +470,20 @@ class Soak:
         pid = self.dped_pid(dep)
         pause = self.rng.uniform(1, 20)
         os.kill(pid, signal.SIGSTOP)
-        time.sleep(pause)
+        stopped = now()
+        while now() - stopped < pause:   # cped may replace a silent DPE: how soon, if so
+            if self.dped_pid(dep) not in (None, pid) and self.healthy():
+                self.replaced_after.append(now() - stopped)
+                time.sleep(max(0.0, pause - (now() - stopped)))
+                break
+            time.sleep(0.1)
         replaced = self.dped_pid(dep) != pid
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
         what = f"SIGSTOP dped of {dep} (pid {pid}) for {pause:.1f} s"
         if replaced:
             what += " (cped replaced it during the pause)"
+            self.replaced += 1
         return what, set(), lambda: True, now()
 
     def fault_cped_kill(self) -> tuple[str, set, object, float]:
@@ -562,7 +571,7 @@ class Soak:
         bag: list[str] = []
         while now() < deadline:
             if not bag:
-                bag = list(FAULTS)
+                bag = list(self.args.faults)
                 self.rng.shuffle(bag)
             if not self.inject(bag.pop(), previous):
                 print("  a deployable did not recover: no more faults", flush=True)
@@ -671,17 +680,25 @@ class Soak:
               f"({sum(len(s) for s in ASSEMBLIES.values())} resources each)")
         print(f"\nfaults by type ({sum(self.faults.values())} in all):")
         for kind in FAULTS:
-            print(f"  {kind:<15} {self.faults[kind]:4d}")
+            print(f"  {kind:<15} {self.faults[kind]:4d}" + (
+                f"  ({self.replaced} replaced by cped during the pause)"
+                if kind == "dped_stop" and self.replaced else ""))
         print("\nrecovery time per fault type (to every deployable running, its DPE "
               "answering, every resource once;\n  dped_stop and broker_freeze from the "
               "resume, broker_kill from the start returning):")
         for kind in FAULTS:
             print(f"  {kind:<15} {figures(self.recovery[kind])}")
+        if self.replaced_after:
+            print(f"  dped_stop, replaced during the pause: SIGSTOP -> the new dped running: "
+                  f"{figures(self.replaced_after)}")
         print("\nbroker back -> every deployable answering running:")
         both = self.broker_back["broker_kill"] + self.broker_back["broker_freeze"]
         print(f"  all broker faults    {figures(both)}")
         print(f"  broker_kill: start   {figures(self.broker_start)}")
         print(f"  broker_kill: running {figures(self.broker_back['broker_kill'])}")
+        total = [a + b for a, b in zip(self.broker_start, self.broker_back["broker_kill"],
+                                       strict=False)]
+        print(f"  broker_kill: total   {figures(total)}  (SIGKILL -> every deployable running)")
         print(f"  broker_freeze: thaw  {figures(self.broker_back['broker_freeze'])}")
         if self.event_counts:
             print("\nevents (stored, received live): " + ", ".join(
@@ -716,7 +733,13 @@ def main() -> int:
     parser.add_argument("--recovery-timeout", type=float, default=90.0)
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every fault")
+    parser.add_argument("--faults", default=",".join(FAULTS),
+                        help="comma-separated fault types to draw from (default: all)")
     args = parser.parse_args()
+    args.faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    unknown = set(args.faults) - set(FAULTS)
+    if unknown or not args.faults:
+        parser.error(f"unknown fault types {sorted(unknown)}; choose from {FAULTS}")
     if args.seed is None:
         args.seed = random.randrange(1 << 30)
     if not args.verbose:   # the bus's reconnect notices of the soak's own clients
