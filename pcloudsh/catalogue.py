@@ -67,6 +67,18 @@ def template_needs(name: str) -> tuple[str | None, bool]:
     return package, package is None or os.access(program, os.X_OK)
 
 
+def missing_program_warning(template: str, where: str) -> str | None:
+    """A one-line warning when ``template``'s program is not on this host, else None."""
+    package, here = template_needs(template)
+    if here:
+        return None
+    _, program = TEMPLATE_NEEDS[template]
+    return (f"warning: {where} uses template {template!r}, whose program {program} is not "
+            f"installed on this host (Debian package {package}): on the process "
+            "infrastructure it will be blocked until you install it; qemu and libvirt "
+            "assemblies need it in their image")
+
+
 def load_template(name: str) -> etree._Element:
     """A resource template: one validated ``<service>`` element."""
     check_name(name, "template")

@@ -21,7 +21,14 @@ from lxml import etree
 from pcloud import config, xmlsafe
 from pcloud.bus import Bus, BusError, BusTimeout, MethodError
 from pcloudsh import display, validate
-from pcloudsh.catalogue import NAME_RE, Catalogue, CatalogueError, template_names, template_needs
+from pcloudsh.catalogue import (
+    NAME_RE,
+    Catalogue,
+    CatalogueError,
+    missing_program_warning,
+    template_names,
+    template_needs,
+)
 
 CPE_QUEUE = "pcloud.cpe"
 CALL_TIMEOUT = 15.0
@@ -303,6 +310,9 @@ class Commands:
         resource, template, assembly = _args(args, "assembly_resource_add", 3)
         self.catalogue.resource_add(resource, template, assembly)
         self.say(f"resource {resource} ({template}) added to assembly {assembly}")
+        warning = missing_program_warning(template, f"resource {assembly}/{resource}")
+        if warning:
+            self.say(warning)
         self.reload_hint(assembly)
 
     @command("<resource> <assembly>", "resource", "assembly")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from lxml import etree
 
 from pcloudsh import display
+from pcloudsh.catalogue import missing_program_warning
 from pcloudsh.commands import NAME_RE, CommandError, Commands, _args, command
 
 
@@ -81,6 +82,23 @@ def cmd_deployable_start(self: Commands, args: list[str]) -> None:
     (target,) = _args(args, "deployable_start", 1)
     result = self.cpe("deployable_start", self._document(target))
     _said(self, result, "deployable_start")
+    for warning in _missing_programs(self, target):
+        self.say(warning)
+
+
+def _missing_programs(self: Commands, target: str) -> list[str]:
+    """Warnings for a catalogue deployable on this host (``process``) whose resources'
+    templates need a program that is not installed here: pcloud can tell only then."""
+    entry = self.catalogue.deployables().get(target)
+    if entry is None or entry["infrastructure"] != "process":
+        return []
+    warnings = []
+    for assembly in entry["assemblies"]:
+        for name, resource in self.catalogue.assembly(assembly)["resources"].items():
+            warning = missing_program_warning(resource["template"], f"resource {assembly}/{name}")
+            if warning:
+                warnings.append(warning)
+    return warnings
 
 
 @command("<deployable>", "deployable")

@@ -161,3 +161,14 @@ def test_help_lists_every_seed_command(tmp_path: Path) -> None:
         assert f"  {name}" in text, name
     assert "usage: assembly_resource_add <resource> <template> <assembly>" in \
         ok(tmp_path, "help", "assembly_resource_add")
+
+
+def test_adding_a_template_whose_program_is_missing_warns(tmp_path: Path) -> None:
+    ok(tmp_path, "assembly_create", "web", "F14", "x86_64")
+    said = ok(tmp_path, "assembly_resource_add", "front", "httpd", "web")
+    if Path("/usr/sbin/apache2").exists():
+        assert "warning" not in said
+    else:
+        assert "warning: resource web/front uses template 'httpd'" in said
+        assert "apache2" in said and "blocked" in said
+    assert "warning" not in ok(tmp_path, "assembly_resource_add", "d", "dummy", "web")
