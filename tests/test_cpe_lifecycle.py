@@ -291,3 +291,22 @@ def test_a_restart_without_uuids_keeps_them_and_a_second_stop_says_stopping(cpe)
     shown = deployable_xml(name, {"a1": ["s1", "s2"]}).replace(
         f'name="{name}"', f'name="{name}" uuid="{listed}"', 1)
     assert client.call("deployable_reload", shown).get("state") == "running"
+
+
+def test_resource_cleanup_goes_to_the_running_dpe_and_refuses_what_is_not_there(cpe) -> None:
+    cped, client, watcher = cpe
+    name = unique("dep")
+    client.call("deployable_start", deployable_xml(name, {"a1": ["s1"]}))
+    _running(client, name)
+    pid = service_pid(cped.state_dir, name, "a1", "s1")
+    answer = client.call("resource_cleanup",
+                         f'<resource deployable="{name}" assembly="a1" name="s1"/>')
+    assert (answer.tag, answer.get("name"), answer.get("assembly")) == ("resource", "s1", "a1")
+    _running(client, name)
+    assert service_pid(cped.state_dir, name, "a1", "s1") == pid    # probed, found running
+    assert client.error("resource_cleanup", f'<resource deployable="{name}" assembly="a1" '
+                                            'name="nope"/>')[0] == "unknown_resource"
+    assert client.error("resource_cleanup", '<resource deployable="nosuch" assembly="a1" '
+                                            'name="s1"/>')[0] == "unknown_deployable"
+    assert client.error("resource_cleanup", f'<deployable name="{name}"/>')[0] == \
+        "invalid_request"
