@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(state_dir: Path, broker_url: str, dped_command: list[str] | None,
          verbose: bool) -> int:
     from cpe_agent.daemon import AlreadyRunning, Cped, NoBrokerAdmin
+    from pcloud.bus import BusError
 
     setup_logging("cped", verbose=verbose)
     cped = Cped(state_dir, broker_url, dped_command)
@@ -71,7 +72,7 @@ def _run(state_dir: Path, broker_url: str, dped_command: list[str] | None,
         signal.signal(signum, lambda *_: cped.stop())
     try:
         cped.run()
-    except (AlreadyRunning, NoBrokerAdmin) as exc:
+    except (AlreadyRunning, NoBrokerAdmin, BusError) as exc:
         log.error("%s", exc)
         return 1
     return 0

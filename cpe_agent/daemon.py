@@ -27,12 +27,12 @@ from cpe_agent.store import Store
 from cpe_agent.supervisor import Supervisor
 from pcloud import config
 from pcloud.broker_admin import BrokerAdminError, admin_from_config
-from pcloud.bus import Bus, BusError
+from pcloud.bus import Backoff, Bus, BusError, connect
 from pcloud.rolebook import RoleBook
 
 log = logging.getLogger("pcloud.cpe")
 
-CONNECT_BACKOFF_CAP = 10.0
+CONNECT_BACKOFF = Backoff(first=0.5, cap=10.0)
 
 
 class AlreadyRunning(Exception):
@@ -95,18 +95,10 @@ class Cped:
         self._lock_file = handle
 
     def _connect(self) -> Bus | None:
-        """Connect, retrying with back-off: a CPE started before its broker waits for it."""
-        delay = 0.5
-        while not self._stop.is_set():
-            bus = Bus(url=self.broker_url, name="cped")
-            try:
-                return bus.start(timeout=10.0)
-            except BusError as exc:
-                bus.close()
-                log.warning("broker not reachable (%s); retrying in %.1f s", exc, delay)
-                self._stop.wait(delay)
-                delay = min(CONNECT_BACKOFF_CAP, delay * 2)
-        return None
+        """Connect, retrying with back-off: a CPE started before its broker waits for it.
+        Refused credentials or an untrusted certificate cannot get better: raised at once."""
+        return connect(lambda: Bus(url=self.broker_url, name="cped"), self._stop,
+                       backoff=CONNECT_BACKOFF)
 
     @staticmethod
     def _hooks(service: CpeService) -> HookRunner:
@@ -124,7 +116,11 @@ class Cped:
         self._lock()
         admin = broker_admin()
         store = Store(self.state_dir / "cpe.sqlite")
-        bus = self._connect()
+        try:
+            bus = self._connect()
+        except BusError:
+            store.close()
+            raise
         if bus is None:
             store.close()
             return

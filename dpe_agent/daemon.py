@@ -61,7 +61,7 @@ from dpe_agent.stopping import Stopping
 from dpe_agent.store import DpeStore
 from pcloud import identity as roles
 from pcloud.broker_admin import admin_from_config
-from pcloud.bus import Bus, BusError, Message
+from pcloud.bus import Backoff, Bus, Message, connect
 from pcloud.bus.dedup import RecentIds
 from pcloud.credentials import CredentialsError, without_credentials
 from pcloud.deployable import Deployable
@@ -73,8 +73,7 @@ log = logging.getLogger("dped")
 
 DPE_HEARTBEAT_INTERVAL = 1.0
 CONNECT_ATTEMPT = 10.0
-CONNECT_BACKOFF_START = 0.5
-CONNECT_BACKOFF_CAP = 5.0
+CONNECT_BACKOFF = Backoff(first=0.5, cap=5.0)
 ADOPT_TIMEOUT = 10.0
 MAIN_LOOP_STALL = 0.2        # seconds of oversleep that mean this process was paused
 STALL_WARNING = 1.0          # a pause this long is worth a warning
@@ -252,25 +251,11 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         during an outage, e.g. by the CPE after the previous one died). Nothing is done
         meanwhile: without the bus nothing can be learnt, so nothing can have failed. Bad
         credentials or an untrusted certificate cannot get better: BusError at once."""
-        delay, waiting = CONNECT_BACKOFF_START, False
-        while True:
-            try:
-                self.bus.start(timeout=CONNECT_ATTEMPT)
-            except BusError as exc:
-                if "cannot connect" not in str(exc):
-                    raise
-                if not waiting:
-                    log.warning("%s; waiting for the broker", exc)
-                    waiting = True
-                time.sleep(delay)
-                delay = min(CONNECT_BACKOFF_CAP, delay * 2)
-                self.bus = self._new_bus()
-                self.runner.bus = self.bus
-                self.logins.issuer = self.identity.make_issuer(self.bus)
-                continue
-            if waiting:
-                log.info("the broker is reachable again")
-            return
+        bus = connect(self._new_bus, attempt=CONNECT_ATTEMPT, backoff=CONNECT_BACKOFF)
+        assert bus is not None               # no stop event: it waits as long as it takes
+        self.bus = bus
+        self.runner.bus = bus
+        self.logins.issuer = self.identity.make_issuer(bus)
 
     def _write_pid(self) -> None:
         tmp = self.dir / "dped.pid.tmp"

@@ -84,7 +84,7 @@ def run(config: AgentConfig) -> int:
     from guest_agent.agent import Agent
     from guest_agent.heartbeat import Heartbeater
     from guest_agent.server import AgentServer
-    from pcloud.bus import Bus, BusError
+    from pcloud.bus import Backoff, Bus, BusError, connect
 
     for name in SECRET_VARIABLES:      # no resource ever inherits a secret (docs/security.md)
         os.environ.pop(name, None)
@@ -97,19 +97,11 @@ def run(config: AgentConfig) -> int:
         log.info("child subreaper: daemonized resources stay our children")
     agent = Agent(config)
     agent.start()
-    bus = None
-    delay = 0.2
-    while not stop.is_set():
-        bus = Bus(url=config.broker_url, name=f"pcloud-agent-{config.deployable}-"
-                                              f"{config.assembly}")
-        try:
-            bus.start(timeout=5.0)
-            break
-        except BusError as exc:
-            log.error("%s; retrying in %.1f s", exc, delay)
-            bus = None
-            stop.wait(delay)
-            delay = min(delay * 2, 5.0)
+    # Any refusal is waited out too: its DPE may still be creating this boot's login (or
+    # re-creating it on a broker that lost its users), and an agent has nothing else to do.
+    bus = connect(lambda: Bus(url=config.broker_url,
+                              name=f"pcloud-agent-{config.deployable}-{config.assembly}"),
+                  stop, attempt=5.0, backoff=Backoff(first=0.2, cap=5.0), retry=(BusError,))
     if bus is None:
         agent.stop()
         return 0

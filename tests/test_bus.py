@@ -11,7 +11,17 @@ import pytest
 
 from pcloud import protocol
 from pcloud.broker import free_port
-from pcloud.bus import Bus, BusError, BusTimeout, Message, MethodError
+from pcloud.bus import (
+    Backoff,
+    Bus,
+    BusAuthError,
+    BusError,
+    BusTimeout,
+    BusUnreachable,
+    Message,
+    MethodError,
+    connect,
+)
 
 
 def unique(prefix: str) -> str:
@@ -178,13 +188,40 @@ def test_wrong_password_is_refused(broker):
         pytest.skip("the broker URL carries no password to get wrong")
     netloc = f"{parts.username}:wrong-{parts.password}@{parts.hostname}:{parts.port}"
     bad = Bus(urlunsplit(parts._replace(netloc=netloc)), name="test-bad-password")
-    with pytest.raises(BusError, match="refused the credentials"):
+    with pytest.raises(BusAuthError, match="refused the credentials"):
         bad.start(timeout=30)
+    started = time.monotonic()          # waiting cannot help a refused login: raised at once
+    with pytest.raises(BusAuthError):
+        connect(lambda: Bus(urlunsplit(parts._replace(netloc=netloc)), name="test-bad"),
+                attempt=30)
+    assert time.monotonic() - started < 30
 
 
 def test_no_broker_listening_is_a_bus_error():
-    with pytest.raises(BusError, match="cannot connect"):
+    with pytest.raises(BusUnreachable, match="cannot connect"):
         Bus(f"amqp://u:p@127.0.0.1:{free_port()}", name="test-nobody").start(timeout=1)
+
+
+def test_connect_waits_for_an_unreachable_broker_until_asked_to_stop():
+    stop, attempts = threading.Event(), []
+
+    def make() -> Bus:
+        attempts.append(time.monotonic())
+        if len(attempts) == 3:
+            stop.set()
+        return Bus(f"amqp://u:p@127.0.0.1:{free_port()}", name="test-nobody")
+
+    assert connect(make, stop, attempt=0.2, backoff=Backoff(first=0.1, cap=0.4)) is None
+    assert len(attempts) == 3
+    assert attempts[2] - attempts[1] >= attempts[1] - attempts[0]     # backing off
+
+
+def test_connect_returns_the_started_bus_once_the_broker_answers(broker):
+    bus = connect(lambda: Bus(broker.url, name="test-connect"), attempt=30)
+    try:
+        assert bus is not None and bus.connected
+    finally:
+        bus.close()
 
 
 def test_close_leaves_no_thread(broker):

@@ -21,7 +21,7 @@ from pcloud import protocol
 from pcloud.bus.addressing import RabbitMQProfile, profile_for
 from pcloud.bus.dedup import RecentIds
 from pcloud.bus.dispatcher import Dispatcher
-from pcloud.bus.errors import BusError, BusTimeout
+from pcloud.bus.errors import BusAuthError, BusError, BusTimeout, BusTLSError, BusUnreachable
 from pcloud.bus.eventloop import EventLoop
 from pcloud.bus.message import Message, new_id
 from pcloud.bus.recovery import redact
@@ -129,12 +129,12 @@ class Bus:
         error = self._loop.start_error or "no answer"
         self.close()
         if "unauthorized" in error or "SASL" in error:
-            raise BusError(f"broker {redact(self.url)} refused the credentials ({error})")
+            raise BusAuthError(f"broker {redact(self.url)} refused the credentials ({error})")
         if "certificate verify failed" in error:
-            raise BusError(f"TLS: the certificate of broker {redact(self.url)} is not trusted "
-                           f"or does not name that host ({error})")
-        raise BusError(f"cannot connect to broker {redact(self.url)} within {timeout:g} s "
-                       f"({error})")
+            raise BusTLSError(f"TLS: the certificate of broker {redact(self.url)} is not "
+                              f"trusted or does not name that host ({error})")
+        raise BusUnreachable(f"cannot connect to broker {redact(self.url)} within "
+                             f"{timeout:g} s ({error})")
 
     def close(self) -> None:
         """Close the connection and end the threads; pending calls fail with BusError,

@@ -15,6 +15,18 @@ class BusTimeout(BusError):
     """No answer arrived before the caller's deadline."""
 
 
+class BusUnreachable(BusError):
+    """No connection to the broker within the attempt's time: it may come back, try again."""
+
+
+class BusAuthError(BusError):
+    """The broker refused the login: trying again with the same credentials cannot help."""
+
+
+class BusTLSError(BusError):
+    """The broker's certificate is not trusted or does not name it: cannot get better."""
+
+
 class MethodError(Exception):
     """A method failed; it travels as ``<response rc="N"><error code message/></response>``.
 
