@@ -8,9 +8,7 @@ stays one sequence), else numbered and persisted by the CPE itself.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +31,7 @@ from pcloud.bus.dedup import RecentIds
 from pcloud.credentials import ISSUE_METHOD, REVOKE_METHOD, LocalIssuer
 from pcloud.deployable import Deployable, DeployableError, diff
 from pcloud.events import MAX_SEQ, Event, format_time
+from pcloud.infrastructures import problem as infrastructure_problem
 from pcloud.wire import NAME
 
 log = logging.getLogger("pcloud.cpe")
@@ -650,31 +649,6 @@ class CpeService:
             if len(events) < BACKFILL_PAGE:
                 return
             since = max(int(e.get("seq", "0")) for e in events)
-
-
-def infrastructure_problem(infrastructure: str, allowed: frozenset[str] | None = None
-                           ) -> str | None:
-    """Why ``infrastructure`` cannot run on this host, or None: refused before anything is
-    stored (the DPE checks again when it starts: a second line, e.g. for ``dped`` by hand).
-    ``allowed``: the infrastructures this CPE's config permits (None: all)."""
-    from dpe_agent.drivers import DRIVERS
-
-    if allowed is not None and infrastructure not in allowed:
-        return (f"infrastructure {infrastructure!r} is switched off on this CPE (its config "
-                f"allows: {', '.join(sorted(allowed)) or 'none'})")
-    if infrastructure not in DRIVERS:
-        return f"unknown infrastructure {infrastructure!r} (known: {', '.join(DRIVERS)})"
-    available = ", ".join(name for name, entry in DRIVERS.items() if entry)
-    if DRIVERS[infrastructure] is None:
-        return (f"infrastructure {infrastructure!r} is not available in this build "
-                f"(available: {available})")
-    if infrastructure == "libvirt" and importlib.util.find_spec("libvirt") is None:
-        return ("infrastructure 'libvirt' needs libvirt-python, which is not installed here "
-                "(apt-get install python3-libvirt, or pip install libvirt-python)")
-    if infrastructure == "qemu" and shutil.which("qemu-system-x86_64") is None:
-        return ("infrastructure 'qemu' needs qemu-system-x86_64, which is not installed here "
-                "(apt-get install qemu-system-x86)")
-    return None
 
 
 def _topic_of(event: StoredEvent) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from dpe_agent.drivers.vmboot import ASSEMBLY_META, DISK_NAME, GUEST_BROKER_ADDR
+from pcloud.image_layout import ASSEMBLY_META, DISK_NAME, GUEST_BROKER_ADDR
 from pcloud.urls import mask_url
 from pcloudsh import guest_payload
 from pcloudsh.guestfs_support import open_disk

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpe_agent.drivers.vmboot import ASSEMBLY_META, DISK_NAME
+from pcloud.image_layout import ASSEMBLY_META, DISK_NAME
 
 Progress = Callable[[str], None]
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpe_agent.drivers.vmboot import DISK_NAME
+from pcloud.image_layout import DISK_NAME
 from pcloudsh.image_catalogue import (
     JEOS_META,
     Image,

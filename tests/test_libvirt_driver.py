@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
-from dpe_agent.drivers.vmboot import GUEST_BROKER_ADDR
 from pcloud.identity import Credentials
+from pcloud.image_layout import GUEST_BROKER_ADDR
 
 libvirt = pytest.importorskip(
     "libvirt", reason="libvirt-python missing: pip install libvirt-python "

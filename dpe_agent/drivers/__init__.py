@@ -19,17 +19,11 @@ from dpe_agent.drivers.base import (
     PowerState,
     UnavailableDriver,
 )
+from pcloud.infrastructures import DRIVERS
 
 __all__ = ["AssemblySpec", "DriverError", "InfrastructureDriver", "PowerState",
            "UnavailableDriver", "DRIVERS", "get_driver"]
 
-#: infrastructure name -> (module, driver class); None: accepted by the schema, not built
-DRIVERS: dict[str, tuple[str, str] | None] = {
-    "process": ("dpe_agent.drivers.process", "ProcessDriver"),
-    "libvirt": ("dpe_agent.drivers.libvirt", "LibvirtDriver"),
-    "qemu": ("dpe_agent.drivers.qemu", "QemuDriver"),
-    "openstack": None,
-}
 
 
 def get_driver(name: str, **options: Any) -> InfrastructureDriver:

@@ -31,13 +31,10 @@ from dpe_agent.drivers.base import AssemblySpec, DriverError
 from pcloud import config
 from pcloud.credentials import format_credentials
 from pcloud.fsutil import private_dir, write_private
+from pcloud.image_layout import ASSEMBLY_META, DISK_NAME, FW_CFG_NAME, GUEST_BROKER_ADDR
 from pcloud.urls import mask_url
 
-GUEST_BROKER_ADDR = "10.0.2.100"
-FW_CFG_NAME = "opt/pcloud/credentials"
 FW_CFG_FILE = "fw_cfg-credentials"
-ASSEMBLY_META = "assembly.json"
-DISK_NAME = "disk.qcow2"
 KERNEL_CMDLINE = "root=/dev/vda rw console=ttyS0"
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 # Seconds from start() to the agent's first heartbeat that a DPE should allow a VM driver:
