@@ -21,6 +21,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,6 +35,9 @@ log = logging.getLogger("pcloud.broker_admin")
 
 VHOST = "/"
 CTL_TIMEOUT = 60.0
+CTL_ATTEMPTS = 3
+CTL_RETRY_DELAY = 1.0      # seconds, times the attempt number
+UNREACHABLE_NODE = "unable to perform an operation on node"
 HTTP_TIMEOUT = 15.0
 
 
@@ -102,6 +106,18 @@ def definitions(specs: list[UserSpec]) -> dict:
     return {"users": users, "permissions": permissions, "topic_permissions": topics}
 
 
+def _ctl_error(done: subprocess.CompletedProcess) -> str:
+    """rabbitmqctl's error line, with its first diagnostic (e.g. what epmd reported)."""
+    text = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+    errors = [line for line in text if line.startswith("Error")]
+    if not errors:
+        return text[-1] if text else f"exit status {done.returncode}"
+    hints = [line.lstrip("* ") for line in text
+             if line.startswith("*") and ("epmd" in line or "nodedown" in line
+                                          or "TCP connection" in line)]
+    return f"{errors[0]} ({hints[0]})" if hints else errors[0]
+
+
 class RabbitmqctlAdmin:
     """The private node of one state dir, administered with ``rabbitmqctl``."""
 
@@ -115,23 +131,29 @@ class RabbitmqctlAdmin:
                                    "(pcloud-broker start)")
 
     def _ctl(self, *args: str, quiet_missing: bool = False) -> str:
+        """Run one rabbitmqctl command; every command pcloud runs is idempotent, so one the
+        CLI could not deliver (its Erlang distribution link timing out on a starved host)
+        is run again, up to :data:`CTL_ATTEMPTS` times."""
         settings = self._broker.load_settings(self.state_dir)
         env = self._broker.ctl_env(self.state_dir, settings)
         argv = [str(self._broker.RABBIT_BIN / "rabbitmqctl"), "-q", "-n", settings.node, *args]
-        try:
-            done = subprocess.run(argv, env=env, capture_output=True, text=True,
-                                  timeout=CTL_TIMEOUT, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise BrokerAdminError(f"rabbitmqctl {args[0]} failed: {exc}") from None
-        if done.returncode != 0:
-            text = (done.stderr or done.stdout).strip().splitlines()
-            errors = [line.strip() for line in text if line.strip().startswith("Error")]
-            message = (errors[0] if errors else text[-1] if text
-                       else f"exit status {done.returncode}")
-            if quiet_missing and "does not exist" in (done.stderr + done.stdout):
+        for attempt in range(1, CTL_ATTEMPTS + 1):
+            try:
+                done = subprocess.run(argv, env=env, capture_output=True, text=True,
+                                      timeout=CTL_TIMEOUT, stdin=subprocess.DEVNULL)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise BrokerAdminError(f"rabbitmqctl {args[0]} failed: {exc}") from None
+            output = done.stderr + done.stdout
+            if done.returncode == 0:
+                return done.stdout
+            if quiet_missing and "does not exist" in output:
                 return ""
-            raise BrokerAdminError(f"rabbitmqctl {args[0]} failed: {message}")
-        return done.stdout
+            if UNREACHABLE_NODE not in output or attempt == CTL_ATTEMPTS:
+                raise BrokerAdminError(f"rabbitmqctl {args[0]} failed: {_ctl_error(done)}")
+            log.warning("rabbitmqctl %s could not reach node %s (attempt %d of %d): %s",
+                        args[0], settings.node, attempt, CTL_ATTEMPTS, _ctl_error(done))
+            time.sleep(CTL_RETRY_DELAY * attempt)
+        raise AssertionError("not reached: the last attempt returns or raises")
 
     def put_users(self, specs: list[UserSpec]) -> None:
         """One ``rabbitmqctl eval`` for the whole batch, done when it returns. The passwords
