@@ -135,6 +135,8 @@ class Soak:
         self.started = self.elapsed = 0.0
         self.replaced = 0   # paused dpeds that cped killed and replaced during the pause
         self.replaced_after: list[float] = []   # SIGSTOP -> its replacement running
+        self.slowest: dict[str, tuple[float, str]] = {}
+        self.why = ""   # what healthy() last found missing
         self.t0 = now()
 
     # ---- bookkeeping ---------------------------------------------------------------
@@ -385,14 +387,18 @@ class Soak:
         """Every deployable running with its DPE answering, every resource once, one cped
         and one dped per deployable."""
         procs = self.scan()
-        if any(len(p) != 1 for p in self.resource_pids(procs).values()):
+        bad = ["/".join(k) for k, p in self.resource_pids(procs).items() if len(p) != 1]
+        if bad:
+            self.why = f"resources not running once: {bad}"
             return False
         if len(self.cped_pids(procs)) != 1 or any(len(self.dped_pids(procs, d)) != 1
                                                   for d in self.names):
+            self.why = "not one cped and one dped per deployable"
             return False
         for dep in self.names:
             state, reason = self.status(dep)
             if state != "running" or reason:
+                self.why = f"{dep} {state}" + (f" ({reason[:100]})" if reason else "")
                 return False
         return True
 
@@ -532,11 +538,14 @@ class Soak:
         self.faults[kind] += 1
         self.timeline.append((injected, kind, what, {(d, a) for d, a, _ in allowed}))
         self.log(f"fault {what}")
+        self.why = ""
         took = self.wait_recovered(done)
         if took is None:
             return False
         total = now() - measured_from
         self.recovery[kind].append(total)
+        last = f"; last wait: {self.why}" if self.why else ""
+        self.slowest[kind] = max(self.slowest.get(kind, (0.0, "")), (total, what + last))
         if kind.startswith("broker"):
             self.broker_back[kind].append(total)
         self.log(f"  recovered in {total:.2f} s")
@@ -688,6 +697,11 @@ class Soak:
               "resume, broker_kill from the start returning):")
         for kind in FAULTS:
             print(f"  {kind:<15} {figures(self.recovery[kind])}")
+        print("  slowest:")
+        for kind in FAULTS:
+            if kind in self.slowest:
+                took, what = self.slowest[kind]
+                print(f"    {kind:<15} {took:6.2f} s  {what}")
         if self.replaced_after:
             print(f"  dped_stop, replaced during the pause: SIGSTOP -> the new dped running: "
                   f"{figures(self.replaced_after)}")
