@@ -152,7 +152,9 @@ class Soak:
 
     def log(self, text: str) -> None:
         if self.args.verbose:
-            print(f"[{now() - self.t0:7.1f} s] {text}", flush=True)
+            wall = time.time()   # the daemons' log lines carry the same clock (PCLOUD_LOG_TIME)
+            clock = time.strftime("%H:%M:%S", time.localtime(wall)) + f".{wall % 1:.3f}"[2:]
+            print(f"[{now() - self.t0:7.1f} s {clock}] {text}", flush=True)
 
     # ---- processes -----------------------------------------------------------------
 
@@ -278,7 +280,7 @@ class Soak:
     def start_cped(self) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PCLOUD_BROKER_URL=self.url, PCLOUD_STATE_DIR=str(self.state),
-                   PCLOUD_BROKER_ADMIN=str(self.broker_dir))
+                   PCLOUD_BROKER_ADMIN=str(self.broker_dir), PCLOUD_LOG_TIME="1")
         with open(self.work / "cped.log", "ab") as log:
             self.cped = subprocess.Popen(
                 [str(BIN / "cped"), "--foreground", "--state-dir", str(self.state)],

@@ -26,8 +26,10 @@ class OneLineFormatter(logging.Formatter):
 def setup_logging(name: str, verbose: bool = False, level: int | str | None = None) -> None:
     """Send log records of this process to stderr as ``name[pid]: LEVEL message``.
 
-    ``PCLOUD_LOG_LEVEL`` overrides the level (e.g. ``DEBUG``). Calling it again replaces the
-    handler it installed before, so tests and CLIs may call it freely.
+    ``PCLOUD_LOG_LEVEL`` overrides the level (e.g. ``DEBUG``); ``PCLOUD_LOG_TIME=1`` starts
+    each line with the wall-clock time to the millisecond (to line up the logs of several
+    processes, e.g. a soak's). Calling it again replaces the handler it installed before, so
+    tests and CLIs may call it freely.
     """
     env = os.environ.get("PCLOUD_LOG_LEVEL")
     chosen = level or env or (logging.DEBUG if verbose else logging.INFO)
@@ -41,7 +43,9 @@ def setup_logging(name: str, verbose: bool = False, level: int | str | None = No
             root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     setattr(handler, _HANDLER_MARK, True)
-    handler.setFormatter(OneLineFormatter(f"{name}[%(process)d]: %(levelname)s %(message)s"))
+    stamp = "%(asctime)s.%(msecs)03d " if os.environ.get("PCLOUD_LOG_TIME") == "1" else ""
+    handler.setFormatter(OneLineFormatter(f"{stamp}{name}[%(process)d]: %(levelname)s %(message)s",
+                                          datefmt="%H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(chosen)
     # proton logs every reconnect attempt at INFO/ERROR; pcloud.bus reports outages itself.
