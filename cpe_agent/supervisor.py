@@ -150,6 +150,7 @@ class Supervisor:
         self._dpes: dict[str, DpeProcess] = {}
         self._heartbeat_watch_from = clock()
         self.bus_connected: Callable[[], bool] = lambda: True   # set by the daemon
+        self._bus_down = False       # the bus was seen down and the watch not yet restarted
         # Number, store and publish an event the CPE raises (the service's raise_event, set
         # by the daemon); without it the event is only numbered and stored.
         self.raise_event: Callable[[etree._Element], None] = self._store_event
@@ -300,6 +301,7 @@ class Supervisor:
         """Bring what runs in line with what the store wants."""
         now = self.clock() if now is None else now
         with self._lock:
+            self._watch_bus()
             wanted = {d.name: d for d in self.store.list()}
             for name, stored in wanted.items():
                 dpe = self._dpes.setdefault(name, DpeProcess(name))
@@ -391,10 +393,24 @@ class Supervisor:
         except Exception as exc:
             log.warning("stop request to the DPE of %s failed: %s", name, exc)
 
+    def _watch_bus(self) -> None:
+        """Restart the heartbeat watch as soon as the bus is seen back after being seen down.
+
+        ``bus_reconnected`` runs on the bus's dispatcher thread, after the callbacks queued
+        before it: the bus counts as connected before then, and a tick in between would judge
+        the DPEs on heartbeats from before the outage and kill them all (what a soak saw
+        after a broker restart). The callback stays for outages shorter than a tick.
+        """
+        if not self.bus_connected():
+            self._bus_down = True
+        elif self._bus_down:
+            self._bus_down = False
+            self.bus_reconnected()
+
     def _silent(self, dpe: DpeProcess, now: float) -> bool:
         """No heartbeat for too long; never while our own broker connection is down (the
         silence proves nothing: ``bus_reconnected`` restarts the watch)."""
-        if not self.bus_connected():
+        if self._bus_down or not self.bus_connected():
             return False
         limit = max(dpe.heartbeat_interval * HEARTBEAT_MISSES + 0.5, OUTAGE_DETECTION)
         if dpe.last_heartbeat is None:
