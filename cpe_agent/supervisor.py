@@ -412,6 +412,10 @@ class Supervisor:
         silence proves nothing: ``bus_reconnected`` restarts the watch)."""
         if self._bus_down or not self.bus_connected():
             return False
+        if now - self._heartbeat_watch_from <= FIRST_HEARTBEAT_GRACE:
+            # Just after our own (re)connect the DPEs are reconnecting too, each on its own
+            # back-off and, on a busy host, late: every one gets a new DPE's grace.
+            return False
         limit = max(dpe.heartbeat_interval * HEARTBEAT_MISSES + 0.5, OUTAGE_DETECTION)
         if dpe.last_heartbeat is None:
             return now - max(dpe.since, self._heartbeat_watch_from) > FIRST_HEARTBEAT_GRACE

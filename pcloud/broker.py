@@ -297,13 +297,23 @@ def _management_lines(settings: Settings) -> list[str]:
 
 
 def ctl_env(state_dir, settings: Settings) -> dict[str, str]:
-    """The environment under which ``rabbitmq-server`` and ``rabbitmqctl`` find this node."""
-    return _env(state_dir, settings)
+    """The environment under which ``rabbitmqctl`` finds this node.
+
+    ``-start_epmd false``: when our epmd is gone, a CLI run must fail, not start an epmd of
+    its own. That one would be a child of whoever ran the CLI (cped, dped), die with it, and
+    leave the node unreachable, since a node registers with epmd only once, at boot.
+    """
+    return dict(_env(state_dir, settings), ERL_FLAGS="-start_epmd false")
+
+
+#: What the broker's processes keep of the caller's environment: nothing else (no login, no
+#: state dir), since epmd and the node outlive the process that started them.
+INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 
 def _env(state_dir, settings: Settings) -> dict[str, str]:
     root = broker_dir(state_dir)
-    env = dict(os.environ)
+    env = {key: os.environ[key] for key in INHERITED_ENV if key in os.environ}
     env.update({
         "RABBITMQ_NODENAME": settings.node,
         "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
