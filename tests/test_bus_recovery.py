@@ -8,12 +8,15 @@ subscriptions, publishing and on_reconnect must work afterwards.
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
+import time
 import uuid
 
 import pytest
 
 from pcloud.bus import Bus, BusError, Message
+from pcloud.bus.recovery import RECONNECT_CAP, ResettingBackoff
 
 
 class Traffic:
@@ -93,3 +96,23 @@ def test_calls_survive_broker_outage(broker, pair, wait_until, outage):
     server.publish("pcloud.event.recovery.x.y", Message(body="<event/>", subject="after"))
     wait_until(lambda: [m.subject for m in events] == ["after"], timeout=30,
                message="event after the outage")
+
+
+def test_backoff_is_capped_and_starts_over_for_each_outage():
+    backoff = ResettingBackoff()
+    first = list(itertools.islice(backoff, 8))
+    assert first == [0.0, 0.1, 0.2, 0.4, RECONNECT_CAP, RECONNECT_CAP, RECONNECT_CAP,
+                     RECONNECT_CAP]
+    assert list(itertools.islice(backoff, 3)) == [0.0, 0.1, 0.2]
+
+
+def test_reconnect_follows_the_broker_start(broker, pair, wait_until):
+    """Once the restarted broker listens, a client that has been retrying for a while is
+    back within the back-off cap (plus slack for a busy host), not a multi-second step."""
+    _server, client = pair
+    broker.kill9()
+    time.sleep(4.0)              # long enough for the back-off to reach its cap
+    broker.start()
+    back = time.monotonic()
+    wait_until(lambda: client.connected, timeout=30, message="client reconnect")
+    assert time.monotonic() - back < RECONNECT_CAP + 1.0
