@@ -311,3 +311,13 @@ def test_kept_paths_under_tmp_are_bound_back_once(tmp_path):
     if str(tmp_path).startswith(os.path.realpath("/tmp") + "/"):
         assert sorted(binds) == [str(tmp_path / "agent.py"), str(tmp_path / "sb")]
     assert script.splitlines()[-1] == 'exec "$@"'
+
+
+def test_the_agents_source_stays_visible_wherever_the_checkout_is():
+    """A checkout under /tmp (installed in editable mode) is found by an import finder, not
+    through sys.path: its folder must still be kept visible inside the sandbox."""
+    import guest_agent
+
+    from dpe_agent.drivers.process import _source_roots
+
+    assert str(Path(guest_agent.__file__).resolve().parent.parent) in _source_roots()

@@ -24,6 +24,7 @@ See docs/architecture.md, "The process sandbox".
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -131,6 +132,16 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
+def _source_roots() -> list[str]:
+    """The folders the agent's packages are imported from (a checkout, or site-packages)."""
+    roots = []
+    for package in ("guest_agent", "pcloud"):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.origin:
+            roots.append(str(Path(spec.origin).resolve().parent.parent))
+    return roots
+
+
 def agent_command() -> list[str]:
     """How to run the guest agent: the script beside this interpreter, on PATH, or -m."""
     beside = Path(sys.executable).with_name("pcloud-agent")
@@ -222,8 +233,10 @@ class ProcessDriver:
         argv = agent
         if self.use_mount_namespace:
             # what the agent needs from the host stays visible if it lies under /tmp or /run:
-            # its directory, its program, this interpreter and what it imports from
-            keep = [str(folder), *self.agent_argv, sys.prefix, sys.base_prefix, *sys.path]
+            # its directory, its program, this interpreter and what it imports from (a
+            # checkout installed in editable mode is found by a finder, not by sys.path)
+            keep = [str(folder), *self.agent_argv, sys.prefix, sys.base_prefix, *sys.path,
+                    *_source_roots()]
             argv = sandbox_mounts.wrap(agent, keep=keep)
         mode = "pgroup"
         if self.use_pid_namespace:
