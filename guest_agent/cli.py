@@ -114,7 +114,7 @@ def run(config: AgentConfig) -> int:
                         agent.states, iso_now)
     server = AgentServer(bus, config.agent_queue, agent.handle, controller=config.controller)
     bus.on_reconnect(agent.on_reconnect)
-    bus.on_reconnect(beats.beat)
+    bus.on_reconnect(beats.after_reconnect)
     server.start()
     beats.start()
     agent.on_reconnect()

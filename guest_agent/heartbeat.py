@@ -14,6 +14,10 @@ from pcloud.bus import BusError, Message
 
 log = logging.getLogger(__name__)
 
+# Seconds after a reconnect at which the agent beats again (only those shorter than its
+# interval): see Heartbeater.after_reconnect.
+REBEATS = (0.25, 0.6)
+
 
 def state_digest(states: dict[str, str]) -> str:
     """md5 of the sorted ``name=state`` lines joined by newlines (empty string: no resources)."""
@@ -45,7 +49,7 @@ class Heartbeater:
         self._stop.set()
 
     def beat(self) -> None:
-        """Send one heartbeat now (also used right after a reconnect)."""
+        """Send one heartbeat now."""
         with self._lock:
             self._seq += 1
             elem = etree.Element("heartbeat", self._attrs)
@@ -57,6 +61,27 @@ class Heartbeater:
             self._publish(self._topic, Message(body=elem, subject="heartbeat", opcode="heartbeat"))
         except BusError as exc:
             log.warning("heartbeat %d not sent: %s", self._seq, exc)
+
+    def after_reconnect(self) -> None:
+        """Beat now, and again ``REBEATS`` seconds later.
+
+        Every client of a restarted or thawed broker gets it back at the same moment, so the
+        beat sent at once often goes out before the DPE has re-attached its heartbeat queue
+        (a restarted broker has none, a dropped connection's is deleted) and is routed
+        nowhere; the DPE, waiting for it to end its mass loss and re-probe, then got the next
+        beat a whole interval later (a soak: every deployable ``degraded`` up to 1 s after
+        the broker was back and everyone reconnected).
+        """
+        self.beat()
+        for delay in REBEATS:
+            if delay < self._interval:
+                timer = threading.Timer(delay, self._rebeat)
+                timer.daemon = True
+                timer.start()
+
+    def _rebeat(self) -> None:
+        if not self._stop.is_set():
+            self.beat()
 
     def _loop(self) -> None:
         due = time.monotonic()
