@@ -317,7 +317,6 @@ def test_the_agents_source_stays_visible_wherever_the_checkout_is():
     """A checkout under /tmp (installed in editable mode) is found by an import finder, not
     through sys.path: its folder must still be kept visible inside the sandbox."""
     import guest_agent
-
     from dpe_agent.drivers.process import _source_roots
 
     assert str(Path(guest_agent.__file__).resolve().parent.parent) in _source_roots()
