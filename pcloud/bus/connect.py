@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from pcloud.bus.bus import Bus
 from pcloud.bus.errors import BusError, BusUnreachable
+from pcloud.bus.recovery import capped_doubling
 
 log = logging.getLogger("pcloud.bus")
 
@@ -29,10 +30,7 @@ class Backoff:
     cap: float = 5.0
 
     def delays(self) -> Iterator[float]:
-        delay = self.first
-        while True:
-            yield delay
-            delay = min(self.cap, delay * 2)
+        return capped_doubling(self.first, self.cap)
 
 
 def connect(make_bus: Callable[[], Bus], stop: threading.Event | None = None, *,

@@ -31,10 +31,16 @@ class ResettingBackoff(Backoff):
 
     def __iter__(self) -> Iterator[float]:
         yield 0.0
-        delay = self.kwargs["initial"]
-        while True:
-            yield delay
-            delay = min(self.kwargs["max_delay"], delay * self.kwargs["factor"])
+        yield from capped_doubling(self.kwargs["initial"], self.kwargs["max_delay"],
+                                   self.kwargs["factor"])
+
+
+def capped_doubling(first: float, cap: float, factor: float = 2.0) -> Iterator[float]:
+    """``first``, then ``factor`` times the last, never above ``cap``; forever."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(cap, delay * factor)
 
 
 def fatal_at_start(cond: Any) -> bool:
