@@ -148,6 +148,7 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         self.started = iso(time.time())
         self.beat_seq = 0
         self.next_beat = 0.0
+        self.last_tick = time.monotonic()         # the last heartbeat check (_tick)
         self.subscriptions: list = []
         self.impostor_events: dict[str, float] = {}   # assembly -> last uuid config_error
         self.wrong_logins = RecentIds(4096)          # "asm:user" already logged as dropped
@@ -267,6 +268,7 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         if self.handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, lambda s, _f: self.queue.put(("signal", s)))
+        self.last_tick = time.monotonic()    # start-up (connecting, adopting) is no stall
         try:
             while self.exit_code is None:
                 self._turn()
@@ -276,12 +278,13 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
 
     def _turn(self) -> None:
         timeout = self._sleep_time()
-        asked = time.monotonic()
         try:
             item = self.queue.get(timeout=timeout)
         except queue.Empty:
             item = None
-        self._excuse_stall(time.monotonic() - asked - timeout)
+        # Measured from the last heartbeat check, not from the wait: a pause that caught the
+        # loop converging or persisting (not waiting) is excused too.
+        self._excuse_stall(time.monotonic() - self.last_tick - timeout)
         while item is not None:
             self._dispatch(item)
             try:
@@ -344,7 +347,7 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
 
     # ---- timers ------------------------------------------------------------------------
     def _tick(self) -> None:
-        now = time.monotonic()
+        now = self.last_tick = time.monotonic()
         if now >= self.next_beat:
             self.next_beat = now + DPE_HEARTBEAT_INTERVAL
             self._publish_heartbeat()
