@@ -39,6 +39,8 @@ from pathlib import Path
 
 from lxml import etree
 
+from pcloud import wire
+
 log = logging.getLogger("pcloud.cpe.hooks")
 
 HOOK_RESULT = "hook_result"
@@ -186,7 +188,7 @@ def first_line(output: bytes) -> str:
 
 def run_hook(hook: Hook, event: Mapping[str, str], xml: bytes) -> HookResult:
     """Run one hook on one event, to its end or its timeout; never raises."""
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    started = wire.now()
     begin = time.monotonic()
     seq = event.get("seq", "")
     with tempfile.TemporaryFile() as output:

@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
+
+from pcloud import wire
 
 DESIRED_RUNNING = "running"
 DESIRED_STOPPED = "stopped"
@@ -85,11 +86,6 @@ def _v2(conn: sqlite3.Connection) -> None:
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def now_iso() -> str:
-    """The current UTC time in the event format (milliseconds, ``Z``)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class Store:
@@ -162,7 +158,7 @@ class Store:
 
         Refuses a name whose deployable is meant to be running (a duplicate start).
         """
-        stamp = now_iso()
+        stamp = wire.now()
         with self._tx() as conn:
             row = conn.execute("SELECT desired FROM deployables WHERE name = ?",
                                (name,)).fetchone()
@@ -186,7 +182,7 @@ class Store:
         with self._tx() as conn:
             cursor = conn.execute("UPDATE deployables SET document = ?, "
                                   "generation = generation + 1, updated = ? WHERE name = ?",
-                                  (document, now_iso(), name))
+                                  (document, wire.now(), name))
             if cursor.rowcount != 1:
                 raise StoreError(f"no deployable named {name!r}")
         stored = self.get(name)
@@ -196,7 +192,7 @@ class Store:
     def set_desired(self, name: str, desired: str, state: str) -> None:
         with self._tx() as conn:
             cursor = conn.execute("UPDATE deployables SET desired = ?, state = ?, updated = ? "
-                                  "WHERE name = ?", (desired, state, now_iso(), name))
+                                  "WHERE name = ?", (desired, state, wire.now(), name))
             if cursor.rowcount != 1:
                 raise StoreError(f"no deployable named {name!r}")
 
@@ -217,7 +213,7 @@ class Store:
         """Record the last known state (from a DPE event, heartbeat or the supervisor)."""
         with self._tx() as conn:
             conn.execute("UPDATE deployables SET state = ?, updated = ? "
-                         "WHERE name = ? AND state != ?", (state, now_iso(), name, state))
+                         "WHERE name = ? AND state != ?", (state, wire.now(), name, state))
 
     def set_last_status(self, name: str, status_xml: str) -> None:
         with self._tx() as conn:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+
+from pcloud.wire import format_epoch as iso
 
 
 @dataclass
@@ -36,12 +37,6 @@ class Incident:
             attrs["recovered_at"] = iso(self.recovered_at)
             attrs["duration_ms"] = f"{self.duration_ms:.3f}"
         return attrs
-
-
-def iso(epoch: float) -> str:
-    """ISO 8601 UTC with milliseconds, the event time format."""
-    stamp = datetime.fromtimestamp(epoch, UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
 class IncidentTracker:

@@ -14,6 +14,7 @@ from typing import Any
 from lxml import etree
 
 from pcloud import schemas, xmlsafe
+from pcloud.wire import MAX_TEXT, format_time, parse_time
 
 
 class EventType(StrEnum):
@@ -38,8 +39,6 @@ class EventType(StrEnum):
 _FIELDS = ("seq", "time", "type", "deployable", "assembly", "resource", "state", "reason")
 
 
-#: Longest free-text attribute the event schema accepts (``text.type`` in schemas/common.rng).
-MAX_TEXT = 4096
 #: Extra attributes with a structured type of their own: never truncated.
 _STRUCTURED = frozenset({"previous", "detected_at", "recovered_at", "duration_ms", "incident",
                          "escalated_to"})
@@ -50,22 +49,6 @@ MAX_SEQ = 2**63 - 1
 def bounded_text(text: str, limit: int = MAX_TEXT) -> str:
     """``text`` cut to ``limit`` characters, ending with an ellipsis when it was cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def format_time(when: datetime) -> str:
-    """ISO 8601 in UTC with milliseconds and ``Z``: ``2026-11-21T10:00:00.123Z``."""
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    when = when.astimezone(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
-
-
-def parse_time(text: str) -> datetime:
-    """Parse an ISO 8601 time (``Z`` or offset) into an aware UTC datetime."""
-    value = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def _now() -> datetime:

@@ -31,7 +31,6 @@ from support.attacker import (
     heartbeat_xml,
     kill9,
     logs_in,
-    now_iso,
     password_of,
     report_xml,
     sandbox_pid,
@@ -40,7 +39,7 @@ from support.attacker import (
 )
 from test_cpe_harness import deployable_xml, service_pid, unique, wait_until
 
-from pcloud import identity
+from pcloud import identity, wire
 from pcloud.broker_admin import admin_for
 from pcloud.credentials import with_credentials
 from pcloud.identity import Credentials
@@ -483,7 +482,7 @@ def test_forged_heartbeats_keep_no_killed_assembly_alive_and_its_old_login_dies(
         """The attacker's own key, naming a2 (and vic/a1): through the broker, dropped by
         the DPE (only a2's current login beats for a2)."""
         pub = Publisher(world.attacker.url, f"pcloud.heartbeat.{att}.a1")
-        started, seq = now_iso(), 0
+        started, seq = wire.now(), 0
         try:
             while not stop.is_set():
                 seq += 1
@@ -500,7 +499,7 @@ def test_forged_heartbeats_keep_no_killed_assembly_alive_and_its_old_login_dies(
         beats only from each assembly's current agent login."""
         pubs = {(dep, asm): Publisher(world.url, f"pcloud.heartbeat.{dep}.{asm}")
                 for dep, asm, _ in targets}
-        started, seq = now_iso(), 0
+        started, seq = wire.now(), 0
         try:
             while not stop.is_set():
                 seq += 1
@@ -521,7 +520,7 @@ def test_forged_heartbeats_keep_no_killed_assembly_alive_and_its_old_login_dies(
             for dep, asm, _ in targets:
                 outcome = world.attacker.send(
                     f"/topic/pcloud.heartbeat.{dep}.{asm}",
-                    heartbeat_xml(dep, asm, uuids[(dep, asm)], seq, now_iso()),
+                    heartbeat_xml(dep, asm, uuids[(dep, asm)], seq, wire.now()),
                     "heartbeat", "heartbeat", timeout=1.0)
                 assert outcome.refused, outcome
             sent["theirs"] += 1

@@ -23,7 +23,6 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from lxml import etree
@@ -32,6 +31,7 @@ from proton._utils import BlockingReceiver, Fetcher
 from proton.utils import BlockingConnection
 from test_cpe_harness import CpedProcess, running_cped
 
+from pcloud import wire
 from pcloud.bus import Bus, BusError
 from pcloud.credentials import read_credentials_file, with_credentials
 from pcloud.identity import Credentials, agent_of
@@ -39,10 +39,6 @@ from pcloud.urls import mask_urls
 
 #: how long an attempt waits for the broker: a refusal never answers, it ends the session
 ATTEMPT_TIMEOUT = 3.0
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def login_of(url: str) -> str:
@@ -325,18 +321,18 @@ def heartbeat_xml(dep: str, asm: str, uuid_: str, seq: int, started: str,
                   interval: float = 0.5) -> str:
     return (f'<heartbeat deployable="{dep}" assembly="{asm}" uuid="{uuid_}" seq="{seq}" '
             f'started="{started}" pid="1" interval="{interval:g}" '
-            f'time="{now_iso()}"/>')
+            f'time="{wire.now()}"/>')
 
 
 def report_xml(dep: str, asm: str, rsc: str, uuid_: str, rc: int = 7,
                interval: int = 1000) -> str:
     return (f'<report deployable="{dep}" assembly="{asm}" resource="{rsc}" operation="monitor" '
-            f'interval="{interval}" rc="{rc}" time="{now_iso()}" uuid="{uuid_}" '
+            f'interval="{interval}" rc="{rc}" time="{wire.now()}" uuid="{uuid_}" '
             f'reason="process exited with signal 9"/>')
 
 
 def event_xml(dep: str, seq: int, type_: str = "deployable_state_change",
               state: str = "stopped", asm: str | None = None, rsc: str | None = None) -> str:
     where = (f' assembly="{asm}"' if asm else "") + (f' resource="{rsc}"' if rsc else "")
-    return (f'<event seq="{seq}" time="{now_iso()}" type="{type_}" deployable="{dep}"{where} '
+    return (f'<event seq="{seq}" time="{wire.now()}" type="{type_}" deployable="{dep}"{where} '
             f'state="{state}" reason="forged"/>')
