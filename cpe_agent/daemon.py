@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from cpe_agent.hooks import HookRunner, load_hooks
+from cpe_agent.outlets import start_outlets
 from cpe_agent.service import (
     CPE_QUEUE,
     DPE_HEARTBEATS,
@@ -131,6 +132,7 @@ class Cped:
         supervisor.request_stop = service.request_stop
         supervisor.raise_event = service.raise_event
         hooks = self._hooks(service)
+        outlets = start_outlets(service, supervisor)    # [metrics], [web]: off by default
         supervisor.bus_connected = lambda: bus.connected
         try:
             subs = [bus.subscribe(EVENT_TOPICS, service.on_event),
@@ -150,6 +152,7 @@ class Cped:
                 supervisor.reap()
             log.info("CPE stopping; DPEs keep running")
         finally:
+            outlets.close()
             hooks.close()
             supervisor.close()
             bus.close()

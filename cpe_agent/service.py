@@ -88,6 +88,7 @@ class CpeService:
         self._starting = threading.Lock()
         self._forged = RecentIds(LOGGED_SENDERS)   # (sender, deployable) already logged
         self.on_stored: Callable[[etree._Element], None] | None = None   # operator hooks
+        self.listeners: list[Callable[[etree._Element], None]] = []     # metrics, console
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -517,8 +518,7 @@ class CpeService:
             name, lambda seq: self._stored(draft.with_seq(seq)))
         self.bus.publish(_topic_of(stored), Message(body=stored.xml, subject=kind,
                                                     opcode="event"))
-        if self.on_stored is not None:
-            self.on_stored(xmlsafe.parse(stored.xml, source="event"))
+        self._tell(xmlsafe.parse(stored.xml, source="event"))
 
     def _last_known_status(self, stored: StoredDeployable) -> etree._Element:
         reason = ("last known state: the DPE is not answering"
@@ -583,9 +583,19 @@ class CpeService:
         if event.type == "deployable_state_change" and event.assembly in (None, "-") \
                 and event.state:
             self.store.set_state(event.deployable, event.state)
+        self._tell(root)
+        return True
+
+    def _tell(self, root: etree._Element) -> None:
+        """A newly stored event to the hooks and the listeners; a listener's failure is
+        logged, never the event's."""
         if self.on_stored is not None:
             self.on_stored(root)
-        return True
+        for listener in self.listeners:
+            try:
+                listener(root)
+            except Exception:
+                log.exception("event listener %r failed", listener)
 
     @staticmethod
     def _stored(event: Event) -> StoredEvent:

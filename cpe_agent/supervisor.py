@@ -116,6 +116,7 @@ class DpeProcess:
     not_before: float = 0.0
     last_stop_request: float = 0.0
     restarts: int = 0
+    revived: int = 0                   # spawns after a death, a silence or a failed spawn
     log_offset: int = 0                # size of dped.log when this DPE was spawned
     gave_up: str | None = None         # why its configuration cannot start (EXIT_CONFIG)
     gave_up_document: str | None = None   # ... with this document: a new one is tried
@@ -126,6 +127,17 @@ class DpeProcess:
         if self.popen is not None:
             return self.popen.poll() is None
         return _proc_alive(self.pid)
+
+
+@dataclass(frozen=True)
+class DpeWatch:
+    """One DPE as the supervisor sees it (read by cpe_agent.metrics at scrape time)."""
+
+    deployable: str
+    revived: int                       # started again after a death, silence or failed spawn
+    heartbeat_age: float | None        # seconds since its last heartbeat (None: none yet)
+    heartbeat_interval: float
+    alive: bool
 
 
 class Supervisor:
@@ -229,6 +241,14 @@ class Supervisor:
         with self._lock:
             dpe = self._dpes.get(name)
             return dpe.pid if dpe is not None and dpe.alive() else None
+
+    def watch(self) -> list[DpeWatch]:
+        """What is known of each DPE now (for metrics)."""
+        now = self.clock()
+        with self._lock:
+            return [DpeWatch(d.name, d.revived, None if d.last_heartbeat is None
+                             else now - d.last_heartbeat, d.heartbeat_interval, d.alive())
+                    for d in self._dpes.values()]
 
     def delete(self, name: str, drop_stored: Callable[[], None]) -> None:
         """Forget a stopped deployable: ``drop_stored`` (the store's part), then its DPE
@@ -521,6 +541,7 @@ class Supervisor:
         dpe.pid, dpe.popen, dpe.since = popen.pid, popen, now
         dpe.last_heartbeat = None
         dpe.restarts += 1
+        dpe.revived += 1 if dpe.failures else 0
         log.info("started the DPE of %s (pid %d)", dpe.name, popen.pid)
 
     def _dpe_credentials(self, name: str) -> str:

@@ -1,0 +1,80 @@
+"""What cped shows to the outside besides the bus: Prometheus metrics and the web console.
+
+Both are off by default and switched on by one line of the CPE's config file::
+
+    [metrics]
+    listen = 127.0.0.1:9464
+    [web]
+    listen = 127.0.0.1:8480
+
+A bad value or a taken port is logged and that outlet stays off: cped keeps deployables
+alive whatever happens to its windows onto them (as with a bad hook section).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from cpe_agent.service import CpeService
+from cpe_agent.supervisor import Supervisor
+from pcloud import config
+
+log = logging.getLogger("pcloud.cpe")
+
+
+class Outlets:
+    """The started outlets; ``close`` stops them."""
+
+    def __init__(self) -> None:
+        self._closers: list[Callable[[], None]] = []
+
+    def close(self) -> None:
+        for closer in reversed(self._closers):
+            try:
+                closer()
+            except Exception:
+                log.exception("closing an outlet failed")
+
+
+def _listen(section: str) -> tuple[str, int] | None:
+    from cpe_agent.metrics import parse_listen
+
+    text = config.section(section).get("listen")
+    if not text:
+        return None
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        log.error("[%s] in %s: %s: %s stays off", section, config.config_path(), exc, section)
+        return None
+
+
+def start_outlets(service: CpeService, supervisor: Supervisor) -> Outlets:
+    """Start what the config file asks for."""
+    outlets = Outlets()
+    where = _listen("metrics")
+    if where is not None:
+        from cpe_agent.metrics import CpeMetrics, MetricsServer
+
+        metrics = CpeMetrics(service.store, supervisor.watch, lambda: service.bus.connected)
+        try:
+            server = MetricsServer(metrics, *where)
+        except OSError as exc:
+            log.error("metrics stay off: cannot listen on %s:%d: %s", *where, exc)
+        else:
+            service.listeners.append(metrics.observe)
+            outlets._closers.append(server.close)
+    where = _listen("web")
+    if where is not None:
+        from cpe_agent.web import Console
+
+        console = Console(*where, broker_url=service.bus.url, cpe_user=service.bus.user,
+                          admin=service.admin)
+        try:
+            console.start()
+        except OSError as exc:
+            log.error("web console stays off: cannot listen on %s:%d: %s", *where, exc)
+        else:
+            outlets._closers.append(console.close)
+    return outlets
