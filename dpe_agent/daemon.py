@@ -13,6 +13,7 @@ running assemblies) and the loop. Its behaviour is split by concern into mixins:
 
 - :mod:`dpe_agent.lifecycle`: states and events (the one ``change_state``)
 - :mod:`dpe_agent.detection`: heartbeats, agent reports, reconnects
+- :mod:`dpe_agent.deaths`: assemblies the driver saw die, lost at once
 - :mod:`dpe_agent.recovery`: restart or escalate, back-off
 - :mod:`dpe_agent.convergence`: CIB -> transition graph -> actions -> results
 - :mod:`dpe_agent.assemblies`: boot, restart, stop assemblies through the driver
@@ -39,6 +40,7 @@ from lxml import etree
 
 from dpe_agent.assemblies import AssemblyOps
 from dpe_agent.convergence import Convergence, load_engine
+from dpe_agent.deaths import Deaths
 from dpe_agent.detection import Detection
 from dpe_agent.drivers import (
     AssemblySpec,
@@ -83,7 +85,7 @@ def dpe_dir(state_dir: Path, deployable: str) -> Path:
     return Path(state_dir) / "dpe" / deployable
 
 
-class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Methods):
+class Dpe(Lifecycle, Detection, Deaths, Recovery, Convergence, AssemblyOps, Stopping, Methods):
     """The runtime of one deployable's DPE (see the module docstring)."""
 
     def __init__(self, deployable: Deployable, state_dir: Path, *, engine: str = "native",
@@ -236,6 +238,7 @@ class Dpe(Lifecycle, Detection, Recovery, Convergence, AssemblyOps, Stopping, Me
         self.logins.start(self._assemblies())
         if isinstance(self.driver, UnavailableDriver):
             self._refuse_unavailable_driver()
+        self._watch_deaths()
         now = time.monotonic()
         for asm in self.dep.assemblies:
             self._ensure_states(asm.name)

@@ -132,6 +132,57 @@ def test_new_driver_instance_readopts_running_sandbox(setup):
     assert driver.status(spec) is PowerState.STOPPED
 
 
+class Deaths:
+    """Collects a driver's death reports."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def __call__(self, assembly: str, reason: str) -> None:
+        self.items.append((assembly, reason))
+
+
+def test_death_is_reported_once_and_fence_or_stop_report_none(setup):
+    """A sandbox killed from outside is reported at once with its signal; one that the
+    driver stops or fences itself is not reported at all."""
+    driver, spec = setup
+    deaths = Deaths()
+    driver.watch_deaths(deaths)
+    driver.start(spec)
+    tree_pids(spec)
+    os.kill(driver.sandbox_pid(spec), signal.SIGKILL)
+    wait_for(lambda: deaths.items)
+    assert deaths.items == [("a", "sandbox exited with signal 9")]
+    driver.fence(spec)
+    driver.start(spec)
+    tree_pids(spec)
+    driver.fence(spec)
+    driver.start(spec)
+    wait_for(lambda: (Path(spec.state_dir) / "ready").exists())
+    driver.stop(spec, timeout=5)
+    driver.start(spec)
+    tree_pids(spec)
+    os.kill(driver.sandbox_pid(spec), signal.SIGKILL)    # a later death still is
+    wait_for(lambda: len(deaths.items) == 2)
+    assert deaths.items[1][0] == "a"
+
+
+def test_death_of_an_adopted_sandbox_is_reported(setup):
+    """A driver that found the sandbox running (a restarted DPE) watches it too."""
+    driver, spec = setup
+    driver.start(spec)
+    tree_pids(spec)
+    other = ProcessDriver(use_pid_namespace=driver.use_pid_namespace,
+                          agent_argv=driver.agent_argv)
+    deaths = Deaths()
+    other.watch_deaths(deaths)
+    assert other.status(spec) is PowerState.RUNNING
+    pid = other.sandbox_pid(spec)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: deaths.items)
+    assert deaths.items == [("a", f"sandbox process {pid} exited")]
+
+
 def test_stale_pid_file_is_not_ours(setup):
     driver, spec = setup
     Path(spec.state_dir).mkdir(parents=True)

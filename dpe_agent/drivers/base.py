@@ -7,6 +7,7 @@ the same four operations, so the DPE's policy never knows what an assembly runs 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +41,10 @@ class AssemblySpec:
     credentials: Credentials | None = field(default=None, repr=False, compare=False)
 
 
+#: ``report(assembly, reason)``: the infrastructure saw that assembly die (see ``watch_deaths``)
+DeathReport = Callable[[str, str], None]
+
+
 class InfrastructureDriver(Protocol):
     """Boots, stops, fences and inspects assemblies on one kind of infrastructure.
 
@@ -62,6 +67,12 @@ class InfrastructureDriver(Protocol):
 
     def status(self, assembly: AssemblySpec) -> PowerState:
         """Report whether the assembly is powered on."""
+
+    def watch_deaths(self, report: DeathReport) -> None:
+        """From now on, call ``report`` (from any thread) as soon as the infrastructure knows
+        that an assembly this driver started, or found running through ``status``, died
+        without this driver stopping or fencing it. Heartbeats take
+        ``interval × misses`` to tell the same; they stay for guests that hang."""
 
 
 class UnavailableDriver:
@@ -89,3 +100,6 @@ class UnavailableDriver:
 
     def status(self, assembly: AssemblySpec) -> PowerState:
         return PowerState.STOPPED
+
+    def watch_deaths(self, report: DeathReport) -> None:
+        """Nothing runs: nothing dies."""

@@ -38,7 +38,8 @@ import uuid
 from pathlib import Path
 
 from dpe_agent.drivers import sandbox_mounts
-from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
+from dpe_agent.drivers.base import AssemblySpec, DeathReport, DriverError, PowerState
+from dpe_agent.drivers.pidwatch import PidWatch
 from pcloud.credentials import format_credentials, scrubbed_environ, without_credentials
 from pcloud.fsutil import private_dir, write_private
 
@@ -174,6 +175,35 @@ class ProcessDriver:
         self.agent_argv = agent_argv or agent_command()
         self._children: dict[str, subprocess.Popen] = {}
         self._lock = threading.Lock()
+        self._report: DeathReport | None = None
+        self._names: dict[str, str] = {}          # watched state dir -> assembly name
+        self._deaths = PidWatch(self._exited, name="sandbox-deaths")
+
+    def watch_deaths(self, report: DeathReport) -> None:
+        """Report each sandbox's exit the moment it happens, through a pidfd on its top
+        process (also for a sandbox found running, so it works after a DPE restart)."""
+        self._report = report
+
+    def _arm(self, spec: AssemblySpec, pid: int) -> None:
+        if self._report is None:
+            return
+        key = spec.state_dir.as_posix()
+        self._names[key] = spec.name
+        if not self._deaths.arm(key, pid):
+            self._exited(key, pid)
+
+    def _exited(self, key: str, pid: int) -> None:
+        """Watcher thread: a sandbox died and nobody here stopped or fenced it."""
+        with self._lock:
+            child = self._children.get(key)
+        reason = f"sandbox process {pid} exited"
+        if child is not None and child.pid == pid:
+            code = child.wait()
+            reason = (f"sandbox exited with signal {-code}" if code < 0 else
+                      f"sandbox exited with status {code}")
+        report, name = self._report, self._names.get(key)
+        if report is not None and name is not None:
+            report(name, reason)
 
     def _pid_file(self, spec: AssemblySpec) -> Path:
         return Path(spec.state_dir) / PID_FILE
@@ -211,7 +241,14 @@ class ProcessDriver:
         return pid
 
     def status(self, spec: AssemblySpec) -> PowerState:
-        return PowerState.RUNNING if self.sandbox_pid(spec) else PowerState.STOPPED
+        """Running or not; a running sandbox not yet watched (found by a restarted DPE) is
+        watched from now on."""
+        pid = self.sandbox_pid(spec)
+        if pid is None:
+            return PowerState.STOPPED
+        if self._deaths.watched(spec.state_dir.as_posix()) != pid:
+            self._arm(spec, pid)
+        return PowerState.RUNNING
 
     def start(self, spec: AssemblySpec) -> None:
         """Spawn the sandbox in a new session; a sandbox already running is left alone."""
@@ -265,6 +302,7 @@ class ProcessDriver:
         tmp.replace(self._pid_file(spec))
         with self._lock:
             self._children[folder.as_posix()] = child
+        self._arm(spec, child.pid)
         log.info("sandbox %s/%s started (pid %d, %s%s)", spec.deployable, spec.name, child.pid,
                  mode, ", own /run and /tmp" if self.use_mount_namespace else "")
 
@@ -287,6 +325,7 @@ class ProcessDriver:
 
     def stop(self, spec: AssemblySpec, timeout: float) -> None:
         """SIGTERM the agent (it stops its resources), then fence whatever is left."""
+        self._deaths.disarm(spec.state_dir.as_posix())
         info = self._read(spec)
         pid = self.sandbox_pid(spec)
         if pid is None or info is None:
@@ -301,6 +340,7 @@ class ProcessDriver:
 
     def fence(self, spec: AssemblySpec) -> None:
         """Kill the whole sandbox at once; returns when nothing of it runs any more."""
+        self._deaths.disarm(spec.state_dir.as_posix())
         info = self._read(spec)
         pid = self.sandbox_pid(spec)
         if pid is not None and info is not None:

@@ -1,0 +1,93 @@
+"""A dead assembly is known at once: the driver's death report, not heartbeats ``interval ×
+misses`` later. The decision as a table; then a real ``dped`` with the process driver, whose
+sandbox is SIGKILLed once as booted by it and once after the dped was replaced (adoption)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from dpe_agent.deaths import act_on_death
+from dpe_agent.drivers import PowerState
+from dpe_agent.heartbeats import Liveness
+from tests.test_dpe_daemon import (  # noqa: F401  (harness is a fixture)
+    assembly,
+    deployable,
+    harness,
+    process_service,
+    tag,
+    unique,
+    wait_for,
+)
+
+ALIVE, OFF = Liveness.ALIVE, PowerState.STOPPED
+
+
+@pytest.mark.parametrize("stopping, operation, liveness, power, acted", [
+    (False, None, ALIVE, OFF, True),                     # a running assembly died
+    (False, "start", Liveness.BOOTING, OFF, True),       # a boot died
+    (False, None, ALIVE, PowerState.RUNNING, False),     # a late report: it runs again
+    (False, None, ALIVE, PowerState.UNKNOWN, False),     # cannot tell: heartbeats will
+    (False, None, Liveness.LOST, OFF, False),            # already being recovered
+    (False, None, None, OFF, False),                     # not watched: stopped or removed
+    (False, "stop", ALIVE, OFF, False),                  # our own stop
+    (False, "restart", ALIVE, OFF, False),               # our own restart
+    (True, None, ALIVE, OFF, False),                     # the deployable is stopping
+])
+def test_when_a_reported_death_is_acted_on(stopping, operation, liveness, power, acted):
+    assert act_on_death(stopping=stopping, operation=operation, liveness=liveness,
+                        power=power) is acted
+
+
+INTERVAL, MISSES = 5, 3          # a heartbeat loss would take 15 s to notice
+
+
+def _kill_and_see_restart(h, asm: str) -> int:
+    """SIGKILL the sandbox: failed (reported by the driver), fenced, booting, running, in
+    that order, the boot begun well before a heartbeat loss could have been noticed."""
+    mark = h.events.last_seq()
+    killed = time.time()
+    os.kill(h.sandbox_pid(asm), signal.SIGKILL)
+    failed = h.events.wait(type="assembly_state_change", assembly=asm, state="failed",
+                           after=mark)
+    assert "signal 9" in failed.reason or "exited" in failed.reason, failed.reason
+    assert "reported by the process driver" in failed.reason, failed.reason
+    fenced = h.events.wait(type="fencing", assembly=asm, after=mark)
+    booting = h.events.wait(type="assembly_state_change", assembly=asm, state="starting",
+                            after=mark)
+    running = h.events.wait(type="resource_state_change", assembly=asm, state="running",
+                            after=mark)
+    assert failed.seq < fenced.seq < booting.seq < running.seq
+    # generous for a loaded host, yet half of what heartbeats alone would need
+    assert booting.time.timestamp() - killed < INTERVAL * MISSES / 2
+    return mark
+
+
+def test_killed_sandbox_is_restarted_without_waiting_for_heartbeats(harness):  # noqa: F811
+    name, t = unique(), tag()
+    hb = f'heartbeat_interval="{INTERVAL}" heartbeat_misses="{MISSES}"'
+    xml = deployable(name, assembly("a", process_service("svc", f"sleep {t}1"))
+                     + assembly("b", process_service("svc", f"sleep {t}2")))
+    xml = xml.replace('heartbeat_interval="0.5" heartbeat_misses="4"', hb)
+    h = harness(xml, subprocess_mode=True)
+    h.wait_running(timeout=90)
+    h.wait_running(timeout=90, after=_kill_and_see_restart(h, "a"))
+
+    h.kill_dpe()                                   # a new dped adopts the running sandboxes
+    h.start()
+    wait_for(lambda: _answers(h), timeout=60, what="the new dped to answer")
+    mark = _kill_and_see_restart(h, "b")
+    h.wait_running(timeout=90, after=mark)
+    assert not h.events.find(type="assembly_state_change", assembly="a", state="failed",
+                             after=mark)
+
+
+def _answers(h) -> bool:
+    try:
+        h.status()
+        return True
+    except Exception:
+        return False
