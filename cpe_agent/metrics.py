@@ -181,9 +181,10 @@ class _Snapshot(Collector):
         for state, number in sorted(by_state.items()):
             deployables.add_metric([state], number)
         yield deployables
-        components = {level: GaugeMetricFamily(f"pcloud_{level}s", f"{level.title()}s by state",
+        components = {level: GaugeMetricFamily(f"pcloud_{plural}", f"{plural.title()} by state",
                                                labels=["deployable", "state"])
-                      for level in ("assembly", "resource")}
+                      for level, plural in (("assembly", "assemblies"),
+                                            ("resource", "resources"))}
         counts = self.metrics.component_states({item.name for item in stored})
         for (dep, level, state), number in sorted(counts.items()):
             components[level].add_metric([dep, state], number)
