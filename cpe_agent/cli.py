@@ -1,7 +1,9 @@
 """``cped``: the Cloud Policy Engine daemon.
 
 Daemonizes with python-daemon unless ``--foreground`` (systemd runs it in the foreground).
-Signal handlers only ask the daemon to stop; the main thread does the stopping.
+Before detaching it takes the state dir's lock and checks it can administer the broker, so
+those mistakes are one line on the terminal and exit status 1, not only a line in
+``cped.log``. Signal handlers only ask the daemon to stop; the main thread does the stopping.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import IO
 
 from pcloud import config
 from pcloud.log import setup_logging
@@ -55,19 +58,27 @@ def main(argv: list[str] | None = None) -> int:
         return _run(state_dir, broker_url, dped_command, args.verbose)
     import daemon
 
+    from cpe_agent.daemon import AlreadyRunning, NoBrokerAdmin, broker_admin, lock_state_dir
+
+    try:
+        lock = lock_state_dir(state_dir)
+        broker_admin()
+    except (AlreadyRunning, NoBrokerAdmin) as exc:
+        print(f"cped: {exc}", file=sys.stderr)
+        return 1
     with open(state_dir / "cped.log", "a", encoding="utf-8") as logfile, \
             daemon.DaemonContext(stdout=logfile, stderr=logfile, umask=0o022,
-                                 working_directory="/"):
-        return _run(state_dir, broker_url, dped_command, args.verbose)
+                                 working_directory="/", files_preserve=[lock]):
+        return _run(state_dir, broker_url, dped_command, args.verbose, lock)
 
 
 def _run(state_dir: Path, broker_url: str, dped_command: list[str] | None,
-         verbose: bool) -> int:
+         verbose: bool, lock: IO[str] | None = None) -> int:
     from cpe_agent.daemon import AlreadyRunning, Cped, NoBrokerAdmin
     from pcloud.bus import BusError
 
     setup_logging("cped", verbose=verbose)
-    cped = Cped(state_dir, broker_url, dped_command)
+    cped = Cped(state_dir, broker_url, dped_command, lock_file=lock)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: cped.stop())
     try:

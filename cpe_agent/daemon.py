@@ -66,34 +66,54 @@ def broker_admin():
     return admin
 
 
+def lock_state_dir(state_dir: Path) -> IO[str]:
+    """Hold ``state_dir/cped.lock`` for this CPE: the open file keeps the lock (a daemon
+    takes it before detaching, so a second cped is refused on the terminal, not in a log).
+    AlreadyRunning names the holder's pid."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(state_dir / "cped.lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        pid = f" (pid {holder})" if holder.isdigit() else ""
+        raise AlreadyRunning(f"another cped runs on {state_dir}{pid}") from None
+    _write_pid(handle)
+    return handle
+
+
+def _write_pid(handle: IO[str]) -> None:
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+
+
 class Cped:
-    """One CPE on one state directory; ``run`` blocks until ``stop`` is called."""
+    """One CPE on one state directory; ``run`` blocks until ``stop`` is called.
+
+    ``lock_file``: the state dir's lock, when the caller took it already (lock_state_dir)."""
 
     def __init__(self, state_dir: Path, broker_url: str,
-                 dped_command: list[str] | None = None) -> None:
+                 dped_command: list[str] | None = None,
+                 lock_file: IO[str] | None = None) -> None:
         self.state_dir = state_dir
         self.broker_url = broker_url
         self.dped_command = dped_command
         self._stop = threading.Event()
-        self._lock_file: IO[str] | None = None
+        self._lock_file = lock_file
 
     def stop(self) -> None:
         """Ask ``run`` to return (safe from a signal handler: it only sets a flag)."""
         self._stop.set()
 
     def _lock(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.state_dir / "cped.lock", "a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise AlreadyRunning(f"another cped runs on {self.state_dir}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._lock_file = handle
+        if self._lock_file is None:
+            self._lock_file = lock_state_dir(self.state_dir)
+        else:
+            _write_pid(self._lock_file)   # the daemon's pid, not its parent's
 
     def _connect(self) -> Bus | None:
         """Connect, retrying with back-off: a CPE started before its broker waits for it.
@@ -116,6 +136,9 @@ class Cped:
     def run(self) -> None:
         self._lock()
         admin = broker_admin()
+        hint = config.broker_hint(self.broker_url)
+        if hint:
+            log.warning("%s", hint)
         store = Store(self.state_dir / "cpe.sqlite")
         try:
             bus = self._connect()

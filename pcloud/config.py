@@ -4,7 +4,9 @@ Order for the broker URL: ``PCLOUD_BROKER_URL``; the config file (``$PCLOUD_CONF
 ``/etc/pcloud/pcloud.conf``, section ``[bus]``, key ``url``); the private broker set up by
 ``pcloud-broker`` in the state dir, whether or not it runs now (falling back to another
 broker would talk to someone else's, with the wrong credentials); else
-``amqp://127.0.0.1:5672``.
+``amqp://127.0.0.1:5672`` (the contract's default), which on most hosts is the machine's own
+RabbitMQ: never used silently, :func:`default_broker_note` says so and how to point at
+pcloud's own broker instead.
 
 TLS options for ``amqps://`` URLs come from ``[bus]`` keys ``ca``, ``cert``, ``key``,
 ``verify`` (``true``/``false``) or the environment ``PCLOUD_TLS_CA``, ``PCLOUD_TLS_CERT``,
@@ -43,30 +45,46 @@ def state_dir() -> Path:
     return Path(os.environ.get("PCLOUD_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
-def broker_url() -> str:
-    """The broker URL to use, see the module docstring for the order."""
+def broker_choice() -> tuple[str, str]:
+    """The broker URL to use and where it came from: ``environment``, ``config``,
+    ``private`` (the state dir's pcloud-broker) or ``default``."""
     url = os.environ.get("PCLOUD_BROKER_URL")
     if url:
-        return url
+        return url, "environment"
     url = section("bus").get("url")
     if url:
-        return url
+        return url, "config"
     from pcloud import broker
 
     try:
         settings = broker.load_settings(state_dir())
     except OSError:
         settings = None
-    return settings.url if settings is not None else DEFAULT_BROKER_URL
+    return (settings.url, "private") if settings is not None else (DEFAULT_BROKER_URL,
+                                                                   "default")
 
 
-def unreachable(url: str, error: object) -> str:
-    """The sentence for "no connection to ``url``": password masked, and when ``url`` is the
-    state dir's private broker and that is down, how to start it."""
+def broker_url() -> str:
+    """The broker URL to use, see the module docstring for the order."""
+    return broker_choice()[0]
+
+
+def default_broker_note() -> str:
+    """Why the default URL is in use and how to point at pcloud's own broker instead."""
+    from pcloud.urls import mask_url
+
+    return (f"no broker configured (PCLOUD_BROKER_URL, [bus] url in {config_path()}, or a "
+            f"pcloud-broker in the state dir {state_dir()}), so {mask_url(DEFAULT_BROKER_URL)} is "
+            "used, which is this host's own RabbitMQ if one runs: export PCLOUD_STATE_DIR "
+            "to the state dir of your cped (its pcloud-broker is found there), or start "
+            "pcloud's broker with 'pcloud-broker start'")
+
+
+def broker_hint(url: str) -> str | None:
+    """What to do when ``url`` cannot be reached, when pcloud can tell: start the state
+    dir's private broker, or configure one instead of the default."""
     from pcloud import broker
-    from pcloud.urls import mask_url, mask_urls
 
-    text = f"cannot reach the broker at {mask_url(url)}"
     try:
         settings = broker.load_settings(state_dir())
         down = settings is not None and settings.url == url and not broker.is_running(
@@ -74,9 +92,23 @@ def unreachable(url: str, error: object) -> str:
     except OSError:
         down = False
     if down:
-        return (f"{text} (the private broker of {state_dir()} is not running: "
-                "pcloud-broker start)")
-    return f"{text}: {mask_urls(str(error))}"
+        return f"the private broker of {state_dir()} is not running: pcloud-broker start"
+    if url == DEFAULT_BROKER_URL and broker_choice() == (url, "default"):
+        return default_broker_note()
+    return None
+
+
+def unreachable(url: str, error: object) -> str:
+    """The sentence for "no connection to ``url``": password masked, and how to fix it when
+    pcloud can tell (:func:`broker_hint`)."""
+    from pcloud.urls import mask_url, mask_urls
+
+    text = f"cannot reach the broker at {mask_url(url)}"
+    hint = broker_hint(url)
+    if hint and hint.startswith("the private broker"):
+        return f"{text} ({hint})"
+    text = f"{text}: {mask_urls(str(error))}"
+    return f"{text} ({hint})" if hint else text
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,12 @@
 
 One JSON file, rewritten atomically under an exclusive lock, so two shells never lose each
 other's changes and a crash never leaves half a catalogue. Resources are copies of the resource
-templates in ``xml/templates`` taken when they were added, so editing a template later does not
-change a deployable silently. ``document()`` turns a catalogue deployable into the
-``<deployable>`` document the CPE takes.
+templates taken when they were added, so editing a template later does not change a deployable
+silently. Templates come from the user's folder (``$XDG_CONFIG_HOME/pcloud/templates``, by
+default ``~/.config/pcloud/templates``) and from the installed ``xml/templates``; a user
+template of the same name wins. ``document()`` turns a catalogue deployable into the
+``<deployable>`` document the CPE takes. Deployables started from a file are remembered too
+(name, file, infrastructure, assemblies), so a listing without the CPE still shows them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 from lxml import etree
 
 from pcloud import paths, schemas, xmlsafe
-from pcloud.deployable import INFRASTRUCTURES
+from pcloud.deployable import INFRASTRUCTURES, Deployable
 from pcloud.fsutil import write_json_atomic
 from pcloud.wire import NAME
 
@@ -41,18 +44,40 @@ def check_name(name: str, what: str) -> str:
 
 
 def templates_dir() -> Path:
+    """The templates installed with pcloud."""
     return paths.data_dir("xml") / "templates"
 
 
-def template_names() -> list[str]:
+def user_templates_dir() -> Path:
+    """The operator's own templates: ``$XDG_CONFIG_HOME/pcloud/templates``."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(Path.home(), ".config")
+    return Path(base) / "pcloud" / "templates"
+
+
+def template_dirs() -> list[Path]:
+    """Where templates are looked for, first match wins."""
+    dirs = [user_templates_dir()]
     try:
-        return sorted(p.stem for p in templates_dir().glob("*.xml"))
+        dirs.append(templates_dir())
     except FileNotFoundError:
-        return []
+        pass
+    return dirs
+
+
+def template_path(name: str) -> Path | None:
+    """The file of template ``name``, or None."""
+    return next((d / f"{name}.xml" for d in template_dirs() if (d / f"{name}.xml").is_file()),
+                None)
+
+
+def template_names() -> list[str]:
+    return sorted({p.stem for d in template_dirs() if d.is_dir() for p in d.glob("*.xml")
+                   if NAME_RE.match(p.stem)})
 
 
 #: What each template's service needs besides resource-agents (which pcloud installs): the
-#: Debian package and the program the OCF agent runs. Only ``dummy`` needs nothing more.
+#: Debian package and the program the OCF agent runs. ``dummy`` and ``process`` need nothing
+#: more, nor do user templates.
 TEMPLATE_NEEDS: dict[str, tuple[str, str]] = {
     "httpd": ("apache2", "/usr/sbin/apache2"),
     "mysqld": ("mariadb-server", "/usr/sbin/mysqld"),
@@ -82,10 +107,11 @@ def missing_program_warning(template: str, where: str) -> str | None:
 def load_template(name: str) -> etree._Element:
     """A resource template: one validated ``<service>`` element."""
     check_name(name, "template")
-    path = templates_dir() / f"{name}.xml"
-    if not path.is_file():
+    path = template_path(name)
+    if path is None:
         known = ", ".join(template_names()) or "none"
-        raise CatalogueError(f"no resource template {name!r} (known: {known})")
+        raise CatalogueError(f"no resource template {name!r} (known: {known}; your own go "
+                             f"in {user_templates_dir()})")
     try:
         root = xmlsafe.parse(path.read_bytes(), source=str(path))
         schemas.validate(root, "service", str(path))
@@ -125,7 +151,7 @@ class Catalogue:
 
     @staticmethod
     def _empty() -> dict[str, Any]:
-        return {"version": FORMAT_VERSION, "assemblies": {}, "deployables": {}}
+        return {"version": FORMAT_VERSION, "assemblies": {}, "deployables": {}, "files": {}}
 
     def load(self) -> dict[str, Any]:
         try:
@@ -137,6 +163,7 @@ class Catalogue:
         if data.get("version") != FORMAT_VERSION:
             raise CatalogueError(f"catalogue {self.path} has format {data.get('version')!r}, "
                                  f"this pcloudsh reads {FORMAT_VERSION}")
+        data.setdefault("files", {})
         return data
 
     @contextmanager
@@ -285,7 +312,10 @@ class Catalogue:
                                                          d["then"].split(":")[0])]
 
     def deployable_dependency_add(self, deployable: str, first: str, then: str) -> str:
-        """Order two resources: ``first`` (assembly:resource) starts before ``then``."""
+        """Order two resources: ``first`` (assembly:resource) starts before ``then``.
+
+        Checked here as the CPE would check the whole deployable (no self-dependency, no
+        cycle), so a mistake is refused now rather than at the next start or reload."""
         with self.edit() as data:
             entry = self._deployable(data, deployable)
             for ref in (first, then):
@@ -295,13 +325,58 @@ class Catalogue:
                                          f"{asm!r} (write assembly:resource)")
                 if rsc not in self._assembly(data, asm)["resources"]:
                     raise CatalogueError(f"{ref!r}: assembly {asm!r} has no resource {rsc!r}")
+            if first == then:
+                raise CatalogueError(f"{first!r} cannot depend on itself: name two different "
+                                     "resources")
+            if any(d["first"] == first and d["then"] == then for d in entry["dependencies"]):
+                raise CatalogueError(f"deployable {deployable!r} already starts {first} "
+                                     f"before {then}")
             ident = f"{first.replace(':', '_')}-before-{then.replace(':', '_')}"[:64]
             entry["dependencies"].append({"id": ident, "first": first, "then": then})
+            if entry["assemblies"]:
+                try:
+                    Deployable.from_xml(self._document(data, deployable),
+                                        source=f"deployable {deployable}", assign_uuids=False)
+                except xmlsafe.XMLError as exc:
+                    raise CatalogueError(f"dependency refused: {exc.message}") from None
             return ident
+
+    def deployable_dependency_remove(self, deployable: str, first: str, then: str) -> None:
+        """Drop the ordering ``first`` before ``then``."""
+        with self.edit() as data:
+            entry = self._deployable(data, deployable)
+            kept = [d for d in entry["dependencies"]
+                    if (d["first"], d["then"]) != (first, then)]
+            if len(kept) == len(entry["dependencies"]):
+                known = ", ".join(f"{d['first']} {d['then']}" for d in entry["dependencies"])
+                raise CatalogueError(f"deployable {deployable!r} has no dependency {first} "
+                                     f"before {then} (it has: {known or 'none'})")
+            entry["dependencies"] = kept
+
+    def dependencies(self, deployable: str) -> list[dict[str, str]]:
+        return list(self.deployable(deployable)["dependencies"])
+
+    # --- deployables started from a file ----------------------------------------------
+
+    def file_started(self, name: str, path: str, infrastructure: str,
+                     assemblies: list[str]) -> None:
+        """Remember a deployable started from a file, for listings without the CPE."""
+        with self.edit() as data:
+            data["files"][name] = {"path": path, "infrastructure": infrastructure,
+                                   "assemblies": assemblies}
+
+    def file_forget(self, name: str) -> None:
+        with self.edit() as data:
+            data["files"].pop(name, None)
+
+    def files(self) -> dict[str, dict[str, Any]]:
+        return self.load()["files"]
 
     def document(self, name: str) -> str:
         """The ``<deployable>`` document of a catalogue deployable, ready for the CPE."""
-        data = self.load()
+        return self._document(self.load(), name)
+
+    def _document(self, data: dict[str, Any], name: str) -> str:
         entry = self._deployable(data, name)
         if not entry["assemblies"]:
             raise CatalogueError(f"deployable {name!r} has no assemblies: "

@@ -7,6 +7,10 @@ one-line message on failure; the shell prints it and carries on, the one-shot CL
 
 from __future__ import annotations
 
+import difflib
+import fcntl
+import os
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -32,6 +36,8 @@ from pcloudsh.catalogue import (
 
 CPE_QUEUE = "pcloud.cpe"
 CALL_TIMEOUT = 15.0
+#: A TCP connect to the broker before the AMQP one: a refused port is reported at once.
+PROBE_TIMEOUT = 3.0
 
 
 class CommandError(Exception):
@@ -83,6 +89,50 @@ def check_broker_url(url: str) -> str:
     return url
 
 
+def suggestion(name: str, known: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest known names, or ''."""
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    if not close:
+        close = [k for k in known if name and (k.startswith(name) or name in k)][:3]
+    if not close:
+        return ""
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)"
+
+
+def cped_down(state_dir: Path) -> bool:
+    """True when a cped has run on ``state_dir`` and none holds it now: its lock file is
+    there and free. (No lock file: no local cped to judge, the call's timeout decides.)"""
+    try:
+        fd = os.open(state_dir / "cped.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def refused(url: str) -> str | None:
+    """Why no TCP connection to the broker of ``url`` is possible right now, or None (it
+    accepts, or it did not answer in time: the AMQP connection decides)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    except ValueError:
+        return "invalid port"
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", port),
+                                      timeout=PROBE_TIMEOUT):
+            return None
+    except TimeoutError:
+        return None
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+
+
 def _images() -> Any:
     try:
         from pcloudsh import images
@@ -112,6 +162,8 @@ class Commands:
         self.json = json_output
         self.broker_url = broker_url
         self._bus: Bus | None = None
+        self._noted_default = False
+        self._bus_lock = threading.Lock()
         self._print_lock = threading.Lock()
 
     def close(self) -> None:
@@ -122,24 +174,45 @@ class Commands:
     def run(self, name: str, args: list[str]) -> None:
         spec = REGISTRY.get(name)
         if spec is None:
-            raise CommandError(f"unknown command {name!r}; try 'help'")
+            hint = suggestion(name, [*REGISTRY, "help", "quit", "watch"])
+            raise CommandError(f"unknown command {name!r}{hint}; try 'help'")
         try:
             spec.func(self, args)
         except CatalogueError as exc:
             raise CommandError(str(exc)) from None
 
-    def say(self, text: str) -> None:
+    def say(self, text: str, end: str = "\n") -> None:
+        """Print one piece of output whole (shell commands and live events share the
+        terminal)."""
         with self._print_lock:
-            print(text, file=self.out, flush=True)
+            print(text, file=self.out, end=end, flush=True)
 
     def rows(self, rows: list[dict[str, Any]], columns: display.Columns) -> None:
         self.say(display.as_json(rows) if self.json else display.table(rows, columns))
 
     # --- the CPE -----------------------------------------------------------------------
 
+    def connected(self) -> bool:
+        """Whether the session's bus exists and has its broker connection now."""
+        return self._bus is not None and self._bus.connected
+
     def bus(self) -> Bus:
+        with self._bus_lock:
+            return self._open_bus()
+
+    def _open_bus(self) -> Bus:
         if self._bus is None:
-            url = check_broker_url(self.broker_url or config.broker_url())
+            if self.broker_url:
+                url, source = self.broker_url, "option"
+            else:
+                url, source = config.broker_choice()
+            check_broker_url(url)
+            if source == "default" and not self._noted_default:
+                self._noted_default = True
+                print(f"pcloudsh: note: {config.default_broker_note()}", file=sys.stderr)
+            why = refused(url)
+            if why is not None:
+                raise CommandError(config.unreachable(url, why))
             bus = Bus(url=url, name="pcloudsh")
             try:
                 bus.start(timeout=5.0)
@@ -150,8 +223,12 @@ class Commands:
         return self._bus
 
     def cpe(self, method: str, body: str | etree._Element) -> etree._Element | None:
+        if cped_down(self.state_dir):
+            raise CommandError(f"cped is not running on {self.state_dir}: start it with "
+                               f"'cped' (with PCLOUD_STATE_DIR={self.state_dir})")
+        bus = self.bus()
         try:
-            return self.bus().call(CPE_QUEUE, method, body, timeout=CALL_TIMEOUT)
+            return bus.call(CPE_QUEUE, method, body, timeout=CALL_TIMEOUT)
         except BusTimeout:
             raise CommandError(f"the CPE did not answer {method} within {CALL_TIMEOUT:.0f} s: "
                                "is cped running?") from None

@@ -7,6 +7,8 @@ The ``events`` command is in ``event_commands``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lxml import etree
 
 from pcloudsh import display
@@ -35,10 +37,13 @@ def cmd_deployable_delete(self: Commands, args: list[str]) -> None:
         if not str(exc).startswith("unknown_deployable:"):
             raise
         known = False
-    if not (known or in_catalogue):
+    from_file = name in self.catalogue.files()
+    if not (known or in_catalogue or from_file):
         raise CommandError(f"no deployable named {name!r}")
     if in_catalogue:
         self.catalogue.deployable_delete(name)
+    if from_file:
+        self.catalogue.file_forget(name)
     self.say(f"deployable {name} deleted")
 
 
@@ -46,10 +51,12 @@ def cmd_deployable_delete(self: Commands, args: list[str]) -> None:
 def cmd_deployable_list(self: Commands, args: list[str]) -> None:
     """List the deployables of the catalogue and of the CPE, with their state.
 
-    Without a CPE the catalogue is still shown (states ``unknown``), but the command fails:
-    a script must not read "not started" for a deployable that may well be running."""
+    Without a CPE the catalogue and the deployables started from a file are still shown
+    (states ``unknown``), but the command fails: a script must not read "not started" for a
+    deployable that may well be running."""
     _args(args, "deployable_list", 0)
-    catalogue = self.catalogue.deployables()
+    own = self.catalogue.deployables()
+    catalogue = {**self.catalogue.files(), **own}
     unreachable: CommandError | None = None
     try:
         listed = self.cpe("deployables_list", "<deployables/>")
@@ -69,7 +76,7 @@ def cmd_deployable_list(self: Commands, args: list[str]) -> None:
             infrastructure = entry["infrastructure"]
             assemblies = ",".join(entry["assemblies"]) or "-"
         rows.append({"name": name, "state": state, "assemblies": assemblies,
-                     "infrastructure": infrastructure, "in_catalogue": entry is not None})
+                     "infrastructure": infrastructure, "in_catalogue": name in own})
     self.rows(rows, (("name", "NAME"), ("state", "STATE"), ("infrastructure", "INFRA"),
                      ("assemblies", "ASSEMBLIES")))
     if unreachable is not None:
@@ -80,10 +87,29 @@ def cmd_deployable_list(self: Commands, args: list[str]) -> None:
 def cmd_deployable_start(self: Commands, args: list[str]) -> None:
     """Start a deployable: the CPE stores it and starts its DPE, which starts everything."""
     (target,) = _args(args, "deployable_start", 1)
-    result = self.cpe("deployable_start", self._document(target))
+    document = self._document(target)
+    try:
+        result = self.cpe("deployable_start", document)
+    except CommandError as exc:
+        if str(exc).startswith("duplicate_deployable:"):
+            name = etree.fromstring(document.encode()).get("name")
+            raise CommandError(f"{exc} (to change it: deployable_reload {target}; to start "
+                               f"it afresh: deployable_stop {name}, then deployable_start)"
+                               ) from None
+        raise
     _said(self, result, "deployable_start")
+    if target not in self.catalogue.deployables() and result is not None:
+        _remember_file(self, target, document)
     for warning in _missing_programs(self, target):
         self.say(warning)
+
+
+def _remember_file(self: Commands, path: str, document: str) -> None:
+    """Note a deployable started from a file in the catalogue (for listings without a CPE)."""
+    root = etree.fromstring(document.encode())
+    self.catalogue.file_started(root.get("name"), str(Path(path).resolve()),
+                                root.get("infrastructure") or "process",
+                                [a.get("name") for a in root.iter("assembly")])
 
 
 def _missing_programs(self: Commands, target: str) -> list[str]:
@@ -150,8 +176,11 @@ def _said(self: Commands, result: etree._Element | None, method: str) -> None:
     if result is None:
         raise CommandError(f"the CPE sent an empty answer to {method}")
     line = f"deployable {result.get('name')}: {result.get('state')}"
-    if result.get("reason"):
-        line += f" ({result.get('reason')})"
+    reason = result.get("reason")
+    if reason and reason.startswith("already "):
+        line = f"deployable {result.get('name')}: {reason}"   # "stopping (already stopped)"
+    elif reason:
+        line += f" ({reason})"
     self.say(display.as_json(dict(result.attrib)) if self.json else line)
 
 
@@ -192,6 +221,23 @@ def cmd_deployable_dependency_add(self: Commands, args: list[str]) -> None:
     ident = self.catalogue.deployable_dependency_add(deployable, first, then)
     self.say(f"dependency {ident}: {first} starts before {then}")
     self.reload_hint(deployable=deployable)
+
+
+@command("<deployable> <assembly:resource> <assembly:resource>", "deployable")
+def cmd_deployable_dependency_remove(self: Commands, args: list[str]) -> None:
+    """Drop a start order added with deployable_dependency_add."""
+    deployable, first, then = _args(args, "deployable_dependency_remove", 3)
+    self.catalogue.deployable_dependency_remove(deployable, first, then)
+    self.say(f"dependency removed: {first} no longer starts before {then}")
+    self.reload_hint(deployable=deployable)
+
+
+@command("<deployable>", "deployable")
+def cmd_deployable_dependency_list(self: Commands, args: list[str]) -> None:
+    """List the start orders of a deployable."""
+    (deployable,) = _args(args, "deployable_dependency_list", 1)
+    self.rows(self.catalogue.dependencies(deployable),
+              (("id", "ID"), ("first", "FIRST"), ("then", "THEN")))
 
 
 @command("<deployable>", "deployable")

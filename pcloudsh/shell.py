@@ -4,7 +4,9 @@ Completion knows command names and, per argument, catalogue names (assemblies, d
 resources, templates, JEOS images), roles, and the users the CPE lists; history is kept in
 ``<state>/pcloudsh/history``. While the prompt waits, events are shown live above it, so an
 operator sees failures and recoveries as they happen (pacemaker-cloud's "user interface
-feedback").
+feedback"). A keeper thread turns them on once the broker is reachable and says when the
+broker goes and comes back; while a command runs, events are plain lines (the prompt is
+redrawn only when it is on screen), so a command's own output never follows a stray prompt.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Any
 
 from pcloud import xmlsafe
 from pcloud.bus import Message
+from pcloud.bus.recovery import capped_doubling
 from pcloud.events import Event
 from pcloudsh import cpe_commands, event_commands, user_commands, validate
 from pcloudsh.catalogue import template_names
-from pcloudsh.commands import REGISTRY, CommandError, Commands, command
+from pcloudsh.commands import REGISTRY, CommandError, Commands, command, suggestion
 from pcloudsh.event_commands import SeqOrder
 
 try:
@@ -33,6 +36,8 @@ except ImportError:  # pragma: no cover - readline is part of CPython on Linux
 # register the deployable, event and user commands
 assert cpe_commands and event_commands and user_commands
 BUILTINS = ("help", "quit", "exit", "watch")
+#: How often the keeper looks at the bus; how long it waits at most between start attempts.
+KEEPER_TICK, KEEPER_RETRY_CAP = 0.5, 5.0
 
 
 @command("<FILE>", "file")
@@ -70,6 +75,10 @@ class Shell(cmd.Cmd):
         self._watch: Any = None
         self._order: SeqOrder | None = None
         self._history = commands.state_dir / "pcloudsh" / "history"
+        self._want_live = live_events
+        self._at_prompt = False
+        self._watch_lock = threading.Lock()
+        self._closing = threading.Event()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -80,7 +89,7 @@ class Shell(cmd.Cmd):
                 readline.read_history_file(self._history)
             readline.set_history_length(1000)
         if self.live_events:
-            threading.Thread(target=self._start_watch, daemon=True).start()
+            threading.Thread(target=self._keep_live, name="pcloudsh-live", daemon=True).start()
 
     def cmdloop(self, intro: Any = None) -> None:
         """``cmd.Cmd.cmdloop`` with bash's Ctrl-C: cancel the line, show a fresh prompt.
@@ -100,6 +109,7 @@ class Shell(cmd.Cmd):
                 self.commands.say(str(text))
             stop = False
             while not stop:
+                self._at_prompt = True
                 try:
                     line = input(self.prompt)
                 except EOFError:
@@ -107,6 +117,8 @@ class Shell(cmd.Cmd):
                 except KeyboardInterrupt:
                     self.commands.say("")
                     continue
+                finally:
+                    self._at_prompt = False
                 stop = self.postcmd(self.onecmd(self.precmd(line)), line)
         finally:
             self.postloop()
@@ -118,6 +130,7 @@ class Shell(cmd.Cmd):
             with contextlib.suppress(OSError):
                 self._history.parent.mkdir(parents=True, exist_ok=True)
                 readline.write_history_file(self._history)
+        self._closing.set()
         self._stop_watch()
 
     # --- dispatch ----------------------------------------------------------------------
@@ -158,7 +171,8 @@ class Shell(cmd.Cmd):
             self.commands.say(f"usage: {spec.usage}\n  {(spec.func.__doc__ or '').strip()}")
             return
         if args and args[0] not in BUILTINS:
-            self.commands.say(f"*** no command {args[0]!r}")
+            self.commands.say(f"*** no command {args[0]!r}"
+                              f"{suggestion(args[0], [*REGISTRY, *BUILTINS])}")
             return
         entries = [(spec.usage, (spec.func.__doc__ or "").strip().split("\n\n")[0])
                    for spec in sorted(REGISTRY.values(), key=lambda s: s.name)]
@@ -219,36 +233,76 @@ class Shell(cmd.Cmd):
 
     def _watch_command(self, args: list[str]) -> None:
         if args == ["off"]:
+            self._want_live = False
             self._stop_watch()
             self.commands.say("live events off")
         elif args in ([], ["on"]):
-            self._start_watch()
-            if self._watch is not None:
+            error = self._start_watch()
+            if error is None:
                 self.commands.say("live events on")
+            else:
+                self.commands.say(f"(live events unavailable: {error})")
+            if not self._want_live and not self._closing.is_set():
+                self._want_live = True
+                threading.Thread(target=self._keep_live, name="pcloudsh-live",
+                                 daemon=True).start()
         else:
             self.commands.say("*** usage: watch [on|off]")
 
-    def _start_watch(self) -> None:
-        if self._watch is not None:
-            return
-        order = SeqOrder(self._show_event)
-        try:
-            self._watch = self.commands.bus().subscribe(
-                "pcloud.event.#", lambda msg: self._on_event(msg, order))
-        except CommandError as exc:
-            order.close()
-            self.commands.say(f"(live events unavailable: {exc})")
-            return
-        self._order = order
+    def _start_watch(self) -> str | None:
+        """Subscribe to every event; the reason when it cannot (None: on)."""
+        with self._watch_lock:
+            if self._watch is not None:
+                return None
+            order = SeqOrder(self._show_event)
+            try:
+                self._watch = self.commands.bus().subscribe(
+                    "pcloud.event.#", lambda msg: self._on_event(msg, order))
+            except CommandError as exc:
+                order.close()
+                return str(exc)
+            self._order = order
+            return None
 
     def _stop_watch(self) -> None:
-        if self._watch is not None:
-            with contextlib.suppress(Exception):
-                self._watch.cancel()
-            self._watch = None
-        if self._order is not None:
-            self._order.close()
-            self._order = None
+        with self._watch_lock:
+            if self._watch is not None:
+                with contextlib.suppress(Exception):
+                    self._watch.cancel()
+                self._watch = None
+            if self._order is not None:
+                self._order.close()
+                self._order = None
+
+    def _keep_live(self) -> None:
+        """While live events are wanted: start them as soon as the broker can be reached
+        (retrying with back-off), and tell the operator when the broker goes and returns;
+        the bus re-attaches the subscription by itself on its reconnect."""
+        retry = capped_doubling(KEEPER_TICK, KEEPER_RETRY_CAP)
+        unavailable: str | None = None
+        connected = True
+        while self._want_live and not self._closing.is_set():
+            if self._watch is None:
+                error = self._start_watch()
+                if error is None:
+                    retry = capped_doubling(KEEPER_TICK, KEEPER_RETRY_CAP)
+                    if unavailable is not None:
+                        self._note("(the broker is back: live events on)")
+                    unavailable = None
+                elif unavailable is None:
+                    unavailable = error
+                    self._note(f"(live events unavailable: {error}; they start when the "
+                               "broker can be reached)")
+                if self._closing.wait(KEEPER_TICK if error is None else next(retry)):
+                    return
+                continue
+            now = self.commands.connected()
+            if connected and not now:
+                self._note("(lost the broker: live events paused until it is back)")
+            elif now and not connected:
+                self._note("(the broker is back: live events on)")
+            connected = now
+            self._closing.wait(KEEPER_TICK)
 
     @staticmethod
     def _on_event(msg: Message, order: SeqOrder) -> None:
@@ -259,11 +313,13 @@ class Shell(cmd.Cmd):
             return
 
     def _show_event(self, event: Event, _element: Any) -> None:
-        line = event.describe(local_time=True)
-        pending = readline.get_line_buffer() if readline is not None else ""
-        if sys.stdin.isatty():
-            self.commands.say(f"\r\x1b[K{line}")
-            self.stdout.write(self.prompt + pending)
-            self.stdout.flush()
+        self._note(event.describe(local_time=True))
+
+    def _note(self, line: str) -> None:
+        """A line from another thread: above the prompt when the prompt is on screen (and
+        the prompt redrawn with what was typed), else a plain line."""
+        if self._at_prompt and sys.stdin.isatty():
+            pending = readline.get_line_buffer() if readline is not None else ""
+            self.commands.say(f"\r\x1b[K{line}\n{self.prompt}{pending}", end="")
         else:
             self.commands.say(line)

@@ -10,6 +10,8 @@ side by side) and stopped at the end of the session, even on failure. While it r
 ``broker_url`` (module): that broker's URL.
 ``bus`` (function): a started ``pcloud.bus.Bus`` on that broker, closed afterwards.
 ``wait_until`` (function): poll a condition with a deadline; tests never assert on sleeps.
+Deadlines follow the work: the broker's start is timed and sets the session's slowness
+factor (tests/helpers.py), which stretches every ``wait_until``/``wait_for`` deadline.
 
 Other modules add their own fixtures in their own files; keep this one small.
 """
@@ -24,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import measured_slowness, scaled, set_slowness, slowness
 
 from guest_agent.reaper import Reaper, become_subreaper, shared, stop_shared
 from pcloud import broker as private_broker
@@ -90,15 +93,18 @@ class TestBroker:
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBroker]:
     external = os.environ.get("PCLOUD_BROKER_URL")
     if external:
+        set_slowness(1.0)
         yield TestBroker(external)
         return
     state = tmp_path_factory.mktemp("pcloud-broker")
     ports = (private_broker.free_port(), private_broker.free_port(), private_broker.free_port())
     atexit.register(private_broker.stop, state)  # in case the session dies before teardown
+    began = time.monotonic()
     try:
         url = private_broker.start(state, port=ports[0], dist_port=ports[1], epmd_port=ports[2])
     except private_broker.NotInstalled as exc:
         pytest.skip(str(exc))
+    set_slowness(measured_slowness(time.monotonic() - began))
     os.environ["PCLOUD_BROKER_URL"] = url
     os.environ["PCLOUD_BROKER_ADMIN"] = str(state)   # daemons mint identities on this node
     try:
@@ -126,14 +132,17 @@ def bus(broker: TestBroker, request: pytest.FixtureRequest) -> Iterator[Bus]:
 
 def _wait_until(predicate: Callable[[], object], timeout: float = 10.0,
                 message: str = "condition") -> object:
-    """Return the predicate's first truthy value; fail the test after ``timeout`` seconds."""
+    """Return the predicate's first truthy value; fail the test after ``timeout`` seconds
+    (scaled to the host's pace)."""
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {message}")
+            pytest.fail(f"timed out after {timeout:g} s waiting for {message} (deadlines "
+                        f"scaled {slowness():.2g}x to this host's pace)")
         time.sleep(0.02)
 
 

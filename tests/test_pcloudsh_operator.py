@@ -1,0 +1,185 @@
+"""What a new operator hit (issue 14), each checked where a test can see it.
+
+In-process through ``Commands`` and ``Shell`` (their test seams), no broker: the dependency
+checks, "did you mean", the templates, the default broker's note, refused brokers and a
+stopped cped reported at once, events never printed after a stray prompt, and timestamped
+log files. The flows that need a real cped are in test_pcloudsh_cpe.py, live events across a
+broker outage in test_pcloudsh_live.py.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pcloud import config
+from pcloud.deployable import Deployable
+from pcloud.events import Event
+from pcloudsh.commands import CommandError, Commands
+from pcloudsh.shell import Shell
+
+REFUSED = "amqp://nobody:nothing@127.0.0.1:1"
+
+
+@pytest.fixture
+def commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Commands:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    return Commands(state_dir=tmp_path / "state", out=io.StringIO(), broker_url=REFUSED)
+
+
+def output(commands: Commands) -> str:
+    text = commands.out.getvalue()
+    commands.out.seek(0)
+    commands.out.truncate()
+    return text
+
+
+def test_dependencies_are_checked_by_the_catalogue_and_can_be_removed(commands: Commands
+                                                                       ) -> None:
+    for line in ("assembly_create a1 debian-12", "assembly_resource_add web process a1",
+                 "assembly_resource_add db dummy a1", "deployable_create d1",
+                 "deployable_assembly_add d1 a1"):
+        commands.run(line.split()[0], line.split()[1:])
+    with pytest.raises(CommandError, match=r"'a1:web' cannot depend on itself"):
+        commands.run("deployable_dependency_add", ["d1", "a1:web", "a1:web"])
+    commands.run("deployable_dependency_add", ["d1", "a1:db", "a1:web"])
+    with pytest.raises(CommandError, match="already starts a1:db before a1:web"):
+        commands.run("deployable_dependency_add", ["d1", "a1:db", "a1:web"])
+    with pytest.raises(CommandError, match=r"dependency refused: dependencies form a cycle: "
+                                           r"a1:\w+ -> a1:\w+ -> a1:\w+"):
+        commands.run("deployable_dependency_add", ["d1", "a1:web", "a1:db"])
+    # what was refused was not stored: the document still starts as the CPE would take it
+    Deployable.from_xml(commands.catalogue.document("d1"), assign_uuids=False)
+    output(commands)
+    commands.json = True
+    commands.run("deployable_dependency_list", ["d1"])
+    assert '"first": "a1:db"' in output(commands)
+    commands.json = False
+    commands.run("deployable_dependency_remove", ["d1", "a1:db", "a1:web"])
+    assert "a1:db no longer starts before a1:web" in output(commands)
+    assert "<constraints" not in commands.catalogue.document("d1")
+    with pytest.raises(CommandError, match=r"has no dependency a1:db before a1:web "
+                                           r"\(it has: none\)"):
+        commands.run("deployable_dependency_remove", ["d1", "a1:db", "a1:web"])
+
+
+def test_a_mistyped_command_gets_a_did_you_mean(commands: Commands) -> None:
+    with pytest.raises(CommandError, match=r"unknown command 'deployable_lst' \(did you mean "
+                                           r"'deployable_list'"):
+        commands.run("deployable_lst", [])
+    with pytest.raises(CommandError) as caught:
+        commands.run("xyzzy", [])
+    assert "did you mean" not in str(caught.value)
+    Shell(commands, live_events=False).onecmd("help assembly_creat")
+    assert "(did you mean 'assembly_create'" in output(commands)
+
+
+def test_a_process_template_and_the_user_template_folder(commands: Commands,
+                                                         tmp_path: Path) -> None:
+    own = tmp_path / "config" / "pcloud" / "templates"
+    own.mkdir(parents=True)
+    (own / "worker.xml").write_text(
+        '<service name="worker" class="process"><parameters>'
+        '<parameter name="command" value="sleep 1000"/></parameters></service>')
+    commands.run("template_list", [])
+    listing = output(commands)
+    assert "process" in listing and "worker" in listing
+    commands.run("assembly_create", ["a1", "debian-12"])
+    commands.run("assembly_resource_add", ["p", "process", "a1"])
+    commands.run("assembly_resource_add", ["w", "worker", "a1"])
+    assert "warning" not in output(commands)
+    commands.run("deployable_create", ["d1"])
+    commands.run("deployable_assembly_add", ["d1", "a1"])
+    dep = Deployable.from_xml(commands.catalogue.document("d1"), assign_uuids=False)
+    services = {s.name: s for s in dep.assemblies[0].services}
+    assert {n: s.klass for n, s in services.items()} == {"p": "process",
+                                                                  "w": "process"}
+    with pytest.raises(CommandError, match=f"your own go in {own}"):
+        commands.run("assembly_resource_add", ["x", "nosuch", "a1"])
+
+
+def test_the_default_broker_is_never_used_silently(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing configured: pcloudsh says which broker it tries and how to reach pcloud's own
+    (the default is pointed at a refused port: this host's own RabbitMQ is never touched)."""
+    monkeypatch.delenv("PCLOUD_BROKER_URL", raising=False)
+    monkeypatch.setenv("PCLOUD_CONFIG", str(tmp_path / "none.conf"))
+    monkeypatch.setenv("PCLOUD_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(config, "DEFAULT_BROKER_URL", REFUSED)
+    assert config.broker_choice() == (REFUSED, "default")
+    commands = Commands(out=io.StringIO())
+    with pytest.raises(CommandError) as caught:
+        commands.run("deployable_status", ["d1"])
+    message = str(caught.value)
+    assert "connection refused" in message and "export PCLOUD_STATE_DIR" in message
+    assert "pcloud-broker start" in message and "nothing@" not in message
+    note = capsys.readouterr().err
+    assert note.startswith("pcloudsh: note: no broker configured") and note.count("\n") == 1
+
+
+def test_refused_broker_and_stopped_cped_are_reported_at_once(commands: Commands) -> None:
+    """Both are known without waiting: a refused TCP connect, and a cped lock nobody holds
+    (the AMQP attempt would say "within 5 s", the call "did not answer within 15 s")."""
+    with pytest.raises(CommandError, match=r"127\.0\.0\.1:1: connection refused$"):
+        commands.run("deployable_status", ["d1"])
+    commands.state_dir.mkdir(parents=True)
+    lock = commands.state_dir / "cped.lock"
+    lock.write_text("12345\n")
+    with pytest.raises(CommandError, match=f"cped is not running on {commands.state_dir}: "
+                                           "start it with 'cped'"):
+        commands.run("deployable_status", ["d1"])
+    with open(lock) as held:                  # a running cped holds it: then the bus decides
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(CommandError, match="connection refused"):
+            commands.run("deployable_status", ["d1"])
+
+
+def test_events_never_follow_a_stray_prompt(commands: Commands,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event that arrives while a command runs is a plain line; only at the prompt is the
+    prompt redrawn under it."""
+    shell = Shell(commands, live_events=False)
+    event = Event(3, None, "deployable_state_change", "d1", state="running")
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    shell._at_prompt = False
+    shell._show_event(event, None)
+    during = output(commands)
+    assert shell.prompt not in during and during.endswith("d1  deployable running\n")
+    shell._at_prompt = True
+    shell._show_event(event, None)
+    waiting = output(commands)
+    assert waiting.startswith("\r\x1b[K") and waiting.endswith(f"running\n{shell.prompt}")
+
+
+LOGGER = ("from pcloud.log import setup_logging; import logging; "
+          "setup_logging('tester'); logging.getLogger('pcloud').info('hello')")
+
+
+@pytest.mark.parametrize("setting, to_file, stamped", [
+    (None, True, True), (None, False, False), ("0", True, False), ("1", False, True)])
+def test_log_files_are_timestamped(tmp_path: Path, setting: str | None, to_file: bool,
+                                   stamped: bool) -> None:
+    """cped.log, dped.log and agent.log are stderr redirected to a file: stamped; a terminal
+    or journald (a pipe or socket) stamps lines itself."""
+    env = {k: v for k, v in os.environ.items() if k != "PCLOUD_LOG_TIME"}
+    if setting is not None:
+        env["PCLOUD_LOG_TIME"] = setting
+    log = tmp_path / "x.log"
+    with open(log, "w") as out:
+        result = subprocess.run([sys.executable, "-c", LOGGER], env=env, timeout=60,
+                                stderr=out if to_file else subprocess.PIPE, text=True)
+    line = log.read_text() if to_file else result.stderr
+    assert line.endswith(": INFO hello\n"), line
+    prefix = line.split("tester[")[0]
+    if stamped:
+        assert len(prefix) == len("2026-12-07 14:05:01.123 "), line
+        assert prefix[4] == "-" and prefix[19] == "."
+    else:
+        assert prefix == "", line
