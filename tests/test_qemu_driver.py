@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
 from dpe_agent.drivers.qemu import PIDFILE, QemuDriver
 from pcloud.identity import Credentials
+from tests.helpers import wait_for
 
 HOST_KERNELS = sorted(Path("/boot").glob("vmlinuz-*"))
 
@@ -108,5 +110,35 @@ def test_start_fence_adopt_and_stop(spec):
         adopter.stop(spec, timeout=0.5)
         assert adopter.status(spec) is PowerState.STOPPED
         assert driver.status(spec) is PowerState.STOPPED
+    finally:
+        driver.fence(spec)
+
+
+def test_qemu_exit_is_reported_at_once_fences_and_stops_are_not(spec):
+    """QEMU killed from outside is reported with how it ended, by the driver that started it
+    and by one that found it running (a restarted DPE); the driver's own fence is not."""
+    if missing():
+        pytest.skip(missing())
+    deaths: list[tuple[str, str]] = []
+    driver = QemuDriver()
+    driver.watch_deaths(lambda asm, reason: deaths.append((asm, reason)))
+    driver.start(spec)
+    try:
+        driver.fence(spec)
+        driver.start(spec)
+        os.kill(int((spec.state_dir / PIDFILE).read_text()), signal.SIGKILL)
+        wait_for(lambda: deaths)
+        assert deaths == [("web", "qemu killed by signal 9")]
+        driver.start(spec)
+        adopter = QemuDriver()
+        adopter.watch_deaths(lambda asm, reason: deaths.append((asm, reason)))
+        assert adopter.status(spec) is PowerState.RUNNING
+        pid = int((spec.state_dir / PIDFILE).read_text())
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: len(deaths) >= 3)          # both drivers watch it
+        adopted, own = sorted(reason for _, reason in deaths[1:])
+        assert adopted.startswith(f"qemu (pid {pid}) exited"), deaths
+        # QEMU ends on SIGTERM by itself, with a line in its log
+        assert own.startswith(("qemu exited with status 0", "qemu killed by signal 15")), deaths
     finally:
         driver.fence(spec)

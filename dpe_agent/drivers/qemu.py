@@ -4,6 +4,8 @@ The same VMs as the libvirt driver (TCG, direct kernel boot, the broker as the o
 host service, see ``vmboot``) without a libvirt daemon. Everything about a running VM lives in
 the assembly's state directory (pid file, QMP socket, console log), so a restarted DPE finds
 its VMs again. Graceful stop is an ACPI power-button press through QMP; fencing is SIGKILL.
+A QEMU that exits on its own (a Force Off, a crash, the guest powering off) is reported at once
+through a pidfd on it (``watch_deaths``), also for a VM found running by a restarted DPE.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import time
 import uuid as uuidlib
 from pathlib import Path
 
-from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
+from dpe_agent.drivers.base import AssemblySpec, DeathReport, DriverError, PowerState
+from dpe_agent.drivers.pidwatch import PidWatch
 from dpe_agent.drivers.vmboot import (
     BOOT_TIMEOUT,
     credentials_option,
@@ -67,6 +70,37 @@ class QemuDriver:
         self._qemu = qemu
         self._accel = accel
         self._children: dict[Path, subprocess.Popen[bytes]] = {}
+        self._report: DeathReport | None = None
+        self._names: dict[str, str] = {}          # watched state dir -> assembly name
+        self._deaths = PidWatch(self._exited, name="qemu-deaths")
+
+    def watch_deaths(self, report: DeathReport) -> None:
+        """Report each VM's QEMU exiting on its own the moment it happens."""
+        self._report = report
+
+    def _arm(self, spec: AssemblySpec, pid: int) -> None:
+        key = str(self._state_dir(spec))
+        if self._report is None or self._deaths.watched(key) == pid:
+            return
+        self._names[key] = spec.name
+        if not self._deaths.arm(key, pid):
+            self._exited(key, pid)
+
+    def _exited(self, key: str, pid: int) -> None:
+        """Watcher thread: a QEMU exited and nobody here stopped or fenced it."""
+        state = Path(key)
+        child = self._children.get(state)
+        reason = f"qemu (pid {pid}) exited"
+        if child is not None and child.pid == pid:
+            code = child.wait()
+            reason = (f"qemu killed by signal {-code}" if code < 0 else
+                      f"qemu exited with status {code}")
+        last = _last_line(state / QEMU_LOG)
+        if last:
+            reason += f": {last}"
+        report, name = self._report, self._names.get(key)
+        if report is not None and name is not None:
+            report(name, reason)
 
     @staticmethod
     def _state_dir(spec: AssemblySpec) -> Path:
@@ -124,7 +158,9 @@ class QemuDriver:
                 tail = (state / QEMU_LOG).read_text(errors="replace")[-2000:]
                 raise DriverError(f"qemu for {assembly.name} exited with {child.returncode}: "
                                   f"{tail.strip()}")
-            if self._pid(assembly) is not None:
+            pid = self._pid(assembly)
+            if pid is not None:
+                self._arm(assembly, pid)
                 return
             time.sleep(POLL_INTERVAL)
         self.fence(assembly)
@@ -156,6 +192,7 @@ class QemuDriver:
 
     def stop(self, assembly: AssemblySpec, timeout: float) -> None:
         """ACPI shutdown; SIGKILL if the guest has not powered off after ``timeout``."""
+        self._deaths.disarm(str(self._state_dir(assembly)))
         if self._pid(assembly) is None:
             return
         if self._powerdown(self._state_dir(assembly)) and self._wait_gone(assembly, timeout):
@@ -164,6 +201,7 @@ class QemuDriver:
 
     def fence(self, assembly: AssemblySpec) -> None:
         """SIGKILL the VM's QEMU and wait until it is gone."""
+        self._deaths.disarm(str(self._state_dir(assembly)))
         pid = self._pid(assembly)
         if pid is None:
             return
@@ -173,5 +211,22 @@ class QemuDriver:
             raise DriverError(f"qemu pid {pid} of {assembly.name} survived SIGKILL")
 
     def status(self, assembly: AssemblySpec) -> PowerState:
-        """RUNNING while the assembly's QEMU process lives."""
-        return PowerState.RUNNING if self._pid(assembly) is not None else PowerState.STOPPED
+        """RUNNING while the assembly's QEMU process lives (watched from then on, when a
+        restarted DPE finds it running)."""
+        pid = self._pid(assembly)
+        if pid is None:
+            return PowerState.STOPPED
+        self._arm(assembly, pid)
+        return PowerState.RUNNING
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log (QEMU's own error, e.g. why it would not start)."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 4096))
+            lines = log.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")[:300]
