@@ -19,6 +19,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from helpers import scaled
 from lxml import etree
 from proton import Message
 from proton.utils import BlockingConnection
@@ -32,7 +33,9 @@ EXAMPLES = ROOT / "xml" / "examples"
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str,
                step: float = 0.1) -> object:
-    """Poll ``predicate`` until it returns something true; fail with ``what`` at the deadline."""
+    """Poll ``predicate`` until it returns something true; fail with ``what`` at the deadline
+    (scaled to the host's pace, see helpers.py)."""
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

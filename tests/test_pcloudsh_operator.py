@@ -183,3 +183,52 @@ def test_log_files_are_timestamped(tmp_path: Path, setting: str | None, to_file:
         assert prefix[4] == "-" and prefix[19] == "."
     else:
         assert prefix == "", line
+
+
+BIN = Path(sys.executable).parent
+
+
+def test_cped_daemon_refuses_on_the_terminal(tmp_path: Path) -> None:
+    """Daemon mode: a state dir held by another cped, or no way to administer the broker, is
+    one line on stderr and exit status 1 before detaching (not only a line in cped.log)."""
+    from cpe_agent.daemon import lock_state_dir
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PCLOUD_BROKER_ADMIN", "PCLOUD_BROKER_URL")}
+    env.update(PCLOUD_CONFIG=str(tmp_path / "none.conf"), PCLOUD_BROKER_URL=REFUSED)
+    held = lock_state_dir(tmp_path / "held")
+    try:
+        result = subprocess.run([str(BIN / "cped"), "--state-dir", str(tmp_path / "held")],
+                                capture_output=True, text=True, env=env, timeout=60)
+    finally:
+        held.close()
+    assert result.returncode == 1
+    assert result.stderr == f"cped: another cped runs on {tmp_path / 'held'} (pid {os.getpid()})\n"
+    result = subprocess.run([str(BIN / "cped"), "--state-dir", str(tmp_path / "fresh")],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("cped: cped needs to administer the broker's users")
+    assert not (tmp_path / "fresh" / "cped.log").exists()
+
+
+def test_cped_waiting_for_its_broker_does_not_claim_it_lost_one(broker, tmp_path: Path
+                                                                ) -> None:
+    """A cped started before its broker says it waits for it, never that it "lost" a
+    connection it never had."""
+    env = dict(os.environ, PCLOUD_BROKER_URL=REFUSED, PCLOUD_CONFIG=str(tmp_path / "none"))
+    cped = subprocess.Popen([str(BIN / "cped"), "--foreground", "--state-dir",
+                             str(tmp_path / "state")], stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert cped.stderr is not None
+        lines = []
+        for line in cped.stderr:
+            lines.append(line)
+            if "waiting for the broker" in line:
+                break
+        assert "waiting for the broker" in lines[-1], lines
+    finally:
+        cped.terminate()
+        rest = cped.communicate(timeout=60)[1]
+    assert cped.returncode == 0
+    assert "lost the broker" not in "".join(lines) + rest

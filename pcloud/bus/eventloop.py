@@ -408,7 +408,7 @@ class EventLoop(MessagingHandler):
                 if spec.link.state & Endpoint.LOCAL_ACTIVE:
                     spec.link.close()
                 spec.link = None
-        if not self._outage_logged:
+        if not self._outage_logged and self._ever_connected:   # at start: the caller says
             log.warning("bus %s: lost the broker connection; reconnecting", self.name)
             self._outage_logged = True
         self._on_state("disconnected")
