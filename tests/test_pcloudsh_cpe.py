@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_cpe_harness import running_cped, wait_until
+from test_cpe_harness import deployable_xml, running_cped, wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -23,7 +23,17 @@ def test_seed_flow_start_status_events_stop(broker, tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         return result.stdout
 
+    def fails(*args: str) -> str:
+        result = subprocess.run([str(BIN / "pcloudsh"), *args], capture_output=True,
+                                text=True, env=env, timeout=60)
+        assert result.returncode == 1, result
+        return result.stderr
+
+    from_file = tmp_path / "filedep.xml"
+    from_file.write_text(deployable_xml("filedep"))
     with running_cped(state, broker.url):
+        assert sh("deployable_start", str(from_file)).strip() == "deployable filedep: starting"
+        assert "(to change it: deployable_reload " in fails("deployable_start", str(from_file))
         sh("assembly_create", "assy1", "debian-12", "x86_64")
         sh("assembly_resource_add", "dummy", "dummy", "assy1")
         sh("assembly_clone", "assy1", "assy2")
@@ -41,7 +51,8 @@ def test_seed_flow_start_status_events_stop(broker, tmp_path: Path) -> None:
         assert table.splitlines()[0] == "deployable shdep: running"
         assert "ASSEMBLY  RESOURCE  STATE    FAILS" in table
         listed = json.loads(sh("--json", "deployable_list"))
-        assert [(d["name"], d["state"]) for d in listed] == [("shdep", "running")]
+        assert [(d["name"], d["state"]) for d in listed] == [("filedep", "running"),
+                                                             ("shdep", "running")]
         history = sh("events", "shdep", "--since", "0")
         assert "shdep  deployable running" in history
         only = sh("events", "shdep", "--since", "0", "--type", "deployable_state_change")
@@ -77,3 +88,15 @@ def test_seed_flow_start_status_events_stop(broker, tmp_path: Path) -> None:
                                 capture_output=True, text=True, env=env, timeout=60)
         assert result.returncode == 1
         assert result.stderr.startswith("pcloudsh: deployable_status: unknown_deployable: ")
+        assert sh("deployable_stop", "shdep").strip() == "deployable shdep: already stopped"
+        sh("deployable_stop", "filedep")
+        wait_until(lambda: json.loads(sh("--json", "deployable_status", "filedep"))["state"]
+                   == "stopped", 60, "filedep stopped")
+    # cped gone: said at once, and the deployables started from a file are still listed
+    listing = subprocess.run([str(BIN / "pcloudsh"), "--json", "deployable_list"],
+                             capture_output=True, text=True, env=env, timeout=60)
+    assert listing.returncode == 1
+    assert listing.stderr.startswith("pcloudsh: deployable_list: CPE not reachable, states "
+                                     f"unknown: cped is not running on {state}")
+    assert [(d["name"], d["state"]) for d in json.loads(listing.stdout)] == [
+        ("filedep", "unknown"), ("shdep", "unknown")]
