@@ -16,6 +16,7 @@ import pytest
 from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
 from pcloud.identity import Credentials
 from pcloud.image_layout import GUEST_BROKER_ADDR
+from tests.helpers import wait_for
 
 libvirt = pytest.importorskip(
     "libvirt", reason="libvirt-python missing: pip install libvirt-python "
@@ -161,3 +162,36 @@ def test_unreachable_libvirt_is_a_driver_error_and_unknown_status(assembly_dir, 
     with pytest.raises(DriverError, match="cannot connect"):
         drv.start(spec)
     assert drv.status(spec) is PowerState.UNKNOWN
+
+
+def test_domain_stopped_from_outside_is_reported_at_once(assembly_dir, tmp_path):
+    """A Force Off (destroy from another connection, as virsh or virt-manager) is reported
+    from libvirt's lifecycle events, also to a driver that found the domain running; the
+    driver's own fence and stop are not."""
+    deaths: list[tuple[str, str]] = []
+    driver = LibvirtDriver()
+    driver.watch_deaths(lambda asm, reason: deaths.append((asm, reason)))
+    spec = make_spec(assembly_dir, tmp_path)
+    outside = libvirt.open(TEST_URI)
+    try:
+        driver.start(spec)
+        driver.fence(spec)
+        driver.start(spec)
+        driver.stop(spec, timeout=5)
+        driver.start(spec)
+        outside.lookupByName(domain_name(spec)).destroy()
+        wait_for(lambda: deaths)
+        assert deaths == [("web", f"domain {domain_name(spec)} destroyed (forced off)")]
+
+        driver.start(spec)
+        adopter = LibvirtDriver()
+        adopter.watch_deaths(lambda asm, reason: deaths.append(("adopted", reason)))
+        assert adopter.status(spec) is PowerState.RUNNING
+        outside.lookupByName(domain_name(spec)).destroy()
+        wait_for(lambda: len(deaths) == 3)
+        assert sorted(d[0] for d in deaths[1:]) == ["adopted", "web"]
+        adopter.undefine(spec)
+        adopter.close()
+    finally:
+        outside.close()
+        driver.close()

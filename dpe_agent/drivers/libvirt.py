@@ -5,10 +5,17 @@ Domains are persistent, named ``pcloud-<deployable>-<assembly>``, software-emula
 type='user'>`` cannot express ``restrict=on`` or ``guestfwd``, so the VM's only network card is
 passed to QEMU verbatim through ``<qemu:commandline>`` (see ``vmboot``): the guest reaches the
 broker and nothing else. The libvirt-python bindings are imported only when a driver is made.
+
+A domain that stops without this driver stopping it (virt-manager's Force Off, ``virsh
+destroy``, a QEMU crash, the guest powering off) is reported at once (``watch_deaths``) from
+libvirt's domain lifecycle events, which libvirt delivers through an event loop thread
+(``virEventRegisterDefaultImpl``, one per process).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 import uuid as uuidlib
@@ -16,20 +23,54 @@ import xml.etree.ElementTree as ET
 from types import ModuleType
 from typing import Any
 
-from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
+from dpe_agent.drivers.base import AssemblySpec, DeathReport, DriverError, PowerState
 from dpe_agent.drivers.vmboot import (
     BOOT_TIMEOUT,
     credentials_option,
     kernel_cmdline,
+    last_log_line,
     load_vm_image,
     netdev_option,
     nic_option,
 )
 
 DEFAULT_URI = "qemu:///system"
+URI_VAR = "PCLOUD_LIBVIRT_URI"      # the URI when neither the caller nor the spec names one
 QEMU_USER = "libvirt-qemu"   # whom qemu:///system runs QEMU as (Debian)
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 POLL_INTERVAL = 0.2
+KEEPALIVE = (5, 3)           # seconds between libvirt keepalive probes, probes missed
+
+log = logging.getLogger(__name__)
+_event_loop_lock = threading.Lock()
+_event_loop: threading.Thread | None = None
+
+
+def _start_event_loop(libvirt: ModuleType) -> None:
+    """Run libvirt's default event loop on a thread, once per process: lifecycle events and
+    keepalives of every connection opened afterwards are dispatched there."""
+    global _event_loop
+    with _event_loop_lock:
+        if _event_loop is not None:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                if libvirt.virEventRunDefaultImpl() < 0:
+                    time.sleep(0.1)
+
+        _event_loop = threading.Thread(target=run, name="libvirt-events", daemon=True)
+        _event_loop.start()
+
+
+def stop_reason(libvirt: ModuleType, detail: int) -> str:
+    """Words for a STOPPED lifecycle event's detail."""
+    return {libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: "destroyed (forced off)",
+            libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: "shut down from inside the guest",
+            libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: "crashed",
+            libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: "failed (QEMU ended)",
+            }.get(detail, f"stopped (lifecycle detail {detail})")
 
 
 def import_libvirt() -> ModuleType:
@@ -104,11 +145,47 @@ class LibvirtDriver:
     name = "libvirt"
     boot_timeout = BOOT_TIMEOUT
 
-    def __init__(self, uri: str | None = None) -> None:
+    def __init__(self, uri: str | None = None, log_dir: str | None = None) -> None:
         self._libvirt = import_libvirt()
-        self._default_uri = uri or DEFAULT_URI
+        self._default_uri = uri or os.environ.get(URI_VAR) or DEFAULT_URI
+        #: where libvirtd writes each domain's QEMU log (<name>.log), quoted when one dies
+        self._log_dir = log_dir or "/var/log/libvirt/qemu"
         self._conns: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._report: DeathReport | None = None
+        self._watched: dict[str, str] = {}        # domain name -> assembly, while we run it
+        self._watch_lock = threading.Lock()       # not _lock: held by the event loop thread
+
+    def watch_deaths(self, report: DeathReport) -> None:
+        """Report domains that stop on their own, from libvirt's lifecycle events."""
+        _start_event_loop(self._libvirt)
+        self._report = report
+        self.close()            # connections opened before the event loop get no events
+
+    def _watch(self, spec: AssemblySpec) -> None:
+        with self._watch_lock:
+            self._watched[domain_name(spec)] = spec.name
+
+    def _unwatch(self, spec: AssemblySpec) -> None:
+        with self._watch_lock:
+            self._watched.pop(domain_name(spec), None)
+
+    def _lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        """Event loop thread: a watched domain stopped, and not by us."""
+        if event != self._libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            return
+        name = dom.name()
+        with self._watch_lock:
+            assembly = self._watched.pop(name, None)
+        report = self._report
+        if assembly is None or report is None:
+            return
+        reason = f"domain {name} {stop_reason(self._libvirt, detail)}"
+        if detail == self._libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED:
+            last = last_log_line(os.path.join(self._log_dir, f"{name}.log"))
+            if last:
+                reason += f": {last}"
+        report(assembly, reason)
 
     def _uri(self, spec: AssemblySpec) -> str:
         return spec.extra.get("libvirt_uri") or self._default_uri
@@ -121,6 +198,11 @@ class LibvirtDriver:
                 return conn
             try:
                 conn = self._libvirt.open(uri)
+                if self._report is not None:
+                    conn.domainEventRegisterAny(
+                        None, self._libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
+                    if not uri.startswith("test:"):
+                        conn.setKeepAlive(*KEEPALIVE)
             except self._libvirt.libvirtError as exc:
                 raise DriverError(f"cannot connect to libvirt at {uri}: {exc}") from exc
             self._conns[uri] = conn
@@ -154,12 +236,19 @@ class LibvirtDriver:
         """Boot the domain; a domain already running is left alone."""
         dom = self._lookup(assembly)
         if dom is not None and dom.isActive():
+            self._watch(assembly)
             return
         dom = self.define(assembly)
-        self._call("start", assembly, dom.create)
+        self._watch(assembly)
+        try:
+            self._call("start", assembly, dom.create)
+        except DriverError:
+            self._unwatch(assembly)
+            raise
 
     def stop(self, assembly: AssemblySpec, timeout: float) -> None:
         """ACPI shutdown, then destroy if the guest is still running after ``timeout``."""
+        self._unwatch(assembly)
         dom = self._lookup(assembly)
         if dom is None or not dom.isActive():
             return
@@ -172,6 +261,7 @@ class LibvirtDriver:
 
     def fence(self, assembly: AssemblySpec) -> None:
         """Destroy (power off) the domain at once; nothing to do if it is not running."""
+        self._unwatch(assembly)
         dom = self._lookup(assembly)
         if dom is None:
             return
@@ -188,9 +278,12 @@ class LibvirtDriver:
             dom = self._lookup(assembly)
             if dom is None:
                 return PowerState.STOPPED
-            return PowerState.RUNNING if dom.isActive() else PowerState.STOPPED
+            if not dom.isActive():
+                return PowerState.STOPPED
         except (DriverError, self._libvirt.libvirtError):
             return PowerState.UNKNOWN
+        self._watch(assembly)        # found running (e.g. by a restarted DPE): watched
+        return PowerState.RUNNING
 
     def undefine(self, assembly: AssemblySpec) -> None:
         """Power the domain off and remove its definition (the image stays)."""
@@ -209,3 +302,4 @@ class LibvirtDriver:
                 except self._libvirt.libvirtError:
                     continue
             self._conns.clear()
+

@@ -27,6 +27,7 @@ from dpe_agent.drivers.vmboot import (
     BOOT_TIMEOUT,
     credentials_option,
     kernel_cmdline,
+    last_log_line,
     load_vm_image,
     netdev_option,
     nic_option,
@@ -95,7 +96,7 @@ class QemuDriver:
             code = child.wait()
             reason = (f"qemu killed by signal {-code}" if code < 0 else
                       f"qemu exited with status {code}")
-        last = _last_line(state / QEMU_LOG)
+        last = last_log_line(state / QEMU_LOG)
         if last:
             reason += f": {last}"
         report, name = self._report, self._names.get(key)
@@ -219,14 +220,3 @@ class QemuDriver:
         self._arm(assembly, pid)
         return PowerState.RUNNING
 
-
-def _last_line(path: Path) -> str:
-    """The last non-empty line of a log (QEMU's own error, e.g. why it would not start)."""
-    try:
-        with open(path, "rb") as log:
-            log.seek(0, os.SEEK_END)
-            log.seek(max(0, log.tell() - 4096))
-            lines = log.read().decode(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return next((line.strip() for line in reversed(lines) if line.strip()), "")[:300]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -82,6 +83,19 @@ def kernel_cmdline(spec: AssemblySpec) -> str:
             raise DriverError(f"assembly {spec.deployable}/{spec.name}: {key} value {value!r} "
                               "cannot go on a kernel command line")
     return " ".join([KERNEL_CMDLINE, *(f"{k}={v}" for k, v in identity.items())])
+
+
+def last_log_line(path: str | Path) -> str:
+    """The last non-empty line of a VM's log: QEMU's own words on why it ended or would not
+    start, for the event and ``deployable_status``."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 4096))
+            lines = log.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")[:300]
 
 
 def broker_endpoint(url: str) -> tuple[str, int]:
