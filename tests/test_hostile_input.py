@@ -134,16 +134,41 @@ class Target:
 
 
 @pytest.fixture(scope="module")
-def target(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def deployed(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target | str]:
+    """The running deployable, or why it could not be started (see ``target``)."""
     state = tmp_path_factory.mktemp("hostile")
     name = unique("hostile")
     watcher = EventWatcher(broker.url, f"pcloud.event.{name}.#")
-    with running_cped(state, broker.url) as (cped, client):
-        client.call("deployable_start", deployable_xml(name, SERVICES))
-        wait_until(lambda: client.status(name).get("state") == "running", 90, f"{name} running")
-        uuids = {a.get("name"): a.get("uuid") for a in client.status(name)}
-        yield Target(cped, client, watcher, name, uuids)
-    watcher.close()
+    yielded = False
+    try:
+        with running_cped(state, broker.url) as (cped, client):
+            client.call("deployable_start", deployable_xml(name, SERVICES))
+            wait_until(lambda: client.status(name).get("state") == "running", 90,
+                       f"{name} running")
+            uuids = {a.get("name"): a.get("uuid") for a in client.status(name)}
+            yielded = True
+            yield Target(cped, client, watcher, name, uuids)
+    except Exception as exc:
+        if yielded:
+            raise
+        yield f"{type(exc).__name__}: {exc}"
+    finally:
+        watcher.close()
+
+
+_failure_reported: list[str] = []
+
+
+@pytest.fixture
+def target(deployed: Target | str) -> Target:
+    """The deployable under attack. Had it failed to start, the first test says why (one
+    error) and the others are skipped, instead of the module's every test erroring on it."""
+    if isinstance(deployed, Target):
+        return deployed
+    if not _failure_reported:
+        _failure_reported.append(deployed)
+        pytest.fail(f"the deployable under attack did not start: {deployed}")
+    pytest.skip("the deployable under attack did not start (the module's first test says why)")
 
 
 @pytest.fixture(autouse=True)

@@ -16,12 +16,13 @@ BIN = Path(sys.executable).parent
 class Terminal:
     """pcloudsh on the slave side of a pty; ``expect`` reads until a text shows up."""
 
-    def __init__(self, state: Path, broker_url: str) -> None:
+    def __init__(self, state: Path, broker_url: str, live: bool = False) -> None:
         env = dict(os.environ, PCLOUD_STATE_DIR=str(state), PCLOUD_BROKER_URL=broker_url,
                    TERM="dumb", INPUTRC="/dev/null")
+        argv = [str(BIN / "pcloudsh")] + ([] if live else ["--no-live-events"])
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
-            os.execve(str(BIN / "pcloudsh"), [str(BIN / "pcloudsh"), "--no-live-events"], env)
+            os.execve(argv[0], argv, env)
         self.buffer = ""
 
     def send(self, text: str) -> None:
