@@ -13,8 +13,10 @@ alive whatever happens to its windows onto them (as with a bad hook section).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from cpe_agent.service import CpeService
 from cpe_agent.supervisor import Supervisor
@@ -50,6 +52,13 @@ def _listen(section: str) -> tuple[str, int] | None:
         return None
 
 
+def console_login(state_dir: Path) -> str:
+    """The console's observer login, one per state dir: CPEs sharing a broker do not
+    reset each other's password."""
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]
+    return f"pcloud-console-{digest}"
+
+
 def start_outlets(service: CpeService, supervisor: Supervisor) -> Outlets:
     """Start what the config file asks for."""
     outlets = Outlets()
@@ -70,7 +79,7 @@ def start_outlets(service: CpeService, supervisor: Supervisor) -> Outlets:
         from cpe_agent.web import Console
 
         console = Console(*where, broker_url=service.bus.url, cpe_user=service.bus.user,
-                          admin=service.admin)
+                          admin=service.admin, login=console_login(supervisor.state_dir))
         try:
             console.start()
         except OSError as exc:

@@ -15,6 +15,7 @@ in front of it to show it further.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import threading
@@ -28,6 +29,7 @@ from lxml import etree
 from cpe_agent.web_model import ConsoleModel
 from pcloud import identity, schemas, xmlsafe
 from pcloud.bus import Backoff, Bus, BusError, Message, MethodError, connect
+from pcloud.credentials import with_credentials
 
 log = logging.getLogger("pcloud.cpe.web")
 
@@ -41,6 +43,13 @@ HISTORY_PAGES = 20        # per deployable at start: the newest incidents reach 
 CLIENT_QUEUE = 1000       # messages a slow browser may lag behind before it is dropped
 KEEPALIVE = 15.0
 CONSOLE_USER = "pcloud-console"
+RETRY_LOGIN = 5.0         # seconds between tries to create the console's login
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 Publish = Callable[[dict[str, Any]], None]
 
@@ -81,7 +90,7 @@ class ConsoleFeed:
             self.bus = connect(lambda: Bus(self.url, name="pcloud-web"), self._stop,
                                backoff=Backoff(first=0.5, cap=10.0))
         except BusError as exc:
-            log.error("web console: no broker connection as %s: %s", CONSOLE_USER, exc)
+            log.error("web console: no broker connection: %s", exc)
             return
         if self.bus is None:
             return
@@ -215,7 +224,7 @@ class ConsoleServer:
         self._loop.run_forever()
 
     async def _open(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[_guard])
         app.router.add_get("/", self._index)
         app.router.add_get("/api/state", self._state)
         app.router.add_get("/api/stream", self._stream)
@@ -294,6 +303,29 @@ class ConsoleServer:
         return response
 
 
+@web.middleware
+async def _guard(request: web.Request, handler) -> web.StreamResponse:
+    """Only names that cannot be rebound: an IP literal or localhost (a page of another
+    site that points its own name at 127.0.0.1 gets nothing), and no framing or outside
+    scripts in what is served."""
+    if not _local_host(request.url.host or ""):
+        return web.Response(status=421, text="this console answers only to an IP address or "
+                                             "localhost in the Host header\n")
+    response = await handler(request)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _local_host(name: str) -> bool:
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _sse(message: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(message, separators=(',', ':'))}\n\n".encode()
 
@@ -301,12 +333,15 @@ def _sse(message: dict[str, Any]) -> bytes:
 class Console:
     """The console as cped runs it: an observer login, the feed and the server."""
 
-    def __init__(self, host: str, port: int, broker_url: str, cpe_user: str, admin) -> None:
+    def __init__(self, host: str, port: int, broker_url: str, cpe_user: str, admin,
+                 login: str = CONSOLE_USER) -> None:
         self.server = ConsoleServer(host, port)
         self.broker_url = broker_url
         self.cpe_user = cpe_user
         self.admin = admin
+        self.login = login
         self.feed: ConsoleFeed | None = None
+        self._stop = threading.Event()
         self._starter: threading.Thread | None = None
 
     def start(self) -> None:
@@ -318,14 +353,18 @@ class Console:
         self._starter.start()
 
     def _start_feed(self) -> None:
-        from pcloud.credentials import with_credentials
-
-        spec = identity.client_spec(CONSOLE_USER, "observer")
-        try:
-            self.admin.put_users([spec])
-        except Exception as exc:
-            log.error("web console: cannot create its observer login %s: %s", CONSOLE_USER,
-                      exc)
+        """A fresh password for the console's observer login at every start (the broker
+        may be down for a while: tried again until it takes it)."""
+        spec = identity.client_spec(self.login, "observer")
+        while not self._stop.is_set():
+            try:
+                self.admin.put_users([spec])
+                break
+            except Exception as exc:
+                log.warning("web console: cannot set its observer login %s yet: %s",
+                            self.login, exc)
+                self._stop.wait(RETRY_LOGIN)
+        if self._stop.is_set():
             return
         feed = ConsoleFeed(with_credentials(self.broker_url, spec.credentials), self.cpe_user,
                            self.server.publish)
@@ -333,6 +372,7 @@ class Console:
         feed.start()
 
     def close(self) -> None:
+        self._stop.set()
         if self._starter is not None:
             self._starter.join(timeout=30.0)
         if self.feed is not None:

@@ -4,9 +4,12 @@ unit by unit; then a real cped with ``[web] listen`` watched in a real headless 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -93,6 +96,10 @@ def test_console_shows_a_deployable_running_and_a_live_incident(broker, tmp_path
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(f"http://127.0.0.1:{port}/")
+            rebound = urllib.request.Request(f"http://127.0.0.1:{port}/api/state",
+                                             headers={"Host": f"evil.example:{port}"})
+            with pytest.raises(urllib.error.HTTPError, match="421"):
+                urllib.request.urlopen(rebound, timeout=10)
             page.wait_for_selector("#link.up", timeout=60_000)
             client.call("deployable_start", deployable_xml(name, {"web": ["httpd", "worker"]}))
             page.wait_for_selector(f'.deployable[data-deployable="{name}"]'
@@ -113,8 +120,15 @@ def test_console_shows_a_deployable_running_and_a_live_incident(broker, tmp_path
             assert timeline.startswith("detected") and "running" in timeline
             page.wait_for_selector("#mttr .uplot canvas", timeout=30_000)
             assert page.locator("#events li").count() >= 5
-            page.wait_for_selector(f'.deployable[data-deployable="{name}"]'
-                                   '[data-state="running"]', timeout=120_000)
+            # the status asked after the events: the failure is counted
+            page.wait_for_selector(f'.deployable[data-deployable="{name}"] '
+                                   'tr[data-resource="web/httpd"][data-state="running"]'
+                                   '[data-fail-count="1"]', timeout=60_000)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state",
+                                        timeout=10) as answer:
+                assert answer.headers["X-Content-Type-Options"] == "nosniff"
+                snapshot = json.load(answer)
+            assert [d["name"] for d in snapshot["deployables"]] == [name]
             shot = tmp_path / "console.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000

@@ -59,7 +59,8 @@ function drawDeployables() {
         el("td", {}, asm.name), el("td", {}, badge(asm.state)), el("td", {}, ""),
         el("td", {}, ""), el("td", { class: "why" }, asm.state === "running" ? "" : asm.reason || "")));
       for (const rsc of asm.resources) {
-        body.append(el("tr", { "data-resource": asm.name + "/" + rsc.name, "data-state": rsc.state },
+        body.append(el("tr", { "data-resource": asm.name + "/" + rsc.name, "data-state": rsc.state,
+                               "data-fail-count": rsc.fail_count },
           el("td", {}, ""), el("td", {}, ""), el("td", {}, rsc.name), el("td", {}, badge(rsc.state)),
           el("td", {}, "failures: " + rsc.fail_count)));
       }
@@ -114,6 +115,7 @@ function drawMttr() {
   const key = names.join("\n");
   if (chart && key === chartKey) {
     chart.setData(data);
+    frame(xs);
     return;
   }
   if (chart) chart.destroy();
@@ -121,7 +123,7 @@ function drawMttr() {
   chartKey = key;
   chart = new uPlot({
     width: Math.max(320, box.clientWidth - 8), height: 260,
-    scales: { x: { time: true } },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max * 1.15, 10)] } },
     series: [{}, ...names.map((name, i) => ({
       label: name, stroke: COLORS[i % COLORS.length], width: 1, spanGaps: true,
       points: { show: true, size: 7, fill: COLORS[i % COLORS.length] },
@@ -129,6 +131,12 @@ function drawMttr() {
     }))],
     axes: [{}, { label: "MTTR (ms)", size: 60 }],
   }, data, box);
+  frame(xs);
+}
+
+// A few minutes either side of the points: a single point would otherwise span years.
+function frame(xs) {
+  chart.setScale("x", { min: xs[0] - 120, max: xs[xs.length - 1] + 120 });
 }
 
 // --- live events --------------------------------------------------------------------------
