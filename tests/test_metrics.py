@@ -52,6 +52,15 @@ def test_parse_listen_takes_host_port_or_port_and_refuses_the_rest() -> None:
             parse_listen(bad)
 
 
+def switched_on(section: str, tmp_path: Path, monkeypatch) -> int:
+    """A config file whose ``[section] listen`` is a free local port, for the cped to come."""
+    port = free_port()
+    conf = tmp_path / "pcloud.conf"
+    conf.write_text(f"[{section}]\nlisten = 127.0.0.1:{port}\n")
+    monkeypatch.setenv("PCLOUD_CONFIG", str(conf))
+    return port
+
+
 def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """Every sample of the endpoint: name -> {sorted labels: value}."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
@@ -71,10 +80,7 @@ def value(samples, name: str, **labels: str) -> float:
 @pytest.mark.slow
 def test_metrics_follow_a_real_failure_and_a_dpe_restart(broker, tmp_path: Path,
                                                          monkeypatch) -> None:
-    port = free_port()
-    conf = tmp_path / "pcloud.conf"
-    conf.write_text(f"[metrics]\nlisten = 127.0.0.1:{port}\n")
-    monkeypatch.setenv("PCLOUD_CONFIG", str(conf))
+    port = switched_on("metrics", tmp_path, monkeypatch)
     name = unique("mx")
     state = tmp_path / "state"
     with signed_cped(state, broker.url) as (_cped, client):

@@ -16,9 +16,9 @@ import pytest
 from lxml import etree
 from signed_cpe import signed_cped
 from test_cpe_harness import deployable_xml, service_pid, unique
+from test_metrics import switched_on
 
 from cpe_agent.web_model import ConsoleModel, epoch
-from pcloud.broker import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -85,10 +85,7 @@ def test_console_shows_a_deployable_running_and_a_live_incident(broker, tmp_path
         pytest.skip("Debian's chromium is not installed (scripts/setup-host --tests)")
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    conf = tmp_path / "pcloud.conf"
-    conf.write_text(f"[web]\nlisten = 127.0.0.1:{port}\n")
-    monkeypatch.setenv("PCLOUD_CONFIG", str(conf))
+    port = switched_on("web", tmp_path, monkeypatch)
     name = unique("web")
     state = tmp_path / "state"
     with signed_cped(state, broker.url) as (_cped, client), sync_playwright() as driver:
