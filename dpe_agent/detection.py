@@ -4,6 +4,14 @@ Bus callbacks only queue; the ``_handle_*`` methods run on the main loop, feed t
 heartbeat tracker and the observed state, and hand failures to :mod:`dpe_agent.recovery`.
 A mixin of :class:`dpe_agent.daemon.Dpe`.
 
+Heartbeats are the exception, as they are most of the traffic (issue 13: 5,000 a second at
+5,000 assemblies). The bus thread reads each with a strict check of its attributes
+(:mod:`dpe_agent.heartbeat_doc`, no RelaxNG run), checks its sender and uuid, and records it
+in the heartbeat tracker (thread-safe). Only a beat that says something new (an assembly
+online or restarted, changed addresses, a beat awaited after a reconnect or during a mass
+loss) goes to the main loop; a beat the check refuses, or from a wrong sender, goes there
+too, for the full schema and the reporting below.
+
 Heartbeats and reports are untrusted input (anyone with write access to the topic can
 publish): each must have the right opcode, pass its schema and carry the uuid of the
 assembly it names, else it is dropped with one log line. A uuid mismatch (a stale clone,
@@ -17,14 +25,17 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
+from functools import cached_property
 
 from lxml import etree
 
+from dpe_agent import heartbeat_doc
 from dpe_agent.cib import rsc_id
 from dpe_agent.drivers import DriverError, PowerState
-from dpe_agent.heartbeats import BeatKind
+from dpe_agent.heartbeats import Beat, BeatKind
 from dpe_agent.observed import AssemblyStatus
 from pcloud import schemas, xmlsafe
+from pcloud.addresses import format_addresses
 from pcloud.bus import Message
 from pcloud.events import EventType
 from pcloud.states import AssemblyState as A
@@ -32,6 +43,8 @@ from pcloud.states import DeployableState as D
 
 RECONNECT_GRACE = 5.0
 IMPOSTOR_EVENT_INTERVAL = 60.0
+NEWS = frozenset({BeatKind.FIRST, BeatKind.RESTARTED})
+ADDRESSES_KEY = "addresses"         # DPE store: assembly -> its last reported addresses
 
 log = logging.getLogger("dped")
 
@@ -39,30 +52,107 @@ log = logging.getLogger("dped")
 class Detection:
     """Heartbeats, agent reports and reconnects turned into failures (main loop only)."""
 
+    _uuid_index: tuple[object, dict[str, str]] | None = None   # (deployable, name -> uuid)
+
     def _on_heartbeat(self, msg: Message) -> None:
-        self.queue.put(("heartbeat", msg, time.monotonic()))
+        """Bus thread: record a sound beat; the main loop hears only of news and of faults."""
+        received = time.monotonic()
+        if msg.user_id == self.bus.user:
+            return                          # this DPE's own heartbeat
+        beat = self._sound_heartbeat(msg)
+        if beat is None:
+            self.queue.put(("heartbeat", msg, received))
+            return
+        seen = self.tracker.beat(beat.assembly, beat.seq, beat.started, received, beat.digest)
+        if seen is None:
+            return
+        asm = beat.assembly
+        # Addresses come only after an agent (re)connects or when they change: rare.
+        if (seen.kinds & NEWS or asm in self.reprobe_on_beat or self.tracker.mass_loss
+                or beat.addresses is not None):
+            self.queue.put(("heartbeat_news", beat, seen))
+
+    def _sound_heartbeat(self, msg: Message) -> heartbeat_doc.Heartbeat | None:
+        """The heartbeat in ``msg`` if it passes the cheap check and comes from its assembly's
+        current agent; None for the main loop to look at closely (bus thread)."""
+        if msg.opcode != "heartbeat":
+            return None
+        try:
+            beat = heartbeat_doc.read(xmlsafe.parse(msg.body, source="heartbeat"))
+        except (xmlsafe.XMLError, heartbeat_doc.HeartbeatError):
+            return None
+        asm = beat.assembly
+        if (beat.deployable != self.name or asm is None or asm == "-"
+                or msg.user_id != self.logins.expected(asm)
+                or beat.uuid != self._expected_uuids().get(asm)):
+            return None
+        return beat
+
+    def _expected_uuids(self) -> dict[str, str]:
+        """Assembly name -> the uuid its agent must send, for the current deployable (a
+        reload replaces ``dep``, and so this index)."""
+        dep = self.dep
+        index = self._uuid_index
+        if index is None or index[0] is not dep:
+            index = (dep, {a.name: a.uuid or a.name for a in dep.assemblies})
+            self._uuid_index = index
+        return index[1]
 
     def _handle_heartbeat(self, msg: Message, received: float) -> None:
+        """A beat the bus thread did not accept: the full checks, and their reports."""
         root = self._agent_document(msg, "heartbeat")
         if root is None:
             return
-        asm = root.get("assembly")
-        beat = self.tracker.beat(asm, int(root.get("seq", "0")), root.get("started", ""),
-                                 received, root.get("digest"))
-        if beat is None or self.stopping:
+        try:
+            beat = heartbeat_doc.read(root)
+        except heartbeat_doc.HeartbeatError as exc:     # the schema let it through
+            log.warning("dropped a heartbeat of %s: %s", root.get("assembly"), exc)
             return
+        seen = self.tracker.beat(beat.assembly, beat.seq, beat.started, received, beat.digest)
+        if seen is not None:
+            self._handle_heartbeat_news(beat, seen)
+
+    def _handle_heartbeat_news(self, beat: heartbeat_doc.Heartbeat, seen: Beat) -> None:
+        """A recorded beat that says something new: act on it (main loop)."""
+        if self.stopping:
+            return
+        asm = beat.assembly
         status = self.observed.status(asm)
         back = asm in self.reprobe_on_beat
         self.reprobe_on_beat.discard(asm)
-        if BeatKind.FIRST in beat.kinds and status is not AssemblyStatus.LOST:
+        if beat.addresses is not None:
+            self._addresses_reported(asm, beat.addresses)
+        if BeatKind.FIRST in seen.kinds and status is not AssemblyStatus.LOST:
             self._assembly_online(asm)
-        elif BeatKind.RESTARTED in beat.kinds and status is AssemblyStatus.ONLINE:
+        elif BeatKind.RESTARTED in seen.kinds and status is AssemblyStatus.ONLINE:
             log.info("agent of %s restarted: probing its resources again", asm)
             self._reprobe(asm)
         elif back and status is AssemblyStatus.ONLINE:
             log.info("agent of %s beats after the reconnect: probing its resources again", asm)
             self._reprobe(asm)
-        self._check_heartbeats(received)
+        if self.tracker.mass_loss:
+            self._check_heartbeats(time.monotonic())     # beats coming back end it at once
+
+    @cached_property
+    def addresses(self) -> dict[str, tuple[str, ...]]:
+        """Each assembly's last reported IP addresses, kept in the store so that a DPE
+        restart raises no change of its own (main loop only: the store is its)."""
+        stored = self.store.load_json(ADDRESSES_KEY, {})
+        return {asm: tuple(value.split()) for asm, value in stored.items()
+                if isinstance(value, str)}
+
+    def _addresses_reported(self, asm: str, new: tuple[str, ...]) -> None:
+        """Keep an assembly's addresses; a change is an ``assembly_address_change`` event."""
+        old = self.addresses.get(asm)
+        if old == new or old is None and not new:
+            return
+        self.addresses[asm] = new
+        self.store.save_json(ADDRESSES_KEY, {a: format_addresses(v)
+                                             for a, v in self.addresses.items()})
+        log.info("assembly %s addresses: %s -> %s", asm, " ".join(old or ()) or "(none)",
+                 " ".join(new) or "(none)")
+        self.emit(EventType.ASSEMBLY_ADDRESS_CHANGE, asm, old=" ".join(old or ()),
+                  new=" ".join(new))
 
     def _assembly_online(self, asm: str) -> None:
         """First beat of a booted or adopted assembly: probe its resources."""

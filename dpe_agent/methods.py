@@ -100,7 +100,8 @@ class Methods:
 
     def _status(self, body: etree._Element) -> etree._Element:
         return status_document(self.dep, ComponentRecords(self.states, self.reasons,
-                                                          self.fail_counts, self.failures))
+                                                          self.fail_counts, self.failures,
+                                                          self.addresses))
 
     def _stop_method(self, body: etree._Element) -> etree._Element:
         self._begin_stop()

@@ -3,13 +3,14 @@
 Components are keyed as everywhere in the DPE: ``()`` the deployable, ``(assembly,)``,
 ``(assembly, resource)``. Besides its state and fail count, a component that ever failed
 carries ``last_failure`` (ISO 8601) so an operator sees when, and ``reason``: why it is in its
-state, or for a component running again, what its last failure was. Pure: no I/O, no clock.
+state, or for a component running again, what its last failure was. An assembly whose agent
+reported IP addresses carries them (``addresses``). Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lxml import etree
 
@@ -30,6 +31,7 @@ class ComponentRecords:
     reasons: Mapping[Key, str]
     fail_counts: Mapping[Key, int]
     failures: Mapping[Key, tuple[float, str]]   # last failure: (epoch seconds, reason)
+    addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # by assembly
 
 
 def summary(name: str, state: str | None) -> etree._Element:
@@ -50,6 +52,8 @@ def status_document(dep: Deployable, records: ComponentRecords) -> etree._Elemen
                              fail_count=str(records.fail_counts.get(key, 0)))
         if asm.uuid:
             a.set("uuid", asm.uuid)
+        if asm.name in records.addresses:
+            a.set("addresses", " ".join(records.addresses[asm.name]))
         _describe(a, key, records, running=A.RUNNING)
         for svc in asm.services:
             key = (asm.name, svc.name)

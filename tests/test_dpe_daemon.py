@@ -23,7 +23,8 @@ from lxml import etree
 from dpe_agent.daemon import Dpe, run_in_thread
 from dpe_agent.drivers.base import AssemblySpec
 from dpe_agent.drivers.process import ProcessDriver, _descendants
-from pcloud.bus import Bus, MethodError
+from pcloud.bus import Bus, Message, MethodError
+from pcloud.credentials import read_credentials_file, with_credentials
 from pcloud.deployable import Deployable
 from pcloud.events import Event
 
@@ -665,3 +666,91 @@ def test_blocked_resource_is_probed_again_slowly(harness, monkeypatch):
     first = h.events.wait(type="resource_state_change", resource="web", state="blocked")
     h.events.wait(type="resource_state_change", resource="web", state="starting",
                   after=first.seq, timeout=30)
+
+
+class AgentVoice:
+    """Speaks as one running assembly's agent: its own per-boot login (from its sandbox's
+    credentials file), its uuid and ``started``, and the seq after the agent's last beat
+    (the agent's next beat is then a stale duplicate, which costs nothing: a loss takes four
+    missed beats)."""
+
+    def __init__(self, h: DpeHarness, asm: str) -> None:
+        self.asm, self.h = asm, h
+        self.beats: list[etree._Element] = []
+        self.used = 0
+        self.listen = h.bus.subscribe(f"pcloud.heartbeat.{h.name}.{asm}",
+                                      lambda m: self.beats.append(etree.fromstring(m.body)))
+        assert self.listen.wait_attached(10.0)
+        creds, _ = read_credentials_file(h.spec(asm).state_dir / "credentials")
+        self.bus = Bus(url=with_credentials(broker_url(), creds), name=f"voice-{asm}").start()
+
+    def say(self, **attrs: str) -> None:
+        """One heartbeat right after a fresh beat of the agent's, one seq ahead of it."""
+        wait_for(lambda: len(self.beats) > self.used, what="an agent beat")
+        self.used = len(self.beats)
+        last = self.beats[-1]
+        elem = etree.Element("heartbeat", {k: last.get(k) for k in (
+            "deployable", "assembly", "uuid", "started", "interval", "time")})
+        elem.set("seq", str(int(last.get("seq")) + 1))
+        for key, value in attrs.items():
+            elem.set(key, value)
+        self.bus.publish(f"pcloud.heartbeat.{self.h.name}.{self.asm}",
+                         Message(body=elem, subject="heartbeat", opcode="heartbeat"))
+
+    def until(self, events: Events, after: int, **attrs: str) -> Event:
+        """Say it until its address event comes (a beat overtaken by the agent's is stale)."""
+        for _ in range(5):
+            self.say(**attrs)
+            found = events.find(type="assembly_address_change", assembly=self.asm,
+                                after=after)
+            if not found:
+                try:
+                    return events.wait(5.0, type="assembly_address_change",
+                                       assembly=self.asm, after=after)
+                except AssertionError:
+                    continue
+            return found[0]
+        raise AssertionError(f"no assembly_address_change for {attrs}")
+
+    def close(self) -> None:
+        self.listen.cancel()
+        self.bus.close()
+
+
+def _addresses(h: DpeHarness) -> dict[str, str | None]:
+    return {a.get("name"): a.get("addresses") for a in h.status().iter("assembly")}
+
+
+def test_address_changes_are_events_kept_across_a_dpe_restart(harness):
+    """Heartbeats from the agent's own login carry its addresses: each change raises
+    ``assembly_address_change`` (old, new), an unchanged or invalid report
+    raises nothing, ``deployable_status`` shows them, and a restarted DPE still knows them."""
+    name, t = unique(), tag()
+    h = harness(deployable(name, assembly("a", process_service("svc", f"sleep {t}"))),
+                subprocess_mode=True)
+    h.wait_running()
+    voice = AgentVoice(h, "a")
+    try:
+        own = _addresses(h)["a"] or ""       # the agent's own first report came before running
+        mark = h.events.last_seq()
+        first = voice.until(h.events, mark, addresses="fd00::5 10.0.2.15")
+        assert (first.extra["old"], first.extra["new"]) == (own, "10.0.2.15 fd00::5")
+        assert _addresses(h) == {"a": "10.0.2.15 fd00::5"}
+        voice.say(addresses="10.0.2.15 fd00:0::5")          # the same set, written otherwise
+        voice.say(addresses="10.0.2.300")                   # not an address: dropped
+        second = voice.until(h.events, first.seq, addresses="10.0.2.16")
+        assert (second.extra["old"], second.extra["new"]) == ("10.0.2.15 fd00::5", "10.0.2.16")
+        assert len(h.events.find(type="assembly_address_change", after=mark)) == 2
+
+        h.kill_dpe()
+        h.start()
+        wait_for(lambda: _all_running(h), timeout=30, what="the restarted DPE")
+        assert _addresses(h) == {"a": "10.0.2.16"}
+        restart = h.events.last_seq()
+        voice.say(addresses="10.0.2.16")          # as after the agent's own reconnect
+        third = voice.until(h.events, restart, addresses="10.0.2.16 10.0.2.17")
+        assert third.extra["old"] == "10.0.2.16"   # the restart itself raised no change
+        assert len(h.events.find(type="assembly_address_change", after=restart)) == 1
+        assert not h.events.find(type="assembly_state_change", after=mark, state="failed")
+    finally:
+        voice.close()

@@ -1,5 +1,7 @@
 """Heartbeat watching: loss, gaps, agent restarts, mass loss, reconnect grace, own pauses."""
 
+import random
+
 from dpe_agent.heartbeats import BeatKind, HeartbeatTracker, Liveness
 
 STARTED = "2026-11-21T10:00:00.000Z"
@@ -147,3 +149,64 @@ def test_silence_before_and_after_a_pause_still_adds_up_to_a_loss():
 def test_declare_lost_once():
     t = tracker("a")
     assert t.declare_lost("a") and not t.declare_lost("a")
+
+
+def _naive_lost(t: HeartbeatTracker, now: float) -> tuple[str, ...]:
+    """What the heap must find: every watch not lost whose deadline has come."""
+    return tuple(sorted(a for a, w in t.watches.items()
+                        if w.liveness is not Liveness.LOST and now >= w.deadline()))
+
+
+def test_deadline_heap_agrees_with_a_scan_of_every_watch():
+    """Random beats, reboots, forgets, pauses and graces on a clock that moves forward: each
+    check declares exactly the watches a full scan finds due, next_deadline is the earliest
+    deadline, and the heap holds no more than one entry per watch plus the obsolete ones."""
+    rng = random.Random(13)
+    t = HeartbeatTracker(mass_minimum=10**6)          # mass loss has its own tests
+    names = [f"a{i}" for i in range(12)]
+    seqs = dict.fromkeys(names, 0)
+    now = 0.0
+    for name in names:
+        t.expect(name, interval=rng.choice([0.5, 1.0]), misses=3, now=now, boot_timeout=5)
+    for _ in range(4000):
+        now += rng.random() * 0.3
+        name = rng.choice(names)
+        op = rng.random()
+        if op < 0.8 and name in t.watches:
+            seqs[name] += 1
+            t.beat(name, seqs[name], STARTED, now)
+        elif op < 0.85:
+            t.restart_watch(name, now, boot_timeout=rng.choice([None, 2.0, 6.0]))
+            seqs[name] = 0
+        elif op < 0.88:
+            t.forget(name)
+        elif op < 0.92:
+            t.expect(name, interval=1.0, misses=rng.choice([2, 3]), now=now, boot_timeout=4)
+            seqs[name] = 0
+        elif op < 0.93:
+            t.pause(rng.random() * 3)
+        elif op < 0.94:
+            t.grace(now, rng.random() * 4)
+        expected = _naive_lost(t, now)
+        assert t.check(now).lost == expected
+        live = [w.deadline() for w in t.watches.values() if w.liveness is not Liveness.LOST]
+        assert t.next_deadline(now) == (min(live) if live else None)
+    assert len(t._heap) <= 3 * len(names)
+
+
+def test_forgotten_and_watched_again_is_lost_once():
+    t = tracker("a")
+    t.forget("a")
+    t.expect("a", interval=1.0, misses=3, now=1.0, boot_timeout=10)
+    assert t.check(11.0).lost == ("a",)
+    assert t.check(30.0).lost == ()
+
+
+def test_beats_of_many_assemblies_keep_the_heap_at_one_entry_each():
+    t = tracker(*(f"a{i}" for i in range(500)))
+    for seq in range(1, 50):
+        now = seq * 1.0
+        beat_all(t, now, seq)
+        assert t.check(now).lost == ()
+        assert t.next_deadline(now) == now + 3.0
+    assert len(t._heap) <= 500
