@@ -18,7 +18,9 @@ from signed_cpe import signed_cped
 from test_cpe_harness import deployable_xml, service_pid, unique
 from test_metrics import switched_on
 
+from cpe_agent.web import ConsoleFeed
 from cpe_agent.web_model import ConsoleModel, epoch
+from pcloud.bus import Message
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -76,6 +78,25 @@ def test_an_assembly_incident_shows_its_fencing_and_a_late_close_stands_alone() 
                           recovered_at="2026-12-07T10:00:09.000Z", duration_ms="500.000"))
     assert alone[0].duration_ms == 500.0 and alone[0].steps[-1]["after_ms"] == 500.0
     assert model.snapshot()["events"][-1]["seq"] == "9"
+
+
+def test_feed_takes_an_event_only_from_who_may_send_it() -> None:
+    """The deployable's DPE or the CPE; not another DPE, a person, an unsigned or a
+    malformed message (the broker refuses most of these already: this is the second lock)."""
+    sent: list[dict] = []
+    feed = ConsoleFeed("amqp://127.0.0.1:1", "pcloud", sent.append)
+    body = ('<event seq="1" time="2026-12-07T10:00:00.000Z" type="resource_state_change" '
+            'deployable="d" assembly="a" resource="r" state="failed" incident="i1"/>')
+    for sender in ("dpe.other", "alice", None):
+        feed._on_event(Message(body=body, user_id=sender))
+    feed._on_event(Message(body="<!DOCTYPE x [<!ENTITY e 'x'>]><event/>", user_id="dpe.d"))
+    feed._on_event(Message(body=body.replace('seq="1"', 'seq="x"'), user_id="dpe.d"))
+    assert sent == [] and feed.snapshot()["events"] == []
+    feed._on_event(Message(body=body, user_id="dpe.d"))
+    assert [m["kind"] for m in sent] == ["event", "incident"]
+    feed._on_event(Message(body=body.replace('seq="1"', 'seq="2"').replace(
+        'type="resource_state_change"', 'type="config_error"'), user_id="pcloud"))
+    assert [e["seq"] for e in feed.snapshot()["events"]] == ["1", "2"]
 
 
 @pytest.mark.slow
