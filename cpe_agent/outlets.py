@@ -39,7 +39,7 @@ class Outlets:
                 log.exception("closing an outlet failed")
 
 
-def _listen(section: str) -> tuple[str, int] | None:
+def listen_address(section: str) -> tuple[str, int] | None:
     from cpe_agent.metrics import parse_listen
 
     text = config.section(section).get("listen")
@@ -62,7 +62,7 @@ def console_login(state_dir: Path) -> str:
 def start_outlets(service: CpeService, supervisor: Supervisor) -> Outlets:
     """Start what the config file asks for."""
     outlets = Outlets()
-    where = _listen("metrics")
+    where = listen_address("metrics")
     if where is not None:
         from cpe_agent.metrics import CpeMetrics, MetricsServer
 
@@ -74,7 +74,7 @@ def start_outlets(service: CpeService, supervisor: Supervisor) -> Outlets:
         else:
             service.listeners.append(metrics.observe)
             outlets._closers.append(server.close)
-    where = _listen("web")
+    where = listen_address("web")
     if where is not None:
         from cpe_agent.web import Console
 

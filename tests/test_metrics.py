@@ -15,6 +15,7 @@ from signed_cpe import signed_cped
 from test_cpe_harness import deployable_xml, service_pid, unique, wait_until
 
 from cpe_agent.metrics import Counted, count, parse_listen
+from cpe_agent.outlets import listen_address
 from pcloud.broker import free_port
 
 BASE = {"seq": "5", "deployable": "dep1", "assembly": "web", "resource": "httpd"}
@@ -50,6 +51,18 @@ def test_parse_listen_takes_host_port_or_port_and_refuses_the_rest() -> None:
     for bad in ("", "host:", "0", "70000", "127.0.0.1:http"):
         with pytest.raises(ValueError, match="listen"):
             parse_listen(bad)
+
+
+def test_a_bad_listen_line_is_logged_and_leaves_that_outlet_off(tmp_path: Path, monkeypatch,
+                                                                caplog) -> None:
+    conf = tmp_path / "pcloud.conf"
+    conf.write_text("[metrics]\nlisten = 127.0.0.1:nine\n[web]\nlisten = 8480\n")
+    monkeypatch.setenv("PCLOUD_CONFIG", str(conf))
+    assert listen_address("metrics") is None
+    assert "[metrics]" in caplog.text and "'127.0.0.1:nine'" in caplog.text
+    assert listen_address("web") == ("127.0.0.1", 8480)
+    conf.write_text("[cpe]\n")
+    assert listen_address("metrics") is None and listen_address("web") is None     # off by default
 
 
 def switched_on(section: str, tmp_path: Path, monkeypatch) -> int:
