@@ -76,19 +76,6 @@ def count(event: Mapping[str, str]) -> Counted:
                    restart=level if restarted else None, mttr=mttr)
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """``host:port`` or ``port`` (host 127.0.0.1: a local port unless said otherwise)."""
-    host, _, port = text.strip().rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        number = int(port)
-    except ValueError:
-        number = -1
-    if not 0 < number < 65536:
-        raise ValueError(f"listen = {text!r}: expected host:port or a port (1-65535)")
-    return host, number
-
-
 class CpeMetrics:
     """The CPE's registry; ``observe`` takes every newly stored event."""
 

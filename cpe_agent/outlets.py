@@ -39,9 +39,21 @@ class Outlets:
                 log.exception("closing an outlet failed")
 
 
-def listen_address(section: str) -> tuple[str, int] | None:
-    from cpe_agent.metrics import parse_listen
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` or ``port`` (host 127.0.0.1: a local port unless said otherwise)."""
+    host, _, port = text.strip().rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 < number < 65536:
+        raise ValueError(f"listen = {text!r}: expected host:port or a port (1-65535)")
+    return host, number
 
+
+def listen_address(section: str) -> tuple[str, int] | None:
+    """``[section] listen`` of the config file (None: off, or a bad value, logged)."""
     text = config.section(section).get("listen")
     if not text:
         return None

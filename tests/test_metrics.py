@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from signed_cpe import signed_cped
 from test_cpe_harness import deployable_xml, service_pid, unique, wait_until
 
-from cpe_agent.metrics import Counted, count, parse_listen
-from cpe_agent.outlets import listen_address
+from cpe_agent.metrics import Counted, count
+from cpe_agent.outlets import listen_address, parse_listen
 from pcloud.broker import free_port
 
 BASE = {"seq": "5", "deployable": "dep1", "assembly": "web", "resource": "httpd"}
