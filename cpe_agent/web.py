@@ -66,6 +66,7 @@ class ConsoleFeed:
         self.bus: Bus | None = None
         self._dirty: set[str] = set()
         self._wake = threading.Event()
+        self._catch_up = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -95,12 +96,16 @@ class ConsoleFeed:
         if self.bus is None:
             return
         self.bus.subscribe("pcloud.event.#", self._on_event).wait_attached(CALL_TIMEOUT)
+        self.bus.on_reconnect(self._reconnected)
         self._refresh_all(history=True)
         while not self._stop.is_set():
             woken = self._wake.wait(FULL_REFRESH)
             if self._stop.is_set():
                 return
-            if woken:
+            if self._catch_up.is_set():
+                self._catch_up.clear()
+                self._refresh_all(history=True)
+            elif woken:
                 self._stop.wait(COALESCE)
                 self._wake.clear()
                 with self.lock:
@@ -109,6 +114,11 @@ class ConsoleFeed:
                     self._refresh(name)
             else:
                 self._refresh_all(history=False)
+
+    def _reconnected(self) -> None:
+        """Events published while the connection was down are read from the history."""
+        self._catch_up.set()
+        self._wake.set()
 
     def _call(self, method: str, body: str) -> etree._Element | None:
         assert self.bus is not None
@@ -126,9 +136,11 @@ class ConsoleFeed:
             gone = self.model.forget_missing(names)
         for name in gone:
             self.publish({"kind": "gone", "name": name})
-        for name in sorted(names):
-            if history:
+        if history:
+            for name in sorted(names):
                 self._history(name)
+            self.publish({"kind": "snapshot", **self.snapshot()})
+        for name in sorted(names):
             self._refresh(name)
 
     def _refresh(self, name: str) -> None:
@@ -146,8 +158,10 @@ class ConsoleFeed:
         self.publish({"kind": "status", "deployable": status})
 
     def _history(self, name: str) -> None:
-        """The stored events of ``name`` (incidents and the MTTR plot of the past)."""
-        since = 0
+        """The stored events of ``name`` after the last one seen: all of them at start (the
+        incidents and MTTR points of the past), what was missed after a reconnect."""
+        with self.lock:
+            since = self.model.last_seq.get(name, 0)
         for _ in range(HISTORY_PAGES):
             query = etree.Element("events", deployable=name, since_seq=str(since),
                                   limit=str(HISTORY_PAGE))
@@ -157,7 +171,7 @@ class ConsoleFeed:
                 log.info("web console: events_query of %s failed: %s", name, exc)
                 return
             events = [] if result is None else list(result.iter("event"))
-            with self.lock:
+            with self.lock:        # quietly: one snapshot follows, not an event each
                 for element in events:
                     self.model.fold(dict(element.attrib))
             if len(events) < HISTORY_PAGE:
@@ -177,16 +191,21 @@ class ConsoleFeed:
         if msg.user_id not in (identity.dpe_user(name), self.cpe_user):
             log.info("web console: dropped an event of %r from %r", name, msg.user_id)
             return
-        event = dict(root.attrib)
+        if self._take(dict(root.attrib)):
+            with self.lock:
+                self._dirty.add(name)
+            self._wake.set()
+
+    def _take(self, event: dict[str, str]) -> bool:
+        """Fold one event and tell the browsers; False when it was seen already."""
         with self.lock:
             changed = self.model.fold(event)
-            self._dirty.add(name)
         if changed is None:
-            return
+            return False
         self.publish({"kind": "event", "event": event})
         for incident in changed:
             self.publish({"kind": "incident", "incident": incident.to_json()})
-        self._wake.set()
+        return True
 
 
 class ConsoleServer:

@@ -98,6 +98,7 @@ class ConsoleModel:
         self.incidents: dict[str, Incident] = {}
         self._open: dict[Key, str] = {}
         self._seen = RecentIds(SEEN_EVENTS)
+        self.last_seq: dict[str, int] = {}    # highest seq folded per deployable
 
     def set_status(self, root: etree._Element) -> dict[str, Any]:
         status = status_json(root)
@@ -109,13 +110,18 @@ class ConsoleModel:
         gone = [name for name in self.deployables if name not in names]
         for name in gone:
             del self.deployables[name]
+            self.last_seq.pop(name, None)   # a new one of that name starts at seq 1
         return gone
 
     def fold(self, event: dict[str, str]) -> list[Incident] | None:
         """Take one event (its attributes); the incidents it changed, or None when this
         (deployable, seq) was seen already."""
-        if self._seen.seen(f'{event.get("deployable", "")}\0{event.get("seq", "")}'):
+        name = event.get("deployable", "")
+        if self._seen.seen(f'{name}\0{event.get("seq", "")}'):
             return None
+        seq = event.get("seq", "")
+        if seq.isdigit():
+            self.last_seq[name] = max(self.last_seq.get(name, 0), int(seq))
         self.events.append(event)
         self._apply_state(event)
         changed = self._fold_incident(event)
