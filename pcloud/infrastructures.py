@@ -9,6 +9,7 @@ imported here, so the CPE never loads the DPE's driver code.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 
 #: infrastructure name -> (module, driver class); None: accepted by the schema, not built
@@ -18,6 +19,14 @@ DRIVERS: dict[str, tuple[str, str] | None] = {
     "qemu": ("dpe_agent.drivers.qemu", "QemuDriver"),
     "openstack": None,
 }
+
+#: Benchmarks only: ``bench/scale.py`` sets this variable (to its simulator's socket) in the
+#: environment of the cped it starts, which hands it on to its dpeds; ``process`` deployables
+#: then boot simulated assemblies (``bench/simdriver.py``) instead of sandboxes. Nothing on
+#: the bus or in a deployable can select that driver: only whoever starts the daemons.
+SIMULATOR_SWITCH = "PCLOUD_BENCH_SIMULATOR"
+if os.environ.get(SIMULATOR_SWITCH):
+    DRIVERS["process"] = ("bench.simdriver", "SimulatedDriver")
 
 
 def problem(infrastructure: str, allowed: frozenset[str] | None = None) -> str | None:

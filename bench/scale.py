@@ -1,0 +1,580 @@
+"""Scale: N simulated assemblies over D deployables, watched by the real cped, dpeds and broker.
+
+One process simulates every guest agent (issue 13): each simulated assembly logs in to the
+broker with the fresh per-boot login its DPE minted (handed over by the bench-only driver,
+``bench/simdriver.py``), heartbeats on ``pcloud.heartbeat.<dep>.<asm>`` with that login as
+``user_id``, answers resource operations on ``pcloud.agent.<dep>.<asm>`` (start, stop,
+monitor, cancel), and on command reports a resource failure or dies (stops beating and
+answering). The private broker, ``cped`` and one ``dped`` per deployable are the real ones:
+the driver switch (``PCLOUD_BENCH_SIMULATOR``) is set only in their environment.
+
+Per run ``NxD`` it starts everything fresh, waits until every deployable is ``running``,
+then for ``--window`` seconds measures and injects faults, and prints one row:
+
+- CPU per heartbeat (ms) of the dpeds (mean over them, and the busiest), of cped and of the
+  broker: process CPU time over the window divided by the beats the simulator sent;
+- false failures: a fence or stop of an assembly that did not die, or a restart of a
+  resource that did not fail (must be 0);
+- detection of simulated deaths: from the dead assembly's last beat to its fence (p50, p99;
+  the target is ``interval x misses`` + 0.5 s);
+- MTTR of simulated resource failures: from the failure report to the answered start;
+- RSS (MiB) of the dpeds (sum and largest), cped, broker, and this simulator;
+- holds: no false failure, detection p99 within target, every beat delivered on time.
+
+    .venv/bin/python bench/scale.py --runs 100x1,1000x10,5000x50 [--window 60]
+
+The machine is shared: read the figures with ``uptime`` (printed) and as ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import heapq
+import json
+import os
+import queue
+import random
+import resource
+import shutil
+import signal
+import socketserver
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lxml import etree  # noqa: E402
+from proton.handlers import MessagingHandler  # noqa: E402
+from proton.reactor import Container  # noqa: E402
+
+from pcloud import broker, wire  # noqa: E402
+from pcloud.bus import Bus, BusError, Message  # noqa: E402
+from pcloud.infrastructures import SIMULATOR_SWITCH  # noqa: E402
+
+BIN = Path(sys.executable).parent
+TICK = 0.02                 # the simulator's timer: beats due and commands
+INTERVAL, MISSES = 1.0, 3
+MONITOR = 10                # seconds: the resources' monitor interval
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p))]
+
+
+@dataclass
+class Agent:
+    """One simulated guest agent (proton thread only)."""
+
+    deployable: str
+    name: str
+    uuid: str
+    user: str
+    url: str
+    interval: float
+    boot: int
+    conn: object = None
+    senders: dict = field(default_factory=dict)
+    seq: int = 0
+    started: str = field(default_factory=wire.now)
+    running: set = field(default_factory=set)      # resources it runs
+    dead: bool = False
+    died_at: float = 0.0
+    last_beat: float = 0.0
+    failed: dict = field(default_factory=dict)     # resource -> when it "failed"
+    starts: dict = field(default_factory=dict)     # resource -> starts this boot
+    address: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.deployable, self.name
+
+    def digest(self) -> str:
+        lines = "\n".join(f"{r}=running" for r in sorted(self.running))
+        return hashlib.md5(lines.encode()).hexdigest()
+
+
+class Farm(MessagingHandler):
+    """Every simulated agent in one proton container; commands come through ``commands``."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(prefetch=10, auto_accept=True)
+        self.host = host
+        self.commands: queue.SimpleQueue = queue.SimpleQueue()
+        self.agents: dict[tuple[str, str], Agent] = {}
+        self.by_conn: dict[object, Agent] = {}
+        self.due: list[tuple[float, int, tuple[str, str]]] = []
+        self.boots = 0
+        self.beats: dict[str, int] = {}                 # deployable -> beats sent
+        self.late_beats = 0                             # sent > 0.2 s after they were due
+        self.fences: list[tuple[float, str, tuple[str, str], bool]] = []  # t, op, key, dead
+        self.detections: list[float] = []
+        self.mttr: list[float] = []
+        self.false: list[str] = []
+        self.measuring = False
+        self.errors = 0
+        self.container: Container | None = None
+
+    # ---- proton thread -------------------------------------------------------------
+    def on_start(self, event) -> None:
+        self.container = event.container
+        self.container.schedule(TICK, self)
+
+    def on_timer_task(self, event) -> None:
+        while True:
+            try:
+                command, args, done = self.commands.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                done.put(getattr(self, f"_do_{command}")(*args))
+            except Exception as exc:
+                done.put({"ok": False, "error": str(exc)})
+        now = time.monotonic()
+        while self.due and self.due[0][0] <= now:
+            when, boot, key = heapq.heappop(self.due)
+            agent = self.agents.get(key)
+            if agent is None or agent.boot != boot or agent.dead:
+                continue
+            if now - when > 0.2:
+                self.late_beats += 1
+            self._beat(agent, now)
+            heapq.heappush(self.due, (when + agent.interval, boot, key))
+        self.container.schedule(TICK, self)
+
+    def _send(self, agent: Agent, address: str, message: Message) -> None:
+        sender = agent.senders.get(address)
+        if sender is None:
+            sender = agent.senders[address] = self.container.create_sender(agent.conn, address)
+        message.user_id = agent.user
+        sender.send(message.to_proton())
+
+    def _beat(self, agent: Agent, now: float) -> None:
+        agent.seq += 1
+        extra = f' addresses="{agent.address}"' if agent.seq == 1 else ""
+        body = (f'<heartbeat deployable="{agent.deployable}" assembly="{agent.name}" '
+                f'uuid="{agent.uuid}" started="{agent.started}" pid="{os.getpid()}" '
+                f'seq="{agent.seq}" interval="{agent.interval:g}" digest="{agent.digest()}" '
+                f'time="{wire.now()}"{extra}/>')
+        self._send(agent, f"/topic/pcloud.heartbeat.{agent.deployable}.{agent.name}",
+                   Message(body=body, subject="heartbeat", opcode="heartbeat"))
+        agent.last_beat = now
+        self.beats[agent.deployable] = self.beats.get(agent.deployable, 0) + 1
+
+    def on_message(self, event) -> None:
+        agent = self.by_conn.get(event.connection)
+        if agent is None or agent.dead:
+            return
+        msg = Message.from_proton(event.message)
+        try:
+            op = etree.fromstring(msg.body.encode())
+            rsc = op.find("resource").get("name")
+            operation, interval = op.get("operation"), op.get("interval", "0")
+        except Exception:
+            self._answer(agent, msg, '<response rc="1"><error code="unknown_method" '
+                                     'message="the simulator only runs resource operations"/>'
+                                     '</response>')
+            return
+        rc = 0
+        if operation == "start":
+            agent.starts[rsc] = agent.starts.get(rsc, 0) + 1
+            failed = agent.failed.pop(rsc, None)
+            if failed is not None:
+                self.mttr.append(time.monotonic() - failed)
+            elif agent.starts[rsc] > 1 and self.measuring:
+                self.false.append(f"{agent.deployable}/{agent.name}/{rsc} restarted, not failed")
+            agent.running.add(rsc)
+        elif operation == "stop":
+            agent.running.discard(rsc)
+        elif operation == "monitor":
+            rc = 0 if rsc in agent.running and rsc not in agent.failed else 7
+        result = (f'<op_result resource="{rsc}" operation="{operation}" interval="{interval}" '
+                  f'rc="{rc}" status="done" time="{wire.now()}" duration_ms="1"/>')
+        self._answer(agent, msg, f'<response rc="0">{result}</response>')
+
+    def _answer(self, agent: Agent, request: Message, body: str) -> None:
+        if not request.reply_to:
+            return
+        self._send(agent, request.reply_to, Message(
+            body=body, subject=request.subject, opcode="method_response",
+            correlation_id=request.correlation_id))
+
+    def on_transport_error(self, event) -> None:
+        self.errors += 1
+
+    def on_connection_error(self, event) -> None:
+        self.errors += 1
+
+    # ---- commands (proton thread) -----------------------------------------------------
+    def _do_start(self, req: dict) -> dict:
+        key = (req["deployable"], req["name"])
+        self._close(key)
+        self.boots += 1
+        index = self.boots
+        login = f"{quote(req['user'], safe='')}:{quote(req['password'], safe='')}"
+        agent = Agent(req["deployable"], req["name"], req["uuid"], req["user"],
+                      f"amqp://{login}@{self.host}",
+                      float(req["interval"]), index,
+                      address=f"10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}")
+        agent.conn = self.container.connect(agent.url, allowed_mechs="PLAIN",
+                                            allow_insecure_mechs=True, reconnect=False,
+                                            heartbeat=60)
+        self.container.create_receiver(agent.conn, f"pcloud.agent.{key[0]}.{key[1]}")
+        self.agents[key] = agent
+        self.by_conn[agent.conn] = agent
+        first = time.monotonic() + 0.2 + random.random() * agent.interval
+        heapq.heappush(self.due, (first, index, key))
+        return {"ok": True}
+
+    def _close(self, key: tuple[str, str]) -> Agent | None:
+        agent = self.agents.pop(key, None)
+        if agent is not None:
+            self.by_conn.pop(agent.conn, None)
+            agent.conn.close()
+        return agent
+
+    def _do_stop(self, req: dict, op: str = "stop") -> dict:
+        key = (req["deployable"], req["name"])
+        agent = self._close(key)
+        if agent is not None and self.measuring:
+            now = time.monotonic()
+            self.fences.append((now, op, key, agent.dead))
+            if agent.dead:
+                self.detections.append(now - agent.last_beat)
+            else:
+                self.false.append(f"{key[0]}/{key[1]} {op} while alive")
+        return {"ok": True}
+
+    def _do_fence(self, req: dict) -> dict:
+        return self._do_stop(req, "fence")
+
+    def _do_status(self, req: dict) -> dict:
+        key = (req["deployable"], req["name"])
+        return {"ok": True, "state": "running" if key in self.agents else "stopped"}
+
+    def _do_kill(self, key: tuple[str, str]) -> dict:
+        agent = self.agents.get(key)
+        if agent is None or agent.dead or not agent.seq:
+            return {"ok": False}
+        agent.dead, agent.died_at = True, time.monotonic()
+        return {"ok": True}
+
+    def _do_fail(self, key: tuple[str, str]) -> dict:
+        agent = self.agents.get(key)
+        if agent is None or agent.dead or not agent.running or agent.failed:
+            return {"ok": False}
+        rsc = sorted(agent.running)[0]
+        agent.failed[rsc] = time.monotonic()
+        body = (f'<report deployable="{key[0]}" assembly="{key[1]}" uuid="{agent.uuid}" '
+                f'resource="{rsc}" operation="monitor" interval="{MONITOR * 1000}" rc="7" '
+                f'time="{wire.now()}" reason="simulated failure"/>')
+        self._send(agent, f"/topic/pcloud.report.{key[0]}.{key[1]}",
+                   Message(body=body, subject="monitor", opcode="report"))
+        return {"ok": True}
+
+    def _do_snapshot(self) -> dict:
+        return {"ok": True, "beats": dict(self.beats), "late": self.late_beats,
+                "running": sum(1 for a in self.agents.values() if a.seq and not a.dead),
+                "keys": [a.key for a in self.agents.values() if a.seq and not a.dead]}
+
+    def _do_measure(self, on: bool) -> dict:
+        self.measuring = on
+        return {"ok": True}
+
+    # ---- any thread ---------------------------------------------------------------------
+    def ask(self, command: str, *args) -> dict:
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        self.commands.put((command, args, done))
+        return done.get(timeout=120)
+
+
+class Control(socketserver.ThreadingUnixStreamServer):
+    """The simulator's socket: one JSON line per driver call (``bench/simdriver.py``)."""
+
+    daemon_threads = True
+
+    def __init__(self, path: str, farm: Farm) -> None:
+        self.farm = farm
+        super().__init__(path, _ControlHandler)
+
+
+class _ControlHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        try:
+            req = json.loads(self.rfile.readline())
+            reply = self.server.farm.ask(req["op"], req)
+        except Exception as exc:
+            reply = {"ok": False, "error": str(exc)}
+        self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+
+# ---- processes ---------------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class Run:
+    """One ``NxD`` run: a fresh broker, cped and deployables."""
+
+    def __init__(self, n: int, d: int, args: argparse.Namespace) -> None:
+        self.n, self.d, self.args = n, d, args
+        self.work = Path(tempfile.mkdtemp(prefix="pcloud-scale-"))
+        self.state = self.work / "state"
+        self.broker_dir = self.work / "broker"
+        self.sock = str(self.work / "sim.sock")
+        self.names = [f"s{i}" for i in range(d)]
+        self.sizes = [n // d + (1 if i < n % d else 0) for i in range(d)]
+        self.cped: subprocess.Popen | None = None
+        self.client: Bus | None = None
+        self.farm: Farm | None = None
+        self.control: Control | None = None
+        self.url = ""
+
+    def document(self, name: str, size: int) -> str:
+        asms = "".join(
+            f'<assembly name="a{i}" heartbeat_interval="{INTERVAL:g}" '
+            f'heartbeat_misses="{MISSES}"><services><service name="svc" class="process" '
+            f'monitor_interval="{MONITOR}"><parameters><parameter name="command" '
+            f'value="sleep infinity"/></parameters></service></services></assembly>'
+            for i in range(size))
+        return (f'<deployable name="{name}" infrastructure="process"><assemblies>{asms}'
+                f'</assemblies></deployable>')
+
+    def start(self) -> float:
+        ports = (broker.free_port(), broker.free_port(), broker.free_port())
+        self.url = broker.start(self.broker_dir, port=ports[0], dist_port=ports[1],
+                                epmd_port=ports[2])
+        self.farm = Farm(self.url.split("@", 1)[1].split("//")[-1])
+        threading.Thread(target=Container(self.farm).run, daemon=True,
+                         name="farm").start()
+        self.control = Control(self.sock, self.farm)
+        os.chmod(self.sock, 0o600)
+        threading.Thread(target=self.control.serve_forever, daemon=True).start()
+        self.state.mkdir(parents=True)
+        env = dict(os.environ, PCLOUD_BROKER_URL=self.url, PCLOUD_STATE_DIR=str(self.state),
+                   PCLOUD_BROKER_ADMIN=str(self.broker_dir), PYTHONPATH=str(ROOT),
+                   **{SIMULATOR_SWITCH: self.sock})
+        with open(self.work / "cped.log", "ab") as log:
+            self.cped = subprocess.Popen([str(BIN / "cped"), "--foreground", "--state-dir",
+                                          str(self.state)], stdout=log, stderr=log, env=env,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.client = Bus(url=self.url, name="scale").start(timeout=30)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.client.call("pcloud.cpe", "deployables_list", "<deployables/>", timeout=5)
+                break
+            except BusError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"cped does not answer; see {self.work / 'cped.log'}") from None
+                time.sleep(0.5)
+        began = time.monotonic()
+        for name, size in zip(self.names, self.sizes, strict=True):
+            self.client.call("pcloud.cpe", "deployable_start", self.document(name, size),
+                             timeout=60)
+        deadline = began + self.args.boot_timeout
+        while time.monotonic() < deadline:
+            states = self.states()
+            if states and all(s == "running" for s in states.values()):
+                return time.monotonic() - began
+            time.sleep(1.0)
+        raise RuntimeError(f"not all running after {self.args.boot_timeout} s: "
+                           f"{sorted(set(self.states().values()))}; {self.work}")
+
+    def states(self) -> dict[str, str]:
+        try:
+            listed = self.client.call("pcloud.cpe", "deployables_list", "<deployables/>",
+                                      timeout=10)
+        except BusError:
+            return {}
+        return {d.get("name"): d.get("state") for d in listed if d.get("name") in self.names}
+
+    def dped_pids(self) -> dict[str, int]:
+        pids = {}
+        for name in self.names:
+            try:
+                pids[name] = int((self.state / "dpe" / name / "dped.pid").read_text())
+            except (OSError, ValueError):
+                pass
+        return pids
+
+    def pids(self) -> dict[str, list[int]]:
+        return {"dped": list(self.dped_pids().values()), "cped": [self.cped.pid],
+                "broker": broker.node_pids(self.broker_dir), "sim": [os.getpid()]}
+
+    def measure(self) -> dict:
+        farm = self.farm
+        window = self.args.window
+        dpeds = self.dped_pids()
+        pids = self.pids()
+        cpu0 = {k: {p: cpu_seconds(p) for p in v} for k, v in pids.items()}
+        dcpu0 = {n: cpu_seconds(p) for n, p in dpeds.items()}
+        snap0 = farm.ask("snapshot")
+        farm.ask("measure", True)
+        rng = random.Random(self.n)
+        began = time.monotonic()
+        deaths = fails = 0
+        next_death = began + self.args.death_every
+        next_fail = began + self.args.fail_every / 2
+        while time.monotonic() < began + window:
+            now = time.monotonic()
+            keys = farm.ask("snapshot")["keys"]
+            if now >= next_death and keys:
+                deaths += farm.ask("kill", tuple(rng.choice(keys)))["ok"]
+                next_death += self.args.death_every
+            if now >= next_fail and keys:
+                fails += farm.ask("fail", tuple(rng.choice(keys)))["ok"]
+                next_fail += self.args.fail_every
+            time.sleep(0.2)
+        spent = time.monotonic() - began
+        snap1 = farm.ask("snapshot")
+        cpu1 = {k: {p: cpu_seconds(p) for p in v} for k, v in pids.items()}
+        dcpu1 = {n: cpu_seconds(p) for n, p in dpeds.items()}
+        rss = {k: [rss_mib(p) for p in v] for k, v in pids.items()}
+        time.sleep(MISSES * INTERVAL + 2)           # the last deaths are found and fenced
+        farm.ask("measure", False)
+        beats = {d: snap1["beats"].get(d, 0) - snap0["beats"].get(d, 0) for d in self.names}
+        total = sum(beats.values()) or 1
+        per_dped = [(dcpu1[n] - dcpu0[n]) / beats[n] * 1e3 for n in dcpu1 if beats.get(n)]
+
+        def used(kind: str) -> float:
+            """CPU of the processes alive at both ends (a helper that ran between is not
+            counted: the broker's rabbitmqctl runs, which mint logins)."""
+            return sum(max(0.0, cpu1[kind][p] - cpu0[kind][p]) for p in cpu0[kind]
+                       if cpu1[kind].get(p))
+
+        target = INTERVAL * MISSES + 0.5
+        return {
+            "N": self.n, "D": self.d, "window": spent, "beats_per_s": total / spent,
+            "dped_ms": statistics.mean(per_dped) if per_dped else float("nan"),
+            "dped_max_ms": max(per_dped, default=float("nan")),
+            "dped_cores": (sum(dcpu1.values()) - sum(dcpu0.values())) / spent,
+            "cped_ms": used("cped") / total * 1e3, "broker_ms": used("broker") / total * 1e3,
+            "broker_cores": used("broker") / spent, "sim_cores": used("sim") / spent,
+            "false": list(farm.false), "deaths": deaths, "fails": fails,
+            "detect": list(farm.detections), "mttr": list(farm.mttr),
+            "late": snap1["late"] - snap0["late"],
+            "rss_dped_sum": sum(rss["dped"]), "rss_dped_max": max(rss["dped"], default=0),
+            "rss_cped": sum(rss["cped"]), "rss_broker": sum(rss["broker"]),
+            "rss_sim": sum(rss["sim"]), "target": target,
+        }
+
+    def close(self) -> None:
+        for pid in [*self.dped_pids().values()] + ([self.cped.pid] if self.cped else []):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.cped is not None:
+            self.cped.wait(30)
+        if self.client is not None:
+            self.client.close()
+        with_retry = 3
+        while with_retry:
+            with_retry -= 1
+            try:
+                broker.stop(self.broker_dir)
+                break
+            except Exception:
+                time.sleep(1)
+        if self.control is not None:
+            self.control.shutdown()
+            self.control.server_close()
+        if not self.args.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def row(r: dict, boot: float) -> str:
+    holds = (not r["false"] and r["detect"] and pct(r["detect"], 0.99) <= r["target"]
+             and r["late"] == 0)
+    return (f"| {r['N']} | {r['D']} | {boot:.0f} | {r['beats_per_s']:.0f} | "
+            f"{r['dped_ms']:.3f} / {r['dped_max_ms']:.3f} | {r['cped_ms']:.3f} | "
+            f"{r['broker_ms']:.3f} ({r['broker_cores']:.2f} cores) | {len(r['false'])} | "
+            f"{pct(r['detect'], 0.5):.2f} / {pct(r['detect'], 0.99):.2f} "
+            f"(n={len(r['detect'])}) | "
+            f"{pct(r['mttr'], 0.5) * 1e3:.0f} / {pct(r['mttr'], 0.99) * 1e3:.0f} "
+            f"(n={len(r['mttr'])}) | {r['rss_dped_sum']:.0f} / {r['rss_dped_max']:.0f} | "
+            f"{r['rss_cped']:.0f} | {r['rss_broker']:.0f} | {r['rss_sim']:.0f} "
+            f"({r['sim_cores']:.2f} cores) | {'yes' if holds else 'no'} |")
+
+
+HEADER = ("| N | D | boot s | beats/s | dped ms/beat (mean / max) | cped ms/beat | broker "
+          "ms/beat | false failures | detection s p50 / p99 | MTTR ms p50 / p99 | RSS MiB "
+          "dpeds (sum / max) | cped | broker | simulator | holds |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | "
+          "--- | --- |")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", default="100x1,1000x10,5000x50",
+                   help="comma-separated NxD: N assemblies over D deployables")
+    p.add_argument("--window", type=float, default=60.0, help="seconds measured per run")
+    p.add_argument("--death-every", type=float, default=5.0,
+                   help="seconds between simulated assembly deaths")
+    p.add_argument("--fail-every", type=float, default=2.0,
+                   help="seconds between simulated resource failures")
+    p.add_argument("--boot-timeout", type=float, default=900.0,
+                   help="seconds for every deployable to reach running")
+    p.add_argument("--keep", action="store_true", help="keep the work dirs")
+    args = p.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    print(f"uptime: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
+          f"{os.getloadavg()[2]:.2f}; interval {INTERVAL:g} s x {MISSES} misses", flush=True)
+    print(HEADER, flush=True)
+    largest = 0
+    for spec in args.runs.split(","):
+        n, d = (int(x) for x in spec.lower().split("x"))
+        run = Run(n, d, args)
+        try:
+            boot = run.start()
+            result = run.measure()
+        except Exception as exc:
+            print(f"| {n} | {d} | failed: {exc} |", flush=True)
+            continue
+        finally:
+            run.close()
+        print(row(result, boot), flush=True)
+        for line in result["false"][:5]:
+            print(f"  false failure: {line}", flush=True)
+        if not result["false"] and result["late"] == 0 and result["detect"] and pct(
+                result["detect"], 0.99) <= result["target"]:
+            largest = max(largest, n)
+        print(f"  load {os.getloadavg()[0]:.2f}; dpeds {result['dped_cores']:.2f} cores; "
+              f"late beats {result['late']}; deaths {result['deaths']}, failures "
+              f"{result['fails']}", flush=True)
+    print(f"largest N that holds: {largest or 'none'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
