@@ -52,7 +52,7 @@ DEBIAN_12 = Distro(
     suite="bookworm",
     packages=("systemd-sysv", "udev", "linux-image-amd64", "python3", "python3-qpid-proton",
               "python3-lxml", "python3-daemon", "iproute2", "netbase", "procps",
-              "ca-certificates", "dbus"),
+              "ca-certificates", "dbus", "resource-agents"),
 )
 DISTROS = {"debian-12": DEBIAN_12}
 DISTRO_ALIASES = {"debian12": "debian-12", "bookworm": "debian-12", "debian": "debian-12"}
@@ -180,7 +180,8 @@ def jeos_create(distro: str, arch: str, catalogue_dir: str | Path,
 
     Takes about two minutes here; ``progress`` receives the steps with their elapsed time.
     ``extra_packages`` adds Debian packages the assemblies' resources need (e.g.
-    ``resource-agents`` for OCF resources). Raises ImageExistsError if the JEOS is already there.
+    ``apache2`` for the httpd template; ``resource-agents`` is always there, so every
+    assembly can run OCF resources). Raises ImageExistsError if the JEOS is already there.
     """
     spec, canonical_arch = _resolve_distro(distro, arch)
     name = name or f"{spec.key}-{canonical_arch}"

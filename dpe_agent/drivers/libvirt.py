@@ -26,6 +26,8 @@ from typing import Any
 from dpe_agent.drivers.base import AssemblySpec, DeathReport, DriverError, PowerState
 from dpe_agent.drivers.vmboot import (
     BOOT_TIMEOUT,
+    VmImage,
+    boot_disk,
     credentials_option,
     kernel_cmdline,
     last_log_line,
@@ -104,9 +106,9 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
     return element
 
 
-def domain_xml(spec: AssemblySpec) -> str:
+def domain_xml(spec: AssemblySpec, image: VmImage | None = None) -> str:
     """The domain definition of an assembly: TCG, direct kernel boot, virtio disk, one NIC."""
-    image = load_vm_image(spec)
+    image = image or load_vm_image(spec)
     ET.register_namespace("qemu", QEMU_NS)
     domain = ET.Element("domain", {"type": "qemu"})
     _sub(domain, "name", domain_name(spec))
@@ -222,9 +224,9 @@ class LibvirtDriver:
         except self._libvirt.libvirtError as exc:
             raise DriverError(f"libvirt {what} of {domain_name(spec)} failed: {exc}") from exc
 
-    def define(self, spec: AssemblySpec) -> Any:
+    def define(self, spec: AssemblySpec, image: VmImage | None = None) -> Any:
         """Define (or redefine, when powered off) the assembly's domain; returns it."""
-        xml = domain_xml(spec)
+        xml = domain_xml(spec, image)
         existing = self._lookup(spec)
         if existing is not None and not existing.isActive():
             stored_uuid = existing.UUIDString()
@@ -238,7 +240,7 @@ class LibvirtDriver:
         if dom is not None and dom.isActive():
             self._watch(assembly)
             return
-        dom = self.define(assembly)
+        dom = self.define(assembly, boot_disk(assembly, load_vm_image(assembly)))
         self._watch(assembly)
         try:
             self._call("start", assembly, dom.create)

@@ -25,6 +25,8 @@ from dpe_agent.drivers.base import AssemblySpec, DeathReport, DriverError, Power
 from dpe_agent.drivers.pidwatch import PidWatch
 from dpe_agent.drivers.vmboot import (
     BOOT_TIMEOUT,
+    VmImage,
+    boot_disk,
     credentials_option,
     kernel_cmdline,
     last_log_line,
@@ -91,13 +93,13 @@ class QemuDriver:
         """Watcher thread: a QEMU exited and nobody here stopped or fenced it."""
         state = Path(key)
         child = self._children.get(state)
-        reason = f"qemu (pid {pid}) exited"
+        reason, code = f"qemu (pid {pid}) exited", None
         if child is not None and child.pid == pid:
             code = child.wait()
             reason = (f"qemu killed by signal {-code}" if code < 0 else
                       f"qemu exited with status {code}")
         last = last_log_line(state / QEMU_LOG)
-        if last:
+        if last and (code is None or code >= 0):     # QEMU's own words on why it ended
             reason += f": {last}"
         report, name = self._report, self._names.get(key)
         if report is not None and name is not None:
@@ -107,9 +109,9 @@ class QemuDriver:
     def _state_dir(spec: AssemblySpec) -> Path:
         return Path(spec.state_dir).resolve()
 
-    def command(self, spec: AssemblySpec) -> list[str]:
+    def command(self, spec: AssemblySpec, image: VmImage | None = None) -> list[str]:
         """The QEMU command line of an assembly (run with the state directory as cwd)."""
-        image = load_vm_image(spec)
+        image = image or load_vm_image(spec)
         state = self._state_dir(spec)
         argv = [spec.extra.get("qemu_binary", self._qemu),
                 "-name", f"pcloud-{spec.deployable}-{spec.name}",
@@ -142,11 +144,10 @@ class QemuDriver:
             return
         state = self._state_dir(assembly)
         state.mkdir(parents=True, exist_ok=True)
-        argv = self.command(assembly)
-        if shutil.which(argv[0]) is None:
-            raise DriverError(f"{argv[0]} not found: install the Debian package qemu-system-x86")
-        if shutil.which("nc") is None:
-            raise DriverError("nc not found (the broker forward runs it): install netcat-openbsd")
+        qemu = assembly.extra.get("qemu_binary", self._qemu)
+        if shutil.which(qemu) is None:
+            raise DriverError(f"{qemu} not found: install the Debian package qemu-system-x86")
+        argv = self.command(assembly, boot_disk(assembly, load_vm_image(assembly)))
         for stale in (PIDFILE, QMP_SOCKET):
             (state / stale).unlink(missing_ok=True)
         with open(state / QEMU_LOG, "ab") as log:

@@ -24,7 +24,8 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+import subprocess
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -41,6 +42,13 @@ DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 # Seconds from start() to the agent's first heartbeat that a DPE should allow a VM driver:
 # a TCG boot takes 40-45 s on a busy 2-core host, a process sandbox well under one.
 BOOT_TIMEOUT = 300.0
+#: the PCI slot of the VM's network card: libvirt hands out slots from 2 upwards (the disk
+#: gets 2), and a card without an address took slot 2 first, so QEMU refused the disk
+NIC_PCI_ADDR = "0x10"
+#: seconds before QEMU connects its broker forward again after the broker closed it
+FORWARD_RECONNECT = 1
+#: this boot's disk: a copy-on-write overlay on the assembly image, in the assembly's state dir
+BOOT_DISK = "boot.qcow2"
 
 
 @dataclass(frozen=True)
@@ -153,13 +161,42 @@ def load_vm_image(spec: AssemblySpec) -> VmImage:
     return image
 
 
+def boot_disk(spec: AssemblySpec, image: VmImage) -> VmImage:
+    """A fresh overlay on the image's disk for this boot, in the assembly's state dir.
+
+    Every running assembly writes to a disk of its own, so many assemblies (and deployables)
+    boot from one image at once, and each boot starts from the image as built, like a fenced
+    process sandbox: nothing half-written by a forced-off guest is replayed.
+    """
+    overlay = private_dir(Path(spec.state_dir)) / BOOT_DISK
+    overlay.unlink(missing_ok=True)
+    try:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
+                        "-b", str(image.disk.resolve()), str(overlay)],
+                       check=True, capture_output=True, text=True)
+    except FileNotFoundError as exc:
+        raise DriverError("qemu-img not found: install the Debian package qemu-utils") from exc
+    except subprocess.CalledProcessError as exc:
+        raise DriverError(f"cannot create the boot disk of {spec.deployable}/{spec.name} on "
+                          f"{image.disk}: {exc.stderr.strip()}") from exc
+    return replace(image, disk=overlay)
+
+
 def netdev_option(image: VmImage, broker_url: str, netdev_id: str = "pcloudnet") -> str:
-    """The ``-netdev`` value: isolated user networking with one forward, to the broker."""
+    """The ``-netdev`` value: isolated user networking with one forward, to the broker.
+
+    The forward is a ``tcp:`` character device that QEMU itself connects (``reconnect``: again
+    whenever the broker closes it), not a ``cmd:`` that forks a helper per connection, which
+    libvirt's seccomp sandbox (``spawn=deny``) punishes by killing QEMU.
+    """
     host, port = broker_endpoint(broker_url)
-    forward = f"tcp:{GUEST_BROKER_ADDR}:{image.guest_broker_port}-cmd:nc {host} {port}"
+    # ",," is a literal comma inside a -netdev value: the chardev's own option
+    forward = (f"tcp:{GUEST_BROKER_ADDR}:{image.guest_broker_port}-tcp:{host}:{port}"
+               f",,reconnect={FORWARD_RECONNECT}")
     return f"user,id={netdev_id},restrict=on,guestfwd={forward}"
 
 
 def nic_option(image: VmImage, netdev_id: str = "pcloudnet") -> str:
-    """The ``-device`` value of the VM's one network card, with the MAC the image records."""
-    return f"virtio-net-pci,netdev={netdev_id},mac={image.mac}"
+    """The ``-device`` value of the VM's one network card, with the MAC the image records,
+    on a PCI slot libvirt never hands out itself."""
+    return f"virtio-net-pci,netdev={netdev_id},mac={image.mac},addr={NIC_PCI_ADDR}"
