@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from pcloud import xmlsafe
 from pcloudsh import display
 from pcloudsh.catalogue import missing_program_warning
 from pcloudsh.commands import NAME_RE, CommandError, Commands, _args, command
@@ -92,7 +93,7 @@ def cmd_deployable_start(self: Commands, args: list[str]) -> None:
         result = self.cpe("deployable_start", document)
     except CommandError as exc:
         if str(exc).startswith("duplicate_deployable:"):
-            name = etree.fromstring(document.encode()).get("name")
+            name = xmlsafe.parse(document, source=target).get("name")
             raise CommandError(f"{exc} (to change it: deployable_reload {target}; to start "
                                f"it afresh: deployable_stop {name}, then deployable_start)"
                                ) from None
@@ -106,7 +107,7 @@ def cmd_deployable_start(self: Commands, args: list[str]) -> None:
 
 def _remember_file(self: Commands, path: str, document: str) -> None:
     """Note a deployable started from a file in the catalogue (for listings without a CPE)."""
-    root = etree.fromstring(document.encode())
+    root = xmlsafe.parse(document, source=path)
     self.catalogue.file_started(root.get("name"), str(Path(path).resolve()),
                                 root.get("infrastructure") or "process",
                                 [a.get("name") for a in root.iter("assembly")])
