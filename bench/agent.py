@@ -1,11 +1,14 @@
-"""Guest agent figures: SIGKILL → failure report latency, and the agent's cost at 50 resources.
+"""Guest agent figures: its idle cost, SIGKILL → failure report latency, its cost at 55 resources.
 
 Usage: .venv/bin/python bench/agent.py [--broker-url URL] [-n 40] [--duration 30]
 
 Runs a real pcloud-agent subprocess on the broker (PCLOUD_BROKER_URL or the dev broker).
-1. kill -9 of a `process` resource, n times: time until its <report> arrives on the bus
+1. idle with a few resources (3 `sleep` process resources, 5 s monitors, 1 s heartbeats):
+   the agent's RSS, PSS, threads and CPU in ms per second over --duration seconds
+   (issue 13 targets: <= 25 MiB RSS, <= 0.5 ms CPU/s).
+2. kill -9 of a `process` resource, n times: time until its <report> arrives on the bus
    (client and agent on one host, same monotonic clock). Target: median < 50 ms.
-2. 50 `sleep` process resources with 2 s monitors plus 5 Dummy OCF resources with 1 s
+3. 50 `sleep` process resources with 2 s monitors plus 5 Dummy OCF resources with 1 s
    monitors: the agent's RSS and CPU% over --duration seconds.
 """
 
@@ -59,6 +62,15 @@ def rss_mib(pid: int) -> float:
     return int(line.split()[1]) / 1024
 
 
+def memory(pid: int) -> tuple[float, float, int]:
+    """(RSS MiB, PSS MiB, threads) of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f if ":" in line)
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        pss = next(int(x.split()[1]) for x in f if x.startswith("Pss:"))
+    return int(status["VmRSS"].split()[0]) / 1024, pss / 1024, int(status["Threads"])
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
@@ -100,6 +112,10 @@ def main() -> int:
         if not beats.wait(30):
             print("agent did not heartbeat", file=sys.stderr)
             return 1
+        rss, pss, threads, cpu_ms = idle_cost(bus, queue, agent.pid, args.duration)
+        print(f"idle, 3 process resources (5 s monitors), 1 s heartbeats, over "
+              f"{args.duration:g} s: RSS {rss:.1f} MiB, PSS {pss:.1f} MiB, {threads} threads, "
+              f"CPU {cpu_ms:.2f} ms/s (targets <= 25 MiB RSS, <= 0.5 ms/s)")
         latencies = kill_latency(bus, queue, arrivals, cond, args.n)
         print(f"SIGKILL -> report on the bus (n={len(latencies)}): "
               f"median {statistics.median(latencies):.2f} ms, "
@@ -116,6 +132,26 @@ def main() -> int:
             kill_recorded(os.path.join(state, "resources", name))
         bus.close()
     return 0
+
+
+def idle_cost(bus: Bus, queue: str, pid: int,
+              duration: float) -> tuple[float, float, int, float]:
+    """Peak RSS, PSS and threads, and CPU ms per second, of an agent with 3 quiet resources."""
+    for i in range(3):
+        bus.call(queue, "resource_start", op(f"i{i}", "start"))
+        bus.call(queue, "resource_monitor", op(f"i{i}", "monitor", interval=5000))
+    time.sleep(2)
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    rss = pss = 0.0
+    threads = 0
+    while time.monotonic() - t0 < duration:
+        time.sleep(1)
+        r, p, t = memory(pid)
+        rss, pss, threads = max(rss, r), max(pss, p), max(threads, t)
+    cpu_ms = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0) * 1000
+    for i in range(3):
+        bus.call(queue, "resource_stop", op(f"i{i}", "stop"))
+    return rss, pss, threads, cpu_ms
 
 
 def kill_latency(bus: Bus, queue: str, arrivals, cond, n: int) -> list[float]:

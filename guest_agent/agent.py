@@ -150,8 +150,7 @@ class Agent:
             old = entry.monitors.pop(interval, None)
             if old:
                 old[0].cancel()
-            job = self.scheduler.add(f"{entry.name}-monitor-{interval}", interval / 1000.0,
-                                     lambda: self._recurring(entry, interval, timeout))
+            job = self._schedule_monitor(entry, interval, timeout)
             entry.monitors[interval] = (job, timeout)
             self._save(entry)
         return op_result(entry.name, "monitor", interval, result)
@@ -235,6 +234,13 @@ class Agent:
             result = self._with_probes(entry, res.monitor(timeout, interval))
         self._observe(entry, result, False, operation)
         return result
+
+    def _schedule_monitor(self, entry: Entry, interval: int, timeout: float) -> Job:
+        """A recurring monitor; a class that watches its process's exit monitors by reading
+        /proc, quick enough for the scheduler's own thread (no worker thread kept for it)."""
+        return self.scheduler.add(f"{entry.name}-monitor-{interval}", interval / 1000.0,
+                                  lambda: self._recurring(entry, interval, timeout),
+                                  inline=entry.resource.watches_exit())
 
     def _recurring(self, entry: Entry, interval: int, timeout: float) -> None:
         if not entry.op_lock.acquire(blocking=False):
@@ -369,6 +375,5 @@ class Agent:
             result = self._with_probes(entry, entry.resource.monitor(timeout))
             self._observe(entry, result, True, "monitor", min(monitors, default=0))
         for interval, timeout in monitors.items():
-            job = self.scheduler.add(f"{entry.name}-monitor-{interval}", interval / 1000.0,
-                                     lambda i=interval, t=timeout: self._recurring(entry, i, t))
-            entry.monitors[interval] = (job, timeout)
+            entry.monitors[interval] = (self._schedule_monitor(entry, interval, timeout),
+                                        timeout)

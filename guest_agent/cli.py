@@ -81,8 +81,9 @@ def _daemon_context(config: AgentConfig):
 
 def run(config: AgentConfig) -> int:
     """Reap, resume resources, connect (retrying), serve and heartbeat until SIGTERM/SIGINT."""
+    from guest_agent.addresses import AddressTracker
     from guest_agent.agent import Agent
-    from guest_agent.heartbeat import Heartbeater
+    from guest_agent.heartbeat import REBEATS, Heartbeater
     from guest_agent.server import AgentServer
     from pcloud.bus import Backoff, Bus, BusError, connect
 
@@ -110,10 +111,13 @@ def run(config: AgentConfig) -> int:
              "started": agent.started, "pid": str(os.getpid())}
     from guest_agent.requests import iso_now
 
+    addresses = AddressTracker()
     beats = Heartbeater(bus.publish, config.heartbeat_key, attrs, config.heartbeat_interval,
-                        agent.states, iso_now)
+                        agent.states, iso_now, scheduler=agent.scheduler,
+                        addresses=addresses.for_beat)
     server = AgentServer(bus, config.agent_queue, agent.handle, controller=config.controller)
     bus.on_reconnect(agent.on_reconnect)
+    bus.on_reconnect(lambda: addresses.reconnected(1 + len(REBEATS)))
     bus.on_reconnect(beats.after_reconnect)
     server.start()
     beats.start()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 from lxml import etree
 
+from guest_agent.monitors import Job, Scheduler
+
+try:        # CPython's own md5: hashlib would load OpenSSL (2.4 MiB of RSS) for one digest
+    from _md5 import md5
+except ImportError:         # an interpreter built without it
+    from hashlib import md5
 from pcloud.bus import BusError, Message
 
 log = logging.getLogger(__name__)
@@ -22,43 +26,68 @@ REBEATS = (0.25, 0.6)
 def state_digest(states: dict[str, str]) -> str:
     """md5 of the sorted ``name=state`` lines joined by newlines (empty string: no resources)."""
     text = "\n".join(f"{name}={state}" for name, state in sorted(states.items()))
-    return hashlib.md5(text.encode("utf-8")).hexdigest()
+    return md5(text.encode("utf-8")).hexdigest()
 
 
 class Heartbeater:
-    """Publishes ``<heartbeat>`` every interval on a fixed grid (no drift)."""
+    """Publishes ``<heartbeat>`` every interval on a fixed grid (no drift).
+
+    The beats are jobs of the agent's scheduler, on its one timer thread (no thread of their
+    own). ``addresses`` returns the ``addresses`` attribute of the next beat, or None to leave
+    it out (see guest_agent.addresses.AddressTracker: only when the set changed).
+    """
 
     def __init__(self, publish: Callable[[str, Message], None], topic: str,
                  attrs: dict[str, str], interval: float,
-                 states: Callable[[], dict[str, str]], now: Callable[[], str]) -> None:
+                 states: Callable[[], dict[str, str]], now: Callable[[], str],
+                 scheduler: Scheduler | None = None,
+                 addresses: Callable[[], str | None] | None = None) -> None:
         self._publish = publish
         self._topic = topic
         self._attrs = attrs
         self._interval = interval
         self._states = states
         self._now = now
+        self._addresses = addresses
         self._seq = 0
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+        # the fixed attributes, escaped once; each beat appends its few safe values
+        head = etree.tostring(etree.Element("heartbeat", attrs), encoding="unicode")
+        self._head = head.removesuffix("/>").rstrip()
+        self._digested: dict[str, str] | None = None
+        self._digest = ""
+        self._own_scheduler = scheduler is None
+        self._scheduler = scheduler or Scheduler(workers=1)
+        self._periodic: Job | None = None
+        self._rebeats: list[Job] = []
+        self._stopped = False
 
     def start(self) -> None:
-        self._thread.start()
+        self._periodic = self._scheduler.add("heartbeat", self._interval, self.beat,
+                                             first_delay=0, inline=True)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopped = True
+        for job in [self._periodic, *self._rebeats]:
+            if job is not None:
+                job.cancel()
+        if self._own_scheduler:
+            self._scheduler.stop()
 
     def beat(self) -> None:
-        """Send one heartbeat now."""
+        """Send one heartbeat now (a string built from parts: an idle agent's main cost)."""
         with self._lock:
             self._seq += 1
-            elem = etree.Element("heartbeat", self._attrs)
-            elem.set("seq", str(self._seq))
-            elem.set("interval", f"{self._interval:g}")
-            elem.set("digest", state_digest(self._states()))
-            elem.set("time", self._now())
+            states = self._states()
+            if states != self._digested:
+                self._digested = dict(states)
+                self._digest = state_digest(states)
+            addresses = self._addresses() if self._addresses is not None else None
+            body = (f'{self._head} seq="{self._seq}" interval="{self._interval:g}" '
+                    f'digest="{self._digest}" time="{self._now()}"'
+                    + ("" if addresses is None else f' addresses="{addresses}"') + "/>")
         try:
-            self._publish(self._topic, Message(body=elem, subject="heartbeat", opcode="heartbeat"))
+            self._publish(self._topic, Message(body=body, subject="heartbeat", opcode="heartbeat"))
         except BusError as exc:
             log.warning("heartbeat %d not sent: %s", self._seq, exc)
 
@@ -72,25 +101,10 @@ class Heartbeater:
         beat a whole interval later (a soak: every deployable ``degraded`` up to 1 s after
         the broker was back and everyone reconnected).
         """
+        if self._stopped:
+            return
         self.beat()
-        for delay in REBEATS:
-            if delay < self._interval:
-                timer = threading.Timer(delay, self._rebeat)
-                timer.daemon = True
-                timer.start()
-
-    def _rebeat(self) -> None:
-        if not self._stop.is_set():
-            self.beat()
-
-    def _loop(self) -> None:
-        due = time.monotonic()
-        while not self._stop.is_set():
-            self.beat()
-            due += self._interval
-            delay = due - time.monotonic()
-            if delay < 0:
-                due = time.monotonic()
-                delay = 0
-            if self._stop.wait(delay):
-                return
+        for job in self._rebeats:
+            job.cancel()
+        self._rebeats = [self._scheduler.once("rebeat", delay, self.beat)
+                         for delay in REBEATS if delay < self._interval]

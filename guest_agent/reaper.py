@@ -119,20 +119,24 @@ class Reaper:
         self._fd_pids: dict[int, int] = {}
         self._orphan_callbacks: list[Callable[[int], None]] = []
         self._epoll = select.epoll()
+        self._waker = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._epoll.register(self._waker, select.EPOLLIN)
+        self._spawned = 0
         self._started = False
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._pidwatch: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the reaping and pidfd threads (idempotent)."""
+        """Start the reaping thread (idempotent); the pidfd thread starts with the first
+        stranger watched (after an agent restart), so most agents never run one."""
         if self._started:
             return
         self._started = True
-        self._threads = [
-            threading.Thread(target=self._reap_loop, name="reaper", daemon=True),
-            threading.Thread(target=self._pidfd_loop, name="pidwatch", daemon=True)]
-        for thread in self._threads:
-            thread.start()
+        self._threads = [threading.Thread(target=self._reap_loop, name="reaper", daemon=True)]
+        self._threads[0].start()
+        with self._lock:
+            self._ensure_pidwatch()
 
     def stop(self) -> None:
         """Stop both threads, so the process gets its children's exit statuses back.
@@ -143,11 +147,13 @@ class Reaper:
         self._stopping.set()
         with self._lock:
             self._have_children.notify_all()
+        os.eventfd_write(self._waker, 1)       # ends the pidfd thread's poll
         waker = subprocess.Popen(["true"])     # ends the blocking waitid
         for thread in self._threads:
             thread.join(timeout=5.0)
         waker.wait()
         self._epoll.close()
+        os.close(self._waker)
 
     def on_orphan_exit(self, callback: Callable[[int], None]) -> None:
         """Call back when a process nobody watches dies (e.g. a daemon an OCF agent started)."""
@@ -158,6 +164,7 @@ class Reaper:
         """Start a child watched from birth; Popen.wait must never be used on it."""
         with self._lock:
             proc = subprocess.Popen(argv, **popen_kwargs)
+            self._spawned += 1
             child = Child(proc, on_exit)
             self._watchers[proc.pid] = child._exit
             self._have_children.notify_all()
@@ -189,7 +196,15 @@ class Reaper:
         self._pidfds[pid] = fd
         self._fd_pids[fd] = pid
         self._epoll.register(fd, select.EPOLLIN)
+        self._ensure_pidwatch()
         return True
+
+    def _ensure_pidwatch(self) -> None:
+        if self._pidwatch is None and self._started and self._pidfds:
+            self._pidwatch = threading.Thread(target=self._pidfd_loop, name="pidwatch",
+                                              daemon=True)
+            self._threads.append(self._pidwatch)
+            self._pidwatch.start()
 
     def _drop_pidfd(self, pid: int) -> None:
         fd = self._pidfds.pop(pid, None)
@@ -200,11 +215,16 @@ class Reaper:
 
     def _reap_loop(self) -> None:
         while not self._stopping.is_set():
+            with self._lock:
+                spawned = self._spawned
             try:
                 os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
             except ChildProcessError:
+                # no child, so no descendant that could be re-parented to us either: sleep
+                # until the next spawn (no periodic wake-up of an idle agent)
                 with self._lock:
-                    self._have_children.wait(1.0)
+                    while self._spawned == spawned and not self._stopping.is_set():
+                        self._have_children.wait()
                 continue
             except InterruptedError:
                 continue
@@ -246,8 +266,9 @@ class Reaper:
 
     def _pidfd_loop(self) -> None:
         while not self._stopping.is_set():
-            for fd, _ in self._epoll.poll(1.0):
-                self._pidfd_ready(fd)
+            for fd, _ in self._epoll.poll():
+                if fd != self._waker:
+                    self._pidfd_ready(fd)
 
     def _pidfd_ready(self, fd: int) -> None:
         with self._lock:

@@ -18,8 +18,8 @@ Names of deployables and assemblies never contain a dot, so user names cannot co
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass, field
+from types import ModuleType
 
 from pcloud.wire import NAME, NAME_PATTERN
 
@@ -71,8 +71,16 @@ class UserSpec:
         return Credentials(self.user, self.password)
 
 
+def _secrets() -> ModuleType:
+    """The secrets module, imported on first use: it loads OpenSSL's hashlib (2.4 MiB of
+    RSS), which a guest agent reading its config never needs (issue 13)."""
+    import secrets
+
+    return secrets
+
+
 def new_password() -> str:
-    return secrets.token_urlsafe(24)
+    return _secrets().token_urlsafe(24)
 
 
 def dpe_user(deployable: str) -> str:
@@ -81,7 +89,7 @@ def dpe_user(deployable: str) -> str:
 
 def agent_user(deployable: str, assembly: str, boot: str | None = None) -> str:
     """A fresh user for one boot of an assembly (``boot``: hex token, random by default)."""
-    return f"{AGENT_PREFIX}{deployable}.{assembly}.{boot or secrets.token_hex(6)}"
+    return f"{AGENT_PREFIX}{deployable}.{assembly}.{boot or _secrets().token_hex(6)}"
 
 
 def agent_of(user: str | None) -> tuple[str, str] | None:
@@ -106,7 +114,7 @@ def check_user_name(name: str) -> str:
 
 def reply_topic_key(user: str, token: str | None = None) -> str:
     """The topic key a party that may not write to queues (a DPE's agents) answers it on."""
-    return f"pcloud.reply.{user}.{token or secrets.token_hex(8)}"
+    return f"pcloud.reply.{user}.{token or _secrets().token_hex(8)}"
 
 
 def _one_of(*patterns: str) -> str:
@@ -163,7 +171,7 @@ def client_permissions() -> Permissions:
 def agent_spec(deployable: str, assembly: str, generation: str = "") -> UserSpec:
     """A fresh agent login; its boot token starts with ``generation`` (hex: the minting
     DPE's own, so that a prune never deletes what that DPE just minted)."""
-    boot = generation + secrets.token_hex(6)
+    boot = generation + _secrets().token_hex(6)
     return UserSpec(agent_user(deployable, assembly, boot), new_password(),
                     agent_permissions(deployable, assembly))
 

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -182,7 +181,8 @@ def run_command(reaper: Reaper, argv: list[str], env: dict[str, str], timeout: f
     process group is killed, so a hung agent leaves nothing behind.
     """
     began = time.monotonic()
-    with tempfile.TemporaryFile() as out:
+    # an anonymous memory file, not tempfile (which imports shutil and its compressors)
+    with open(os.memfd_create("pcloud-output", os.MFD_CLOEXEC), "w+b") as out:
         child = reaper.spawn(argv, stdin=subprocess.DEVNULL, stdout=out,
                              stderr=out, env=env, cwd=cwd, start_new_session=True,
                              close_fds=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 
 from guest_agent.reaper import Reaper
 from guest_agent.resources.base import (
@@ -56,6 +55,8 @@ def clear_rsctmp_after_reboot(state_dir: str, boot_id_path: str = BOOT_ID) -> bo
     except OSError:
         pass
     if os.path.isdir(rsctmp):
+        import shutil  # here: it imports bz2 and lzma, not worth an agent's RSS
+
         shutil.rmtree(rsctmp)
     with open(marker, "w") as f:
         f.write(boot + "\n")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 from guest_agent.reaper import Reaper
 from guest_agent.resources.base import (
@@ -39,6 +38,8 @@ class SystemdResource(Resource):
         if not systemd_running():
             return OpResult(OCF_ERR_INSTALLED, "error",
                             "class systemd is unsupported here: systemd is not PID 1")
+        import shutil  # here: it imports bz2 and lzma, not worth an agent's RSS
+
         if shutil.which("systemctl") is None:
             return OpResult(OCF_ERR_INSTALLED, "error", "systemctl is not installed")
         return None
