@@ -104,7 +104,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBroker]:
         url = private_broker.start(state, port=ports[0], dist_port=ports[1], epmd_port=ports[2])
     except private_broker.NotInstalled as exc:
         pytest.skip(str(exc))
-    set_slowness(measured_slowness(time.monotonic() - began))
+    took = time.monotonic() - began
+    set_slowness(measured_slowness(took))
+    _pace.append(f"broker started in {took:.1f} s: deadlines scaled {slowness():.2g}x")
     os.environ["PCLOUD_BROKER_URL"] = url
     os.environ["PCLOUD_BROKER_ADMIN"] = str(state)   # daemons mint identities on this node
     try:
@@ -113,6 +115,15 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBroker]:
         os.environ.pop("PCLOUD_BROKER_URL", None)
         os.environ.pop("PCLOUD_BROKER_ADMIN", None)
         private_broker.stop(state)
+
+
+_pace: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how much this run's deadlines were stretched, to read a slow run's results by."""
+    for line in _pace:
+        terminalreporter.write_line(f"host pace: {line}")
 
 
 @pytest.fixture(scope="module")

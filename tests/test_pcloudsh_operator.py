@@ -232,3 +232,19 @@ def test_cped_waiting_for_its_broker_does_not_claim_it_lost_one(broker, tmp_path
         rest = cped.communicate(timeout=60)[1]
     assert cped.returncode == 0
     assert "lost the broker" not in "".join(lines) + rest
+
+
+def test_deadlines_follow_the_hosts_pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy host (a slow broker start) stretches every deadline, within bounds."""
+    import helpers
+
+    assert [helpers.measured_slowness(t, nominal=6) for t in (3, 6, 12, 600)] == [1, 1, 2, 5]
+    before = helpers.slowness()
+    try:
+        helpers.set_slowness(2.0)
+        assert helpers.scaled(10) == 20
+        monkeypatch.setenv("PCLOUD_TEST_SLOWNESS", "3")
+        helpers.set_slowness(2.0)
+        assert helpers.scaled(10) == 30
+    finally:
+        helpers._slowness[0] = before
