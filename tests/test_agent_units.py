@@ -9,7 +9,7 @@ import pytest
 from lxml import etree
 
 from guest_agent.heartbeat import state_digest
-from guest_agent.monitors import ProbeState, Scheduler
+from guest_agent.monitors import ProbeState, Scheduler, Workers, grid_due, next_due
 from guest_agent.requests import op_result, parse_op, report
 from guest_agent.resources.base import OpResult, ProbeSpec
 from pcloud import schemas
@@ -73,3 +73,54 @@ def test_scheduler_runs_jobs_until_cancelled():
         assert runs.acquire(timeout=5)
     job.cancel()
     scheduler.stop()
+
+
+def test_whole_second_jobs_move_earlier_onto_the_shared_grid():
+    # origin 100.0: a 5 s monitor added at 100.3 would first run at 105.3; it runs at 105.0
+    assert grid_due(105.3, 5.0, 100.0, 100.3) == 105.0
+    # never into the past: a heartbeat due now at 100.3 runs now
+    assert grid_due(100.3, 1.0, 100.0, 100.3) == 100.3
+    # sub-second and fractional intervals keep their own times
+    assert grid_due(100.8, 0.5, 100.0, 100.3) == 100.8
+    assert grid_due(102.8, 2.5, 100.0, 100.3) == 102.8
+
+
+def test_a_late_job_skips_the_runs_it_missed_and_stays_on_its_schedule():
+    assert next_due(10.0, 1.0, 10.2) == 11.0
+    assert next_due(10.0, 1.0, 13.5) == 14.0      # 11, 12, 13 missed: no burst
+    assert next_due(10.0, 2.0, 12.0) == 14.0
+
+
+def test_workers_end_when_idle_and_start_again_on_demand():
+    workers = Workers(limit=2, idle=0.05)
+    ran = threading.Semaphore(0)
+    assert workers.submit(ran.release)
+    assert ran.acquire(timeout=5)
+    deadline = threading.Event()
+    for _ in range(200):                # the worker ends after 0.05 s without work
+        if workers._threads == 0:
+            break
+        deadline.wait(0.05)
+    assert workers._threads == 0
+    assert workers.submit(ran.release)
+    assert ran.acquire(timeout=5)
+    workers.stop()
+    assert not workers.submit(ran.release)
+
+
+def test_inline_jobs_and_one_shots_run_on_the_scheduler_thread():
+    scheduler = Scheduler(workers=1)
+    threads: list[str] = []
+    done = threading.Semaphore(0)
+
+    def record() -> None:
+        threads.append(threading.current_thread().name)
+        done.release()
+
+    job = scheduler.add("quick", 0.01, record, first_delay=0, inline=True)
+    scheduler.once("later", 0.01, record)
+    for _ in range(3):
+        assert done.acquire(timeout=5)
+    job.cancel()
+    scheduler.stop()
+    assert set(threads) == {"scheduler"}
