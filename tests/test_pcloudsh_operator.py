@@ -248,3 +248,32 @@ def test_deadlines_follow_the_hosts_pace(monkeypatch: pytest.MonkeyPatch) -> Non
         assert helpers.scaled(10) == 30
     finally:
         helpers._slowness[0] = before
+
+
+@pytest.mark.slow
+def test_a_stopped_private_broker_is_named_with_its_remedy(tmp_path: Path) -> None:
+    """cped and pcloudsh on a state dir whose pcloud-broker is stopped both say to start it."""
+    from pcloud import broker as private_broker
+
+    ports = [private_broker.free_port() for _ in range(3)]
+    try:
+        private_broker.start(tmp_path, port=ports[0], dist_port=ports[1], epmd_port=ports[2])
+    except private_broker.NotInstalled as exc:
+        pytest.skip(str(exc))
+    private_broker.stop(tmp_path)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PCLOUD_BROKER_ADMIN", "PCLOUD_BROKER_URL", "PCLOUD_LOG_TIME")}
+    env.update(PCLOUD_STATE_DIR=str(tmp_path), PCLOUD_CONFIG=str(tmp_path / "none.conf"))
+    remedy = f"the private broker of {tmp_path} is not running: pcloud-broker start"
+    shell = subprocess.run([str(BIN / "pcloudsh"), "deployable_list"], capture_output=True,
+                           text=True, env=env, timeout=60)
+    assert shell.returncode == 1 and remedy in shell.stderr and "note:" not in shell.stderr
+    cped = subprocess.Popen([str(BIN / "cped"), "--foreground"], stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert cped.stderr is not None
+        first = cped.stderr.readline()
+    finally:
+        cped.terminate()
+        cped.communicate(timeout=60)
+    assert first.endswith(f"WARNING {remedy}\n"), first
