@@ -181,6 +181,10 @@ class Commands:
         except CatalogueError as exc:
             raise CommandError(str(exc)) from None
 
+    def note(self, text: str) -> None:
+        """A remark beside a command's output: stderr here, above the prompt in the shell."""
+        print(f"pcloudsh: note: {text}", file=sys.stderr, flush=True)
+
     def say(self, text: str, end: str = "\n") -> None:
         """Print one piece of output whole (shell commands and live events share the
         terminal)."""
@@ -209,7 +213,7 @@ class Commands:
             check_broker_url(url)
             if source == "default" and not self._noted_default:
                 self._noted_default = True
-                print(f"pcloudsh: note: {config.default_broker_note()}", file=sys.stderr)
+                self.note(config.default_broker_note())
             why = refused(url)
             if why is not None:
                 raise CommandError(config.unreachable(url, why))

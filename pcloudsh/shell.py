@@ -79,6 +79,7 @@ class Shell(cmd.Cmd):
         self._at_prompt = False
         self._watch_lock = threading.Lock()
         self._closing = threading.Event()
+        commands.note = lambda text: self._note(f"(note: {text})")  # type: ignore[method-assign]
 
     # --- lifecycle ---------------------------------------------------------------------
 
