@@ -75,12 +75,14 @@ class ConsoleFeed:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop at once: the connection first, so a call in flight ends now rather than at
+        its timeout (cped's shutdown waits for this)."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10.0)
         if self.bus is not None:
             self.bus.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:

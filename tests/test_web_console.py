@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from lxml import etree
 from signed_cpe import signed_cped
-from test_cpe_harness import deployable_xml, service_pid, unique
+from test_cpe_harness import deployable_xml, service_pid, unique, wait_until
 from test_metrics import switched_on
 
 from cpe_agent.web import ConsoleFeed
 from cpe_agent.web_model import ConsoleModel, epoch
-from pcloud.bus import Message
+from pcloud.bus import BusError, Message, MethodError
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -151,5 +151,18 @@ def test_console_shows_a_deployable_running_and_a_live_incident(broker, tmp_path
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
             shutil.copyfile(shot, DOCS_SCREENSHOT)
+            if broker.controllable:
+                # the console's own connection survives a broker restart: a refusal the CPE
+                # publishes afterwards (a config_error) reaches the page live
+                broker.restart()
+                ghost = unique("ghost")
+
+                def refusal_shown() -> bool:
+                    with pytest.raises((MethodError, BusError)):
+                        client.call("deployable_stop", f'<deployable name="{ghost}"/>')
+                    return page.locator("#events li", has_text=ghost).count() > 0
+
+                wait_until(refusal_shown, 120, "a config_error after the restart", step=2.0)
+                page.wait_for_selector("#link.up", timeout=10_000)
         finally:
             browser.close()

@@ -129,7 +129,7 @@ function drawMttr() {
       points: { show: true, size: 7, fill: COLORS[i % COLORS.length] },
       value: (u, v) => v === null ? "–" : ms(v),
     }))],
-    axes: [{}, { label: "MTTR (ms)", size: 60 }],
+    axes: [{ space: 90 }, { label: "MTTR (ms)", size: 60 }],
   }, data, box);
   frame(xs);
 }
