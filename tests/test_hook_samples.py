@@ -5,17 +5,22 @@ inside a running sandbox's network namespace."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import socket
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import test_cpe_harness
 from lxml import etree
+from signed_cpe import signed_cped
+from test_cpe_harness import BIN, CpedProcess, deployable_xml, unique, wait_until
 
 from cpe_agent.hooks import Hook, run_hook
 
@@ -167,3 +172,154 @@ def test_hosts_update_refuses_bad_names_and_addresses(tmp_path: Path) -> None:
     bad = run("hosts-update", str(hosts), event=dict(MOVED, assembly="../x"))
     assert bad.exit_status == 2 and "not a valid name" in bad.first_line
     assert hosts.read_text() == "127.0.0.1 localhost\n"
+
+
+# -- end to end: an address added inside a running sandbox's network namespace ------------
+
+CLONE_NEWNET = 0x40000000
+
+
+class Netns:
+    """A network namespace (held by a sleeping process) with ``lo`` up, where connections
+    to some ports of 127.0.0.1 are carried to the same ports of the host's 127.0.0.1: the
+    broker's AMQP, Erlang distribution and epmd ports, so that a cped started inside reaches
+    the session's broker and administers it with rabbitmqctl."""
+
+    def __init__(self, ports: tuple[int, ...]) -> None:
+        self.holder = subprocess.Popen(["unshare", "--net", "sleep", "3600"])
+        self.path = f"/proc/{self.holder.pid}/ns/net"
+        wait_until(lambda: os.readlink(self.path) != os.readlink("/proc/self/ns/net"), 10,
+                   "the new network namespace")
+        self.ip("link", "set", "lo", "up")
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        for port in ports:
+            listener = self._listen_inside(port)
+            threading.Thread(target=self._accept, args=(listener, port), daemon=True).start()
+
+    def ip(self, *args: str) -> None:
+        subprocess.run(["nsenter", f"--net={self.path}", "ip", *args], check=True)
+
+    def _listen_inside(self, port: int) -> socket.socket:
+        made: list[socket.socket] = []
+
+        def inside() -> None:            # a thread of its own: setns moves only this thread
+            with open(self.path) as ns:
+                if ctypes.CDLL(None, use_errno=True).setns(ns.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns")
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", port))
+            listener.listen(64)
+            made.append(listener)
+
+        thread = threading.Thread(target=inside)
+        thread.start()
+        thread.join()
+        assert made, f"no listener on port {port} inside the namespace"
+        self._keep(made[0])
+        return made[0]
+
+    def _keep(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+
+    def _accept(self, listener: socket.socket, port: int) -> None:
+        while True:
+            try:
+                inner, _ = listener.accept()
+                outer = socket.create_connection(("127.0.0.1", port), timeout=10)
+            except OSError:
+                return
+            outer.settimeout(None)
+            self._keep(inner)
+            self._keep(outer)
+            for a, b in ((inner, outer), (outer, inner)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+        self.holder.kill()
+        self.holder.wait()
+
+
+def _netns_usable() -> bool:
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(["unshare", "--net", "true"], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _netns_usable(), reason="needs root and network namespaces")
+def test_an_address_added_in_a_sandbox_reaches_the_hosts_file(broker, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    broker.require_control()             # the session's private node: its ports are known
+    netns = Netns(tuple(broker.ports))
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    conf = tmp_path / "pcloud.conf"
+    conf.write_text(f"[hook hosts]\nexec = {HOOKS / 'hosts-update'} {hosts}\n"
+                    "types = assembly_address_change\n")
+    monkeypatch.setenv("PCLOUD_CONFIG", str(conf))
+
+    class CpedInNetns(CpedProcess):
+        """cped, hence its dpeds and their sandboxes, inside the namespace."""
+
+        def start(self, client) -> None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.log, "ab") as log:
+                self.proc = subprocess.Popen(
+                    ["nsenter", f"--net={netns.path}", str(BIN / "cped"), "--foreground",
+                     "--state-dir", str(self.state_dir)], stdout=log, stderr=log,
+                    env=self.env())
+            wait_until(lambda: self._answers(client), 60, "cped to answer deployables_list")
+
+    monkeypatch.setattr(test_cpe_harness, "CpedProcess", CpedInNetns)
+    name = unique("addr")
+    try:
+        with signed_cped(tmp_path / "state", broker.url) as (_cped, client):
+            client.call("deployable_start", deployable_xml(name, {"web": ["s1"]}))
+            wait_until(lambda: client.status(name).get("state") == "running", 90,
+                       "the deployable to run")
+
+            def changes() -> list[etree._Element]:
+                found = client.call("events_query", f'<events deployable="{name}"/>')
+                return [e for e in found if e.get("type") == "assembly_address_change"]
+
+            def hosts_lines() -> list[str]:
+                return hosts.read_text().splitlines()
+
+            netns.ip("addr", "add", "10.77.0.5/32", "dev", "lo")
+            wait_until(lambda: f"10.77.0.5 web.{name}" in hosts_lines(), 60,
+                       "the hook to write the new address")
+            first, = changes()
+            assert (first.get("assembly"), first.get("old"), first.get("new")) == (
+                "web", "", "10.77.0.5")
+            web, = client.status(name).iter("assembly")
+            assert web.get("addresses") == "10.77.0.5"
+
+            netns.ip("addr", "del", "10.77.0.5/32", "dev", "lo")
+            netns.ip("addr", "add", "fd00:77::6/128", "dev", "lo")
+            wait_until(lambda: hosts_lines() == ["127.0.0.1 localhost",
+                                                 f"fd00:77::6 web.{name}"], 60,
+                       "the hook to replace the address")
+            assert changes()[-1].get("old") == "10.77.0.5"
+            assert changes()[-1].get("new") == "fd00:77::6"
+    finally:
+        netns.close()
