@@ -317,8 +317,8 @@ class ConsoleServer:
                 if message is None:
                     break
                 await response.write(_sse(message))
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+        except ConnectionError:
+            pass                                  # the browser went away
         finally:
             self._clients.discard(queue)
         return response
