@@ -106,7 +106,9 @@ class ConsoleFeed:
                 return
             if self._catch_up.is_set():
                 self._catch_up.clear()
-                self._refresh_all(history=True)
+                self._wake.clear()
+                if not self._refresh_all(history=True):
+                    self._catch_up.set()          # tried again at the next full refresh
             elif woken:
                 self._stop.wait(COALESCE)
                 self._wake.clear()
@@ -127,23 +129,30 @@ class ConsoleFeed:
         return self.bus.call(CPE_QUEUE, method, body, timeout=CALL_TIMEOUT,
                              senders={self.cpe_user})
 
-    def _refresh_all(self, history: bool) -> None:
+    def _refresh_all(self, history: bool) -> bool:
+        """The listing: deployables new or gone, and any whose state differs from what the
+        events said (a status each). With ``history`` (at start and after a reconnect): the
+        events missed, then every deployable's status. False when the CPE did not answer."""
         try:
             listing = self._call("deployables_list", "<deployables/>")
         except (BusError, MethodError) as exc:
             log.info("web console: deployables_list failed: %s", exc)
-            return
-        names = {d.get("name", "") for d in (listing if listing is not None else [])}
+            return False
+        states = {d.get("name", ""): d.get("state", "")
+                  for d in (listing if listing is not None else [])}
         with self.lock:
-            gone = self.model.forget_missing(names)
+            gone = self.model.forget_missing(set(states))
+            known = {name: status["state"] for name, status in self.model.deployables.items()}
         for name in gone:
             self.publish({"kind": "gone", "name": name})
         if history:
-            for name in sorted(names):
+            for name in sorted(states):
                 self._history(name)
             self.publish({"kind": "snapshot", **self.snapshot()})
-        for name in sorted(names):
-            self._refresh(name)
+        for name in sorted(states):
+            if history or known.get(name) != states[name]:
+                self._refresh(name)
+        return True
 
     def _refresh(self, name: str) -> None:
         try:
