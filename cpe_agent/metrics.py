@@ -29,6 +29,7 @@ log = logging.getLogger("pcloud.cpe.metrics")
 
 LEVELS = ("deployable", "assembly", "resource")
 # Seconds: a process resource recovers in well under a second, a VM in about 15 s.
+DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 MTTR_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
                 600.0)
 
@@ -94,6 +95,10 @@ class CpeMetrics:
                                    ["deployable", "escalated_to"], registry=self.registry)
         self.mttr = Histogram("pcloud_mttr_seconds", "Incident detection to running again",
                               ["deployable"], buckets=MTTR_BUCKETS, registry=self.registry)
+        self.heartbeat_delay = Histogram(
+            "pcloud_dpe_heartbeat_delay_seconds", "How much later than its interval each DPE "
+            "heartbeat arrived after the previous one (0: on time)", ["deployable"],
+            buckets=DELAY_BUCKETS, registry=self.registry)
         self._states: dict[tuple[str, str, str], str] = {}   # (dep, asm, rsc) -> state
         self._lock = threading.Lock()
         self.registry.register(_Snapshot(self, dpes, bus_connected))
@@ -136,6 +141,11 @@ class CpeMetrics:
             with self._lock:
                 self._states[(name, event.get("assembly", "-"), event.get("resource", "-"))] \
                     = state
+
+    def heartbeat_gap(self, name: str, late: float) -> None:
+        """A DPE heartbeat arrived ``late`` seconds after its interval (the supervisor's
+        callback; early ones count as on time)."""
+        self.heartbeat_delay.labels(name).observe(max(0.0, late))
 
     def component_states(self, names: set[str]) -> dict[tuple[str, str, str], int]:
         """(deployable, level, state) -> how many, for the stored deployables only."""

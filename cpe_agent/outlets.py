@@ -85,6 +85,7 @@ def start_outlets(service: CpeService, supervisor: Supervisor) -> Outlets:
             log.error("metrics stay off: cannot listen on %s:%d: %s", *where, exc)
         else:
             service.listeners.append(metrics.observe)
+            supervisor.on_heartbeat_gap = metrics.heartbeat_gap
             outlets._closers.append(server.close)
     where = listen_address("web")
     if where is not None:

@@ -162,6 +162,8 @@ class Supervisor:
         self._dpes: dict[str, DpeProcess] = {}
         self._heartbeat_watch_from = clock()
         self.bus_connected: Callable[[], bool] = lambda: True   # set by the daemon
+        # (deployable, seconds a heartbeat came later than its interval): metrics
+        self.on_heartbeat_gap: Callable[[str, float], None] | None = None
         self._bus_down = False       # the bus was seen down and the watch not yet restarted
         # Number, store and publish an event the CPE raises (the service's raise_event, set
         # by the daemon); without it the event is only numbered and stored.
@@ -213,9 +215,11 @@ class Supervisor:
             first = dpe.last_heartbeat is None or (started is not None
                                                    and started != dpe.started_stamp)
             dpe.started_stamp = started or dpe.started_stamp
-            dpe.last_heartbeat = self.clock()
+            previous, dpe.last_heartbeat = dpe.last_heartbeat, self.clock()
             if interval > 0:
                 dpe.heartbeat_interval = interval
+            if previous is not None and not first and self.on_heartbeat_gap is not None:
+                self.on_heartbeat_gap(name, dpe.last_heartbeat - previous - interval)
             return first
 
     def bus_reconnected(self) -> None:

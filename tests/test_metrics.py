@@ -128,6 +128,7 @@ def test_metrics_follow_a_real_failure_and_a_dpe_restart(broker, tmp_path: Path,
         assert value(after, "pcloud_mttr_seconds_bucket", deployable=name, le="+Inf") == 1
         assert value(after, "pcloud_fencings_total", deployable=name) == 0
         assert "pcloud_dpe_heartbeat_lateness_seconds" in after
+        assert value(after, "pcloud_dpe_heartbeat_delay_seconds_count", deployable=name) >= 1
 
         dped = int((state / "dpe" / name / "dped.pid").read_text().split()[0])
         os.kill(dped, signal.SIGKILL)
