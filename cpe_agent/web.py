@@ -97,9 +97,13 @@ class ConsoleFeed:
             return
         if self.bus is None:
             return
+        if self._stop.is_set():             # closed while connecting
+            self.bus.close()
+            return
         self.bus.subscribe("pcloud.event.#", self._on_event).wait_attached(CALL_TIMEOUT)
         self.bus.on_reconnect(self._reconnected)
-        self._refresh_all(history=True)
+        if not self._refresh_all(history=True):
+            self._catch_up.set()       # the CPE's queue is not served yet: at the next turn
         while not self._stop.is_set():
             woken = self._wake.wait(FULL_REFRESH)
             if self._stop.is_set():
