@@ -31,15 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pcloud import broker, xmlsafe  # noqa: E402
 from pcloud.bus import Bus, BusError  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mttr import RESOURCES, document, figures, pgrep  # noqa: E402  (the same deployable)
+
 BIN = Path(sys.executable).parent
-RESOURCES = 5
-
-
-def figures(label: str, values: list[float]) -> str:
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
-    return (f"{label:<46} median {statistics.median(ordered) * 1000:7.1f} ms  "
-            f"p99 {p99 * 1000:7.1f} ms  n={len(ordered)}")
 
 
 class Arrivals:
@@ -81,21 +76,6 @@ def read_stream(port: int, into: Arrivals, stop: threading.Event) -> None:
                 message = json.loads(line[6:])
                 if message.get("kind") == "event":
                     into.add(message["event"])
-
-
-def document(name: str, tag: str) -> str:
-    services = "".join(
-        f'<service name="r{i}" class="process" monitor_interval="5"><parameters>'
-        f'<parameter name="command" value="sleep {tag}{i:02d}"/></parameters></service>'
-        for i in range(RESOURCES))
-    return (f'<deployable name="{name}" infrastructure="process"><assemblies>'
-            f'<assembly name="a"><services>{services}</services></assembly>'
-            '</assemblies></deployable>')
-
-
-def pgrep(pattern: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 def main() -> int:
