@@ -1,11 +1,12 @@
 """Guest agent figures: its idle cost, SIGKILL → failure report latency, its cost at 55 resources.
 
-Usage: .venv/bin/python bench/agent.py [--broker-url URL] [-n 40] [--duration 30]
+Usage: .venv/bin/python bench/agent.py [--broker-url URL] [-n 40] [--duration 30] [--peer DIR]
 
 Runs a real pcloud-agent subprocess on the broker (PCLOUD_BROKER_URL or the dev broker).
 1. idle with a few resources (3 `sleep` process resources, 5 s monitors, 1 s heartbeats):
    the agent's RSS, PSS, threads and CPU in ms per second over --duration seconds
-   (issue 13 targets: <= 25 MiB RSS, <= 0.5 ms CPU/s).
+   (issue 13 targets: <= 25 MiB RSS, <= 0.5 ms CPU/s). With ``--peer DIR`` the agent of
+   another checkout is measured too, in the same run, and the ratios printed.
 2. kill -9 of a `process` resource, n times: time until its <report> arrives on the bus
    (client and agent on one host, same monotonic clock). Target: median < 50 ms.
 3. 50 `sleep` process resources with 2 s monitors plus 5 Dummy OCF resources with 1 s
@@ -62,6 +63,19 @@ def rss_mib(pid: int) -> float:
     return int(line.split()[1]) / 1024
 
 
+def cpu_ns(pid: int) -> int:
+    """CPU time of every live thread of a process, in ns (schedstat: /proc/<pid>/stat counts
+    10 ms ticks, too coarse for an idle process's ~1 ms per second)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 def memory(pid: int) -> tuple[float, float, int]:
     """(RSS MiB, PSS MiB, threads) of a process, from /proc."""
     with open(f"/proc/{pid}/status") as f:
@@ -76,60 +90,97 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
+class RunningAgent:
+    """A real pcloud-agent on the broker, with this bench as its DPE; ``pythonpath`` runs
+    the agent of another checkout (a peer to compare with)."""
+
+    def __init__(self, bus: Bus, url: str, user: str, pythonpath: str | None = None) -> None:
+        self.dep, self.asm = "bench" + uuid.uuid4().hex[:6], "a1"
+        self.queue = f"pcloud.agent.{self.dep}.{self.asm}"
+        self.state = tempfile.mkdtemp(prefix="pcloud-bench-agent-")
+        self.arrivals: dict[str, list[float]] = {}
+        self.cond = threading.Condition()
+        beats = threading.Event()
+        self.subs = [bus.subscribe(f"pcloud.report.{self.dep}.{self.asm}", self._on_report),
+                     bus.subscribe(f"pcloud.heartbeat.{self.dep}.{self.asm}",
+                                   lambda m: beats.set())]
+        for sub in self.subs:
+            sub.wait_attached(10)
+        env = dict(os.environ)
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
+        self.proc = subprocess.Popen(
+            [AGENT, "--foreground", "--deployable", self.dep, "--assembly", self.asm,
+             "--broker-url", url, "--state-dir", self.state, "--controller", user],
+            stderr=subprocess.DEVNULL, env=env)
+        if not beats.wait(30):
+            self.close()
+            raise SystemExit("agent did not heartbeat")
+
+    def _on_report(self, msg) -> None:
+        elem = etree.fromstring(msg.body.encode())
+        with self.cond:
+            self.arrivals.setdefault(elem.get("resource"), []).append(time.monotonic())
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        folder = os.path.join(self.state, "resources")
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            kill_recorded(os.path.join(folder, name))
+        for sub in self.subs:
+            sub.cancel()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--broker-url", default=os.environ.get(
         "PCLOUD_BROKER_URL", "amqp://pcloud:pcloud@127.0.0.1:5700"))
     parser.add_argument("-n", type=int, default=40)
     parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--peer", metavar="DIR",
+                        help="also measure the agent of another checkout (e.g. from "
+                             "'git worktree add DIR REV'), in the same run, for ratios")
     args = parser.parse_args()
 
-    dep, asm = "bench" + uuid.uuid4().hex[:6], "a1"
-    queue = f"pcloud.agent.{dep}.{asm}"
-    state = tempfile.mkdtemp(prefix="pcloud-bench-agent-")
     user = login_of(args.broker_url) or "pcloud"
     # this bench plays the agent's DPE: its controller, answered on a reply topic key
     bus = Bus(url=args.broker_url, name="bench-agent",
               reply_topic_key=reply_topic_key(user)).start()
-    arrivals: dict[str, list[float]] = {}
-    cond = threading.Condition()
-    beats = threading.Event()
-
-    def on_report(msg) -> None:
-        elem = etree.fromstring(msg.body.encode())
-        with cond:
-            arrivals.setdefault(elem.get("resource"), []).append(time.monotonic())
-            cond.notify_all()
-
-    for sub in (bus.subscribe(f"pcloud.report.{dep}.{asm}", on_report),
-                bus.subscribe(f"pcloud.heartbeat.{dep}.{asm}", lambda m: beats.set())):
-        sub.wait_attached(10)
-    agent = subprocess.Popen([AGENT, "--foreground", "--deployable", dep, "--assembly", asm,
-                              "--broker-url", args.broker_url, "--state-dir", state,
-                              "--controller", user],
-                             stderr=subprocess.DEVNULL)
     try:
-        if not beats.wait(30):
-            print("agent did not heartbeat", file=sys.stderr)
-            return 1
-        rss, pss, threads, cpu_ms = idle_cost(bus, queue, agent.pid, args.duration)
-        print(f"idle, 3 process resources (5 s monitors), 1 s heartbeats, over "
-              f"{args.duration:g} s: RSS {rss:.1f} MiB, PSS {pss:.1f} MiB, {threads} threads, "
-              f"CPU {cpu_ms:.2f} ms/s (targets <= 25 MiB RSS, <= 0.5 ms/s)")
-        latencies = kill_latency(bus, queue, arrivals, cond, args.n)
-        print(f"SIGKILL -> report on the bus (n={len(latencies)}): "
-              f"median {statistics.median(latencies):.2f} ms, "
-              f"p99 {percentile(latencies, 99):.2f} ms, max {max(latencies):.2f} ms "
-              f"(target < 50 ms)")
-        rss, cpu = load_cost(bus, queue, agent.pid, args.duration)
-        print(f"50 process (2 s monitors) + 5 Dummy OCF (1 s monitors) over "
-              f"{args.duration:g} s: agent RSS {rss:.1f} MiB, CPU {cpu:.2f} %")
+        idle = {}
+        for label, path in ([("peer", args.peer)] if args.peer else []) + [("this", None)]:
+            agent = RunningAgent(bus, args.broker_url, user, path)
+            try:
+                idle[label] = idle_cost(bus, agent.queue, agent.proc.pid, args.duration)
+            finally:
+                agent.close()
+            rss, pss, threads, cpu_ms = idle[label]
+            print(f"{label}: idle, 3 process resources (5 s monitors), 1 s heartbeats, over "
+                  f"{args.duration:g} s: RSS {rss:.1f} MiB, PSS {pss:.1f} MiB, {threads} "
+                  f"threads, CPU {cpu_ms:.2f} ms/s (targets <= 25 MiB RSS, <= 0.5 ms/s)")
+        if args.peer:
+            (r0, p0, _, c0), (r1, p1, _, c1) = idle["peer"], idle["this"]
+            print(f"this/peer: RSS {r1 / r0:.2f}, PSS {p1 / p0:.2f}, idle CPU {c1 / c0:.2f}")
+        agent = RunningAgent(bus, args.broker_url, user)
+        try:
+            latencies = kill_latency(bus, agent.queue, agent.arrivals, agent.cond, args.n)
+            print(f"SIGKILL -> report on the bus (n={len(latencies)}): "
+                  f"median {statistics.median(latencies):.2f} ms, "
+                  f"p99 {percentile(latencies, 99):.2f} ms, max {max(latencies):.2f} ms "
+                  f"(target < 50 ms)")
+        finally:
+            agent.close()
+        for label, path in ([("peer", args.peer)] if args.peer else []) + [("this", None)]:
+            agent = RunningAgent(bus, args.broker_url, user, path)
+            try:
+                rss, cpu = load_cost(bus, agent.queue, agent.proc.pid, args.duration)
+            finally:
+                agent.close()
+            print(f"{label}: 50 process (2 s monitors) + 5 Dummy OCF (1 s monitors) over "
+                  f"{args.duration:g} s: agent RSS {rss:.1f} MiB, CPU {cpu:.2f} %")
     finally:
-        agent.kill()
-        agent.wait()
-        for name in os.listdir(os.path.join(state, "resources")) if os.path.isdir(
-                os.path.join(state, "resources")) else []:
-            kill_recorded(os.path.join(state, "resources", name))
         bus.close()
     return 0
 
@@ -141,14 +192,14 @@ def idle_cost(bus: Bus, queue: str, pid: int,
         bus.call(queue, "resource_start", op(f"i{i}", "start"))
         bus.call(queue, "resource_monitor", op(f"i{i}", "monitor", interval=5000))
     time.sleep(2)
-    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    cpu0, t0 = cpu_ns(pid), time.monotonic()
     rss = pss = 0.0
     threads = 0
     while time.monotonic() - t0 < duration:
         time.sleep(1)
         r, p, t = memory(pid)
         rss, pss, threads = max(rss, r), max(pss, p), max(threads, t)
-    cpu_ms = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0) * 1000
+    cpu_ms = (cpu_ns(pid) - cpu0) / 1e6 / (time.monotonic() - t0)
     for i in range(3):
         bus.call(queue, "resource_stop", op(f"i{i}", "stop"))
     return rss, pss, threads, cpu_ms

@@ -1,7 +1,15 @@
-"""Reading ``<resource_op>`` requests into resource specs, and writing results as XML."""
+"""Reading ``<resource_op>`` requests into resource specs, and writing results as XML.
+
+A request is checked by :func:`check_resource_op`, a strict reading of
+``schemas/resource_op.rng`` that accepts nothing the schema refuses (tests/test_agent_units.py
+runs both on the same documents): compiling the RelaxNG grammar cost the agent 1.2 MiB of RSS
+(issue 13) for a document of a dozen attributes.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from lxml import etree
@@ -20,22 +28,117 @@ def iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def validate(root: etree._Element, schema: str) -> None:
-    """Check a request against its RelaxNG schema; MethodError invalid_request if it fails."""
-    from pcloud import schemas
-    from pcloud.xmlsafe import XMLError
+_DIGITS = re.compile(r"[0-9]{1,12}")
+_DECIMAL = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?|\.[0-9]{1,9}")
+_PATTERNS = {
+    "name": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}"),
+    "type": re.compile(r"[A-Za-z0-9_.@:\-]{1,128}"),
+    "parameter": re.compile(r"[A-Za-z0-9_.\-]{1,128}"),
+    "url": re.compile(r"https?://[^ \t\n\r]{1,2040}"),
+    "host": re.compile(r"[A-Za-z0-9_.:\-]{1,255}"),
+}
+MAX_TEXT = 4096
 
-    try:
-        schemas.validate(root, schema)
-    except XMLError as exc:
-        raise MethodError("invalid_request", str(exc)) from None
+
+def _pattern(kind: str) -> Callable[[str], bool]:
+    return lambda value: _PATTERNS[kind].fullmatch(value) is not None
+
+
+def _one_of(*words: str) -> Callable[[str], bool]:
+    return lambda value: value in words
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[str], bool]:
+    return lambda value: (_DIGITS.fullmatch(value) is not None and int(value) >= low
+                          and (high is None or int(value) <= high))
+
+
+def _seconds(value: str) -> bool:
+    return _DECIMAL.fullmatch(value) is not None and float(value) > 0
+
+
+def _text(value: str) -> bool:
+    return len(value) <= MAX_TEXT
+
+
+_OP_ATTRS = {"operation": (True, _one_of("start", "stop", "monitor", "cancel")),
+             "interval": (False, _integer(0)), "timeout": (False, _integer(1))}
+_RESOURCE_ATTRS = {"name": (True, _pattern("name")),
+                   "class": (True, _one_of("ocf", "lsb", "systemd", "process")),
+                   "provider": (False, _pattern("name")), "type": (False, _pattern("type"))}
+_PARAMETER_ATTRS = {"name": (True, _pattern("parameter")), "value": (True, _text)}
+_PROBE_ATTRS = {"kind": (True, _one_of("http", "tcp", "exec")), "url": (False, _pattern("url")),
+                "expect_status": (False, _integer(100, 599)),
+                "host": (False, _pattern("host")), "port": (False, _integer(1, 65535)),
+                "command": (False, _text), "interval": (False, _seconds),
+                "timeout": (False, _seconds), "failures": (False, _integer(1))}
+
+
+def _invalid(message: str) -> MethodError:
+    return MethodError("invalid_request", message)
+
+
+def _children(elem: etree._Element) -> list[etree._Element]:
+    """The element children (comments and processing instructions are not content); any
+    text around them is an error, as in the schema."""
+    if (elem.text or "").strip():
+        raise _invalid(f"<{elem.tag}> has text content")
+    children = []
+    for child in elem:
+        if (child.tail or "").strip():
+            raise _invalid(f"<{elem.tag}> has text content")
+        if isinstance(child.tag, str):
+            children.append(child)
+    return children
+
+
+def _attributes(elem: etree._Element, allowed: dict[str, tuple[bool, Callable[[str], bool]]]
+                ) -> None:
+    for name, value in elem.attrib.items():
+        rule = allowed.get(name)
+        if rule is None:
+            raise _invalid(f"<{elem.tag}> has no attribute {name!r}")
+        if not rule[1](value):
+            raise _invalid(f"<{elem.tag}> attribute {name} has an invalid value {value[:80]!r}")
+    for name, (required, _) in allowed.items():
+        if required and name not in elem.attrib:
+            raise _invalid(f"<{elem.tag}> needs attribute {name}")
+
+
+def check_resource_op(root: etree._Element) -> None:
+    """Refuse (MethodError invalid_request, saying what is wrong) a ``<resource_op>`` that
+    ``schemas/resource_op.rng`` would refuse."""
+    if root.tag != "resource_op":
+        raise _invalid(f"expected <resource_op>, got <{root.tag}>")
+    _attributes(root, _OP_ATTRS)
+    children = _children(root)
+    if len(children) != 1 or children[0].tag != "resource":
+        raise _invalid("<resource_op> holds exactly one <resource>")
+    resource = children[0]
+    _attributes(resource, _RESOURCE_ATTRS)
+    seen: set[str] = set()
+    for child in _children(resource):
+        if child.tag not in ("parameters", "probe") or child.tag in seen:
+            raise _invalid(f"<resource> may hold one <parameters> and one <probe>, "
+                           f"not <{child.tag}> here")
+        seen.add(child.tag)
+        if child.tag == "probe":
+            _attributes(child, _PROBE_ATTRS)
+            if _children(child):
+                raise _invalid("<probe> is empty")
+            continue
+        _attributes(child, {})
+        for parameter in _children(child):
+            if parameter.tag != "parameter":
+                raise _invalid(f"<parameters> holds <parameter> only, not <{parameter.tag}>")
+            _attributes(parameter, _PARAMETER_ATTRS)
+            if _children(parameter):
+                raise _invalid("<parameter> is empty")
 
 
 def parse_op(root: etree._Element, operation: str) -> tuple[ResourceSpec, int, float]:
     """A validated ``<resource_op>`` → (spec, interval ms, timeout seconds)."""
-    if root.tag != "resource_op":
-        raise MethodError("invalid_request", f"expected <resource_op>, got <{root.tag}>")
-    validate(root, "resource_op")
+    check_resource_op(root)
     if root.get("operation") != operation:
         raise MethodError("invalid_request", f"operation {root.get('operation')!r} does not "
                           f"match method resource_{operation}")

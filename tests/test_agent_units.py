@@ -124,3 +124,84 @@ def test_inline_jobs_and_one_shots_run_on_the_scheduler_thread():
     job.cancel()
     scheduler.stop()
     assert set(threads) == {"scheduler"}
+
+
+def _op_variants() -> list[tuple[str, str]]:
+    """``<resource_op>`` documents around the schema's edges: (what changed, document)."""
+    probe = '<probe kind="http" url="http://127.0.0.1:8080/" interval="0.5" failures="2"/>'
+    params = '<parameters><parameter name="command" value="sleep 1"/></parameters>'
+
+    def doc(op: str = 'operation="monitor" interval="1000" timeout="20000"',
+            rsc: str = 'name="web" class="process"', inner: str = params + probe) -> str:
+        return f"<resource_op {op}><resource {rsc}>{inner}</resource></resource_op>"
+
+    out = [("as the DPE sends it", doc()), ("no children", doc(inner="")),
+           ("probe first", doc(inner=probe + params)), ("comment", doc(inner="<!-- c -->"))]
+    for op in ('operation="start"', 'operation="cancel" interval="0"', 'operation="restart"',
+               'operation="start" interval="-1"', 'operation="start" timeout="0"',
+               'operation="start" timeout="1.5"', 'interval="5"',
+               'operation="start" extra="1"', 'operation="start" interval="007"'):
+        out.append((op, doc(op=op)))
+    for rsc in ('name="a" class="ocf" provider="heartbeat" type="Dummy"', 'class="ocf"',
+                'name="web" class="kvm"', 'name="-web" class="lsb"', f'name="{"a" * 64}" '
+                'class="lsb"', f'name="{"a" * 65}" class="lsb"', 'name="w.b" class="lsb"',
+                'name="w" class="systemd" type="getty@tty1.service"',
+                'name="w" class="systemd" type="a b"', 'name="w" class="lsb" provider="x/y"',
+                'name="w" class="lsb" xmlns:x="urn:x" x:y="1"'):
+        out.append((rsc, doc(rsc=rsc)))
+    for inner in (params + params, probe + probe, "<parameters/>", "text",
+                  '<parameters><parameter name="a"/></parameters>',
+                  '<parameters><parameter name="a b" value=""/></parameters>',
+                  f'<parameters><parameter name="a" value="{"v" * 4096}"/></parameters>',
+                  f'<parameters><parameter name="a" value="{"v" * 4097}"/></parameters>',
+                  '<parameters><parameter name="a" value="">x</parameter></parameters>',
+                  '<parameters><param name="a" value=""/></parameters>', "<probe/>",
+                  '<probe kind="tcp" port="65535" host="::1"/>', '<probe kind="tcp" port="0"/>',
+                  '<probe kind="tcp" port="65536"/>', '<probe kind="udp" port="53"/>',
+                  '<probe kind="http" url="ftp://x/"/>', '<probe kind="http" url="http://a b"/>',
+                  '<probe kind="http" url="http://a/" expect_status="99"/>',
+                  '<probe kind="http" url="http://a/" expect_status="599"/>',
+                  '<probe kind="exec" command="true" interval="0" failures="0"/>',
+                  '<probe kind="exec" command="true" timeout="0.25"/>',
+                  '<probe kind="exec" command="true" timeout=".5"/>',
+                  '<probe kind="exec" command="true" grace="5"/>', "<other/>",
+                  '<probe kind="tcp" port="80"><x/></probe>'):
+        out.append((inner[:40], doc(inner=inner)))
+    out.append(("another root", "<resource_ops/>"))
+    out.append(("namespaced", '<resource_op xmlns="urn:x" operation="start">'
+                              '<resource name="a" class="lsb"/></resource_op>'))
+    return out
+
+
+@pytest.mark.parametrize("what,xml", _op_variants())
+def test_the_agents_check_of_resource_op_agrees_with_the_schema(what, xml):
+    from guest_agent.requests import check_resource_op
+    from pcloud.xmlsafe import XMLError
+
+    root = etree.fromstring(xml)
+    try:
+        schemas.validate(root, "resource_op")
+        schema_ok = True
+    except XMLError:
+        schema_ok = False
+    try:
+        check_resource_op(root)
+        check_ok = True
+    except MethodError as exc:
+        assert exc.code == "invalid_request" and str(exc)
+        check_ok = False
+    assert check_ok == schema_ok, f"{what}: check {check_ok}, schema {schema_ok}"
+
+
+def test_the_dpes_resource_op_passes_the_agents_check():
+    from dpe_agent.executor import resource_op_body
+    from guest_agent.requests import check_resource_op
+    from pcloud.deployable import Probe
+
+    for extra in ([], [Probe("http", url="http://127.0.0.1:80/", interval=0.25, timeout=1.0,
+                             failures=3, expect_status=204).to_element()]):
+        body = resource_op_body("monitor", 2000, 20000, "web", "ocf", "heartbeat", "apache",
+                                {"configfile": "/etc/apache2/apache2.conf"}, extra)
+        root = etree.fromstring(body)
+        schemas.validate(root, "resource_op")
+        check_resource_op(root)
