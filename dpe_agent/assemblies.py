@@ -3,22 +3,33 @@
 Driver calls block (a VM boot takes seconds), so they run on the executor pool and report
 back through the main loop's queue (``driver_done``). ``busy`` holds the operation in flight
 per assembly, so nothing else is asked of it meanwhile. A mixin of :class:`dpe_agent.daemon.Dpe`.
+
+Boots take turns (:mod:`dpe_agent.bootgate`): an assembly to boot is ``starting`` at once,
+but its start is issued only when the gate admits it, and its boot deadline runs from then.
+The gate's ceiling is ``boot_concurrency`` in the ``[dpe]`` section of the config file, or
+``PCLOUD_BOOT_CONCURRENCY`` (default 32).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import replace
+from functools import cached_property
 
+from dpe_agent.bootgate import DEFAULT_MAXIMUM, BootGate
 from dpe_agent.drivers import AssemblySpec
 from dpe_agent.observed import AssemblyStatus
+from pcloud import config
 from pcloud.deployable import Deployable
 from pcloud.states import AssemblyState as A
 from pcloud.states import ResourceState as R
 
 STOP_TIMEOUT = 20.0
 DEFAULT_BOOT_TIMEOUT = 30.0     # for a driver that does not say its ``boot_timeout``
+BOOT_CONCURRENCY_ENV = "PCLOUD_BOOT_CONCURRENCY"
+MAX_BOOT_CONCURRENCY = 1024
 
 log = logging.getLogger("dped")
 
@@ -32,18 +43,29 @@ class AssemblyOps:
         needed = getattr(self.driver, "boot_timeout", None)
         return max(DEFAULT_BOOT_TIMEOUT if needed is None else float(needed), interval * misses)
 
+    @cached_property
+    def boot_gate(self) -> BootGate:
+        return BootGate(maximum=boot_concurrency())
+
     def _boot(self, asm: str) -> None:
-        interval, misses = self.dep.assembly(asm).heartbeat()
-        boot_timeout = self._boot_timeout(interval, misses)
-        if asm in self.tracker.watches:
-            self.tracker.restart_watch(asm, time.monotonic(), boot_timeout)
-        else:
-            self.tracker.expect(asm, interval, misses, time.monotonic(), boot_timeout)
+        """Queue the assembly for a boot turn (:meth:`_admit_boots` issues its start)."""
         self._assembly_state(asm, A.STARTING)
         self.busy[asm] = "start"
         self.awaiting.add(asm)
         self.adopting.discard(asm)
-        self._submit_driver(asm, "start")
+        self.tracker.forget(asm)          # no deadline runs while it waits for its turn
+        self.boot_gate.want(asm)
+
+    def _admit_boots(self) -> None:
+        """Issue the starts the boot gate admits; each one's boot deadline runs from now."""
+        now = time.monotonic()
+        for asm in self.boot_gate.admit(now):
+            if self.busy.get(asm) != "start" or asm not in self._assemblies():
+                self.boot_gate.cancel(asm)       # stopped or removed while it waited
+                continue
+            interval, misses = self.dep.assembly(asm).heartbeat()
+            self.tracker.expect(asm, interval, misses, now, self._boot_timeout(interval, misses))
+            self._submit_driver(asm, "start")
 
     def _needs_boot(self, asm: str) -> bool:
         """Should be up, is known down, and nothing is under way for it."""
@@ -61,6 +83,7 @@ class AssemblyOps:
             self.busy[asm] = "stop"
             self.awaiting.discard(asm)
             self.tracker.forget(asm)
+            self.boot_gate.cancel(asm)
             self._submit_driver(asm, "stop")
 
     def _submit_driver(self, asm: str, operation: str) -> None:
@@ -100,6 +123,8 @@ class AssemblyOps:
             return
         if error:
             log.error("%s of assembly %s failed: %s", operation, asm, error)
+            if operation == "start":
+                self.boot_gate.failed(asm)
             self._assembly_state(asm, A.FAILED, f"{operation} failed: {error}")
             self.holds[(asm,)] = time.monotonic() + 5.0
             self.awaiting.discard(asm)
@@ -121,3 +146,20 @@ class AssemblyOps:
             self.driver.stop(spec, STOP_TIMEOUT)
         except Exception as exc:
             log.error("stopping removed assembly %s failed: %s", spec.name, exc)
+
+
+def boot_concurrency() -> int:
+    """The boot gate's ceiling: ``PCLOUD_BOOT_CONCURRENCY``, else ``boot_concurrency`` in the
+    config file's ``[dpe]`` section, else the default; a bad value is logged and ignored."""
+    text = os.environ.get(BOOT_CONCURRENCY_ENV) or config.section("dpe").get("boot_concurrency")
+    if not text:
+        return DEFAULT_MAXIMUM
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_BOOT_CONCURRENCY:
+        log.error("boot_concurrency %r is not a whole number from 1 to %d: using %d", text,
+                  MAX_BOOT_CONCURRENCY, DEFAULT_MAXIMUM)
+        return DEFAULT_MAXIMUM
+    return value

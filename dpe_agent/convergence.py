@@ -52,6 +52,7 @@ class Convergence:
         for asm in self._assemblies():
             if self._needs_boot(asm):
                 self._boot(asm)
+        self._admit_boots()
         self.idle_computes += 1
         if self.idle_computes > MAX_IDLE_COMPUTES:
             log.error("transitions keep being computed without progress; waiting for news")

@@ -23,6 +23,7 @@ assembly is never kept "alive" by someone else's beats.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import datetime
 from functools import cached_property
@@ -44,6 +45,8 @@ from pcloud.states import DeployableState as D
 RECONNECT_GRACE = 5.0
 IMPOSTOR_EVENT_INTERVAL = 60.0
 NEWS = frozenset({BeatKind.FIRST, BeatKind.RESTARTED})
+OVERLOAD = 2.0          # runnable tasks per core (1-minute load) that mean a starved host
+BOOT_EXTENSION = 2.0    # a boot deadline grows by at most this many boot timeouts
 ADDRESSES_KEY = "addresses"         # DPE store: assembly -> its last reported addresses
 
 log = logging.getLogger("dped")
@@ -53,6 +56,7 @@ class Detection:
     """Heartbeats, agent reports and reconnects turned into failures (main loop only)."""
 
     _uuid_index: tuple[object, dict[str, str]] | None = None   # (deployable, name -> uuid)
+    _last_check: float | None = None       # monotonic time of the last heartbeat check
 
     def _on_heartbeat(self, msg: Message) -> None:
         """Bus thread: record a sound beat; the main loop hears only of news and of faults."""
@@ -156,6 +160,7 @@ class Detection:
 
     def _assembly_online(self, asm: str) -> None:
         """First beat of a booted or adopted assembly: probe its resources."""
+        self.boot_gate.online(asm, time.monotonic())
         self.awaiting.discard(asm)
         if self.observed.status(asm) is not AssemblyStatus.ONLINE:
             self.observed.rejoined(asm)
@@ -174,6 +179,11 @@ class Detection:
             # Our own link is down: silence proves nothing. Deadlines restart on reconnect.
             self.tracker.grace(now, RECONNECT_GRACE)
             return
+        last, self._last_check = self._last_check, now
+        if last is not None and host_overloaded():
+            # A boot on a starved host is slow, not failed: its first beat is awaited longer.
+            self.tracker.extend_boots(now - last, BOOT_EXTENSION)
+        self._admit_boots()
         verdict = self.tracker.check(now)
         if verdict.mass_loss_started:
             self._mass_loss(verdict.mass_loss_started)
@@ -185,6 +195,7 @@ class Detection:
                     self._reprobe(asm)
             self._update_deployable_state()
         for asm in verdict.lost:
+            self.boot_gate.failed(asm)
             self._assembly_lost(asm, self._lost_reason(asm))
 
     def _lost_reason(self, asm: str) -> str:
@@ -313,3 +324,11 @@ def _report_time(root: etree._Element, received: float) -> float:
         if received - 60 <= when <= received + 1:
             return min(when, received)
     return received
+
+
+def host_overloaded() -> bool:
+    """The host is visibly starved: its 1-minute load is over ``OVERLOAD`` per core."""
+    try:
+        return os.getloadavg()[0] > OVERLOAD * (os.cpu_count() or 1)
+    except OSError:
+        return False

@@ -61,6 +61,7 @@ class Watch:
     restarts: int = 0
     grace_until: float = 0.0
     version: int = 0           # of its one valid heap entry
+    extended: float = 0.0      # seconds its boot deadline was extended (a starved host)
 
     @property
     def timeout(self) -> float:
@@ -211,6 +212,18 @@ class HeartbeatTracker:
             # Every deadline moved by the same amount: the heap's order holds.
             self._heap = [(due + seconds, a, v) for due, a, v in self._heap]
 
+    def extend_boots(self, seconds: float, most: float) -> None:
+        """The host is starved: booting assemblies' deadlines move out by ``seconds``, up to
+        ``most`` boot timeouts in all, so a boot that is merely slow is not fenced (and
+        rebooted, which would feed the storm), while a hung one still is in the end."""
+        with self._lock:
+            for watch in self.watches.values():
+                if watch.liveness is Liveness.BOOTING and watch.last is None:
+                    step = min(seconds, watch.boot_timeout * most - watch.extended)
+                    if step > 0:
+                        watch.since += step
+                        watch.extended += step
+
     def restart_watch(self, assembly: str, now: float,
                       boot_timeout: float | None = None) -> None:
         """The assembly is being (re)booted: wait for its first beat again.
@@ -223,6 +236,7 @@ class HeartbeatTracker:
             if watch is not None:
                 watch.liveness, watch.since, watch.last = Liveness.BOOTING, now, None
                 watch.seq = watch.started = watch.digest = None
+                watch.extended = 0.0
                 if boot_timeout is not None:
                     watch.boot_timeout = boot_timeout
                 self._push(assembly, watch)

@@ -210,3 +210,14 @@ def test_beats_of_many_assemblies_keep_the_heap_at_one_entry_each():
         assert t.check(now).lost == ()
         assert t.next_deadline(now) == now + 3.0
     assert len(t._heap) <= 500
+
+
+def test_a_boot_on_a_starved_host_is_awaited_longer_but_not_for_ever():
+    t = tracker("a", "b")
+    t.beat("b", 1, STARTED, 1.0)
+    t.extend_boots(5.0, most=2.0)                   # "a" boots, "b" is alive: untouched
+    assert t.check(14.9).lost == ("b",)
+    assert t.next_deadline(14.9) == 15.0
+    t.extend_boots(100.0, most=2.0)                 # at most two boot timeouts in all
+    assert t.check(29.9).lost == ()
+    assert t.check(30.0).lost == ("a",)
