@@ -4,6 +4,7 @@ SIGKILLed), parsed with prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import urllib.request
@@ -91,7 +92,7 @@ def value(samples, name: str, **labels: str) -> float:
 
 
 @pytest.mark.slow
-def test_metrics_follow_a_real_failure_and_a_dpe_restart(broker, tmp_path: Path,
+def test_metrics_follow_real_failures_and_a_dpe_restart(broker, tmp_path: Path,
                                                          monkeypatch) -> None:
     port = switched_on("metrics", tmp_path, monkeypatch)
     name = unique("mx")
@@ -129,6 +130,17 @@ def test_metrics_follow_a_real_failure_and_a_dpe_restart(broker, tmp_path: Path,
         assert value(after, "pcloud_fencings_total", deployable=name) == 0
         assert "pcloud_dpe_heartbeat_lateness_seconds" in after
         assert value(after, "pcloud_dpe_heartbeat_delay_seconds_count", deployable=name) >= 1
+
+        # the whole sandbox killed: the assembly fails and is fenced before its restart
+        sandbox = json.loads((state / "dpe" / name / "assemblies" / "a1" / "sandbox.pid")
+                             .read_text())["pid"]
+        os.killpg(int(sandbox), signal.SIGKILL)
+        fenced = wait_until(lambda: (s := scrape(port)) and value(
+            s, "pcloud_fencings_total", deployable=name) >= 1 and value(
+            s, "pcloud_assemblies", deployable=name, state="running") == 1 and s, 120,
+            "the fencing to be counted and the assembly to run again")
+        assert value(fenced, "pcloud_failures_total", deployable=name, level="assembly") >= 1
+        assert value(fenced, "pcloud_restarts_total", deployable=name, level="assembly") >= 1
 
         dped = int((state / "dpe" / name / "dped.pid").read_text().split()[0])
         os.kill(dped, signal.SIGKILL)
