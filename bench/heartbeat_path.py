@@ -61,6 +61,9 @@ class Handler(Detection):
     def _assembly_online(self, asm: str) -> None:
         self.online.add(asm)
 
+    def _admit_boots(self) -> None:
+        """Nothing boots here."""
+
     def drain(self) -> None:
         while True:
             try:
