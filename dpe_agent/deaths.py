@@ -6,6 +6,12 @@ main loop sends the assembly down the same path as a heartbeat loss (``_assembly
 failed, fenced, booted again, escalated when it keeps dying). Heartbeats still catch guests
 that hang without dying. A mixin of :class:`dpe_agent.daemon.Dpe`.
 
+A boot that fails (the driver's start raised: QEMU refused its command line, libvirt could not
+define the domain) is a failure of the assembly too (``_handle_driver_done``, wrapping
+:mod:`dpe_agent.assemblies`' own): counted in the same escalation windows, restarted after the
+same growing back-off, and in the end a failed deployable whose reason quotes the
+infrastructure's own message; never a tight retry loop.
+
 A report is a claim from another thread about a moment that may have passed, so it is acted
 on only while it still holds (:func:`act_on_death`): the assembly is watched and not already
 lost, no stop or restart of ours is under way, and the driver still finds it powered off (a
@@ -51,6 +57,20 @@ class Deaths:
         """Driver thread: only queue (with the moment it was known)."""
         self.queue.put(("death", asm, reason, time.monotonic()))
 
+    def _handle_driver_done(self, asm: str, operation: str, error: str | None) -> None:
+        super()._handle_driver_done(asm, operation, error)
+        if operation == "start" and error and not self.stopping:
+            self._boot_failed(asm, error)
+
+    def _boot_failed(self, asm: str, error: str) -> None:
+        """After the assembly ops marked the boot failed (with a short hold): count it as the
+        assembly's failure, so it backs off and escalates like any lost assembly."""
+        held = self.holds.get((asm,), 0.0)
+        self.tracker.declare_lost(asm)
+        self._assembly_lost(asm, f"start failed: {error}")
+        if held:
+            self.holds[(asm,)] = max(held, self.holds.get((asm,), 0.0))
+
     def _handle_death(self, asm: str, reason: str, known: float) -> None:
         if asm not in self._assemblies():
             return
@@ -66,4 +86,7 @@ class Deaths:
         log.info("assembly %s died (%s), known %.0f ms ago: lost without waiting for "
                  "heartbeats", asm, reason, (time.monotonic() - known) * 1000)
         if self.tracker.declare_lost(asm):
+            gate = getattr(self, "boot_gate", None)    # a boot's turn ends with its death,
+            if gate is not None:                       # as with a heartbeat loss
+                gate.failed(asm)
             self._assembly_lost(asm, f"{reason} (reported by the {self.driver.name} driver)")

@@ -1,6 +1,7 @@
 """A dead assembly is known at once: the driver's death report, not heartbeats ``interval ×
 misses`` later. The decision as a table; then a real ``dped`` with the process driver, whose
-sandbox is SIGKILLed once as booted by it and once after the dped was replaced (adoption)."""
+sandbox is SIGKILLed once as booted by it and once after the dped was replaced (adoption);
+and boots that fail, which back off and escalate like lost assemblies."""
 
 from __future__ import annotations
 
@@ -9,11 +10,17 @@ import signal
 import time
 
 import pytest
+from lxml import etree
 
+from dpe_agent.daemon import Dpe, run_in_thread
 from dpe_agent.deaths import act_on_death
 from dpe_agent.drivers import PowerState
+from dpe_agent.drivers.process import ProcessDriver
 from dpe_agent.heartbeats import Liveness
+from pcloud.bus import Bus
+from pcloud.deployable import Deployable
 from tests.test_dpe_daemon import (  # noqa: F401  (harness is a fixture)
+    Events,
     assembly,
     deployable,
     harness,
@@ -91,3 +98,39 @@ def _answers(h) -> bool:
         return True
     except Exception:
         return False
+
+
+def test_failed_boots_back_off_escalate_and_fail_the_deployable_with_the_cause(broker,
+                                                                              tmp_path):
+    """A driver whose start fails: each failure is counted like a lost assembly (no tight
+    retry loop); the second within the window gives up, and the deployable is failed with
+    the infrastructure's own message in its event and its status."""
+    name = unique()
+    xml = deployable(name, assembly("a", process_service("svc", "sleep 1"),
+                                    extra='escalation_failures="2" escalation_period="600"'),
+                     extra='escalation_failures="1" escalation_period="600"')
+    bus = Bus(url=broker.url, name=f"test-{name}").start()
+    events = Events(bus, name)
+    # no unshare in between: the driver's start itself fails (exec of a missing program)
+    driver = ProcessDriver(agent_argv=[str(tmp_path / "no-such-agent")],
+                           use_pid_namespace=False, use_mount_namespace=False)
+    dpe = Dpe(Deployable.from_xml(xml), tmp_path, broker_url=broker.url, driver=driver)
+    thread = run_in_thread(dpe)
+    try:
+        failed = events.wait(60, type="deployable_state_change", state="failed")
+        assert "start failed" in failed.reason and "no-such-agent" in failed.reason, \
+            failed.reason
+        status = bus.call(f"pcloud.dpe.{name}", "deployable_status",
+                          f'<deployable name="{name}"/>')
+        assert "no-such-agent" in status.get("reason", ""), etree.tostring(status)
+        boots = events.find(type="assembly_state_change", assembly="a", state="starting")
+        assert len(boots) == 2, [(e.state, e.reason) for e in events.snapshot()]
+        assert events.find(type="escalation", assembly="a")
+        assert not dpe.violations, dpe.violations
+    finally:
+        try:
+            bus.call(f"pcloud.dpe.{name}", "deployable_stop", f'<deployable name="{name}"/>')
+        finally:
+            thread.join(60)
+            events.sub.cancel()
+            bus.close()

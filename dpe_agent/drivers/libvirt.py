@@ -20,6 +20,7 @@ import threading
 import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -37,6 +38,7 @@ from dpe_agent.drivers.vmboot import (
 )
 
 DEFAULT_URI = "qemu:///system"
+CONSOLE_LOG = "console.log"       # the guest's serial console, in the assembly's state dir
 URI_VAR = "PCLOUD_LIBVIRT_URI"      # the URI when neither the caller nor the spec names one
 QEMU_USER = "libvirt-qemu"   # whom qemu:///system runs QEMU as (Debian)
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -131,8 +133,9 @@ def domain_xml(spec: AssemblySpec, image: VmImage | None = None) -> str:
     _sub(disk, "driver", name="qemu", type="qcow2")
     _sub(disk, "source", file=str(image.disk))
     _sub(disk, "target", dev="vda", bus="virtio")
-    _sub(devices, "serial", type="pty")
-    _sub(devices, "console", type="pty")
+    serial = _sub(devices, "serial", type="file")       # the boot log, as with the qemu driver
+    _sub(serial, "source", path=str(Path(spec.state_dir).resolve() / CONSOLE_LOG))
+    _sub(serial, "target", port="0")
     commandline = _sub(domain, f"{{{QEMU_NS}}}commandline")
     for arg in ("-netdev", netdev_option(image, spec.broker_url),
                 "-device", nic_option(image),

@@ -157,9 +157,8 @@ class QemuDriver:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if child.poll() is not None:
-                tail = (state / QEMU_LOG).read_text(errors="replace")[-2000:]
                 raise DriverError(f"qemu for {assembly.name} exited with {child.returncode}: "
-                                  f"{tail.strip()}")
+                                  f"{last_log_line(state / QEMU_LOG)}")
             pid = self._pid(assembly)
             if pid is not None:
                 self._arm(assembly, pid)

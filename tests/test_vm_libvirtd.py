@@ -1,0 +1,116 @@
+"""The libvirt driver against a real libvirtd: real domains of a real assembly image under TCG.
+
+A private libvirtd (tests/libvirtd.py) runs for the module, with libvirt's default seccomp
+sandbox for QEMU. One assembly image from the cached JEOS; its domain is defined and booted
+(its agent heartbeats through the broker forward: no PCI slot clash, no helper process for
+seccomp to kill), forced off with ``virsh destroy`` as an operator would (reported at once
+by the driver's lifecycle events), booted again and found running by a second driver (a
+restarted DPE), shut down through ACPI, booted and fenced with destroy, and undefined.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+from test_vm_e2e import CACHE, Heartbeats, missing
+
+from dpe_agent.drivers.base import AssemblySpec, PowerState
+from pcloud.broker_admin import admin_for
+from pcloud.credentials import LocalIssuer
+from pcloudsh import images
+from tests.helpers import wait_for
+from tests.libvirtd import PrivateLibvirtd, libvirt_missing
+
+pytestmark = pytest.mark.slow
+
+BOOT_TIMEOUT = float(os.environ.get("PCLOUD_TEST_BOOT_TIMEOUT", "300"))
+
+
+@pytest.fixture(scope="module")
+def libvirtd(tmp_path_factory):
+    reason = missing() or libvirt_missing()
+    if reason:
+        pytest.skip(reason)
+    pytest.importorskip("libvirt", reason="libvirt-python missing (scripts/setup-host --tests)")
+    daemon = PrivateLibvirtd(tmp_path_factory.mktemp("libvirtd"))
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+def domain_log(name: str) -> str:
+    path = f"/var/log/libvirt/qemu/{name}.log"
+    return open(path, errors="replace").read()[-3000:] if os.path.exists(path) else "(no log)"
+
+
+def test_real_domain_boot_force_off_adopt_acpi_fence_undefine(libvirtd, bus, broker_url,
+                                                               tmp_path):
+    from dpe_agent.drivers.libvirt import LibvirtDriver, domain_name
+
+    catalogue = tmp_path / "catalogue"
+    jeos = images.jeos_ensure("debian-12", "x86_64", CACHE / "catalogue",
+                              progress=lambda line: print(line, flush=True), replace_stale=True)
+    (catalogue / "jeos").mkdir(parents=True)
+    (catalogue / "jeos" / jeos.name).symlink_to(jeos.path)
+    dep = f"lv{uuid.uuid4().hex[:8]}"
+    asm = images.assembly_create("web", jeos.name, catalogue, deployable=dep,
+                                 broker_url=broker_url, heartbeat_interval=1.0)
+    beats = Heartbeats()
+    sub = bus.subscribe(f"pcloud.heartbeat.{dep}.web", beats)
+    login = LocalIssuer(admin_for(os.environ["PCLOUD_BROKER_ADMIN"]), dep).issue(["web"])["web"]
+    spec = AssemblySpec(deployable=dep, name="web", uuid=asm.meta["uuid"],
+                        broker_url=broker_url, state_dir=tmp_path / "state",
+                        image=str(asm.path), credentials=login)
+    name = domain_name(spec)
+    deaths: list[tuple[str, str]] = []
+    driver = LibvirtDriver(uri=libvirtd.uri)
+    driver.watch_deaths(lambda a, reason: deaths.append((a, reason)))
+    adopter = LibvirtDriver(uri=libvirtd.uri)
+    adopted: list[tuple[str, str]] = []
+
+    def boot(label: str) -> None:
+        booted = time.monotonic()
+        driver.start(spec)
+        assert driver.status(spec) is PowerState.RUNNING
+        try:
+            when, beat = beats.first_after(booted, BOOT_TIMEOUT)
+        except AssertionError:
+            pytest.fail(f"no heartbeat after the {label}; libvirt's log:\n{domain_log(name)}")
+        assert beat.get("uuid") == asm.meta["uuid"]
+        print(f"{label}: first heartbeat {when - booted:.1f} s after start")
+
+    try:
+        boot("first boot")
+        forced = time.monotonic()
+        assert libvirtd.virsh("destroy", name).returncode == 0      # virt-manager's Force Off
+        wait_for(lambda: deaths, timeout=30)
+        print(f"Force Off reported after {time.monotonic() - forced:.3f} s")
+        assert deaths == [("web", f"domain {name} destroyed (forced off)")]
+        assert driver.status(spec) is PowerState.STOPPED
+        assert name in libvirtd.virsh("list", "--all", "--name").stdout.split()   # persistent
+
+        boot("boot after the Force Off")
+        adopter.watch_deaths(lambda a, reason: adopted.append((a, reason)))
+        assert adopter.status(spec) is PowerState.RUNNING          # a restarted DPE's view
+        stopping = time.monotonic()
+        adopter.stop(spec, timeout=120)                            # ACPI, destroy after 120 s
+        assert adopter.status(spec) is PowerState.STOPPED
+        print(f"ACPI shutdown: {time.monotonic() - stopping:.1f} s")
+
+        driver.start(spec)
+        driver.fence(spec)                                          # destroy, at once
+        assert driver.status(spec) is PowerState.STOPPED
+        driver.undefine(spec)
+        assert name not in libvirtd.virsh("list", "--all", "--name").stdout.split()
+        assert not adopted, adopted          # its own stop is no death
+        # the ACPI stop (the guest powered off, not destroyed), as the driver that did not
+        # ask for it saw it
+        assert deaths[1:] == [("web", f"domain {name} shut down from inside the guest")], deaths
+    finally:
+        driver.undefine(spec)
+        driver.close()
+        adopter.close()
+        sub.cancel()
