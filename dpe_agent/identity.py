@@ -110,6 +110,11 @@ class AgentLogins:
         self._spares: dict[str, Credentials] = {}
         self._refilling: set[str] = set()
         self.generation = secrets.token_hex(2)     # this DPE's: prune spares it
+        # Broker administration after boots, gathered over ADMIN_DELAY into one batch each
+        # (a boot storm would otherwise run two rabbitmqctl evals per boot).
+        self._to_refill: set[str] = set()
+        self._to_revoke: list[str] = []
+        self._batch_timer: threading.Timer | None = None
 
     def expected(self, assembly: str) -> str | None:
         return self._current.get(assembly)
@@ -137,9 +142,7 @@ class AgentLogins:
             old = self._current.get(assembly)
             self._current[assembly] = credentials.user
             self.store.save_json(self.STORE_KEY, self._current)
-        if old and old != credentials.user:
-            self._later("revoke", lambda: self.issuer.revoke([old]))
-        self._later("mint spares", lambda: self._refill([assembly]))
+        self._later(refill=assembly, revoke=old if old != credentials.user else None)
         return credentials
 
     def retire(self, assembly: str, user: str | None) -> None:
@@ -151,7 +154,7 @@ class AgentLogins:
             old = self._current.pop(assembly)
             self.store.save_json(self.STORE_KEY, self._current)
         if old:
-            self._later("revoke", lambda: self.issuer.revoke([old]))
+            self._later(revoke=old)
 
     def retire_all(self) -> None:
         """The deployable stopped: no login of it is left on the broker."""
@@ -179,13 +182,32 @@ class AgentLogins:
                 self._refilling.difference_update(assemblies)
                 self._minted.notify_all()
 
-    def _later(self, what: str, action: Callable[[], object]) -> None:
-        """Run ``action`` on the pool after ``ADMIN_DELAY``: administering the broker costs
-        a CPU-heavy ``rabbitmqctl`` run that would otherwise compete with the boot it
-        follows. The old login is useless meanwhile (the DPE expects the new one)."""
-        timer = threading.Timer(ADMIN_DELAY, self._submit, (what, action))
-        timer.daemon = True
-        timer.start()
+    def _later(self, refill: str | None = None, revoke: str | None = None) -> None:
+        """Mint a spare for ``refill`` and revoke login ``revoke`` on the pool after
+        ``ADMIN_DELAY``, together with whatever else comes meanwhile: administering the
+        broker costs a CPU-heavy ``rabbitmqctl`` run that would otherwise compete with the
+        boot it follows, once per boot. The old login is useless meanwhile (the DPE expects
+        the new one)."""
+        with self._lock:
+            if refill:
+                self._to_refill.add(refill)
+            if revoke:
+                self._to_revoke.append(revoke)
+            if self._batch_timer is not None:
+                return
+            self._batch_timer = threading.Timer(ADMIN_DELAY, self._flush)
+            self._batch_timer.daemon = True
+        self._batch_timer.start()
+
+    def _flush(self) -> None:
+        with self._lock:
+            refill, self._to_refill = sorted(self._to_refill), set()
+            revoke, self._to_revoke = self._to_revoke, []
+            self._batch_timer = None
+        if revoke:
+            self._submit("revoke", lambda: self.issuer.revoke(revoke))
+        if refill:
+            self._submit("mint spares", lambda: self._refill(refill))
 
     def _submit(self, what: str, action: Callable[[], object]) -> None:
         try:
