@@ -30,6 +30,7 @@ from pcloudsh.image_catalogue import (
     remove_tree,
     run_tool,
 )
+from pcloudsh.image_packages import install_packages
 
 # Baked into an image made for no deployable in particular. The VM drivers pass the real
 # names on the kernel command line, which the agent prefers (``kernel_cmdline = yes``).
@@ -177,3 +178,18 @@ def assembly_clone(src: str, dst: str, catalogue_dir: str | Path, *, uuid: str |
         return publish(build, dest, ASSEMBLY_META, meta, steps, f"assembly {dst}")
     finally:
         remove_tree(build)
+
+
+def assembly_install(name: str, packages: list[str], catalogue_dir: str | Path,
+                     progress: Progress | None = None) -> list[str]:
+    """Install Debian packages (a template's software, e.g. apache2 for httpd) into an
+    assembly's image; returns those that were missing. Its metadata lists what was added."""
+    image = assembly_get(name, catalogue_dir)
+    added = install_packages(image.disk, packages, progress)
+    if added:
+        meta = dict(image.meta)
+        meta["packages"] = sorted({*meta.get("packages", []), *added})
+        tmp = image.path / (ASSEMBLY_META + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        tmp.replace(image.path / ASSEMBLY_META)
+    return added

@@ -265,6 +265,22 @@ def test_assembly_clone_gets_a_fresh_identity_and_delete_removes_it(catalogue):
     assert agent_section(read_guest(src.disk)["conf"])["assembly"] == "db"
     images.assembly_delete("db2", catalogue)
     assert [a.name for a in images.assembly_list(catalogue)] == ["db"]
+
+    # a template's software goes into the image: apache2 and what it needs, dpkg inside
+    assert "resource-agents" in jeos.meta["packages"]        # every JEOS runs OCF resources
+    steps: list[str] = []
+    start = time.monotonic()
+    assert images.assembly_install("db", ["apache2"], catalogue, steps.append) == ["apache2"]
+    print(f"assembly_install apache2 took {time.monotonic() - start:.1f} s")
+    assert any("downloaded" in s for s in steps) and any("dpkg -i" in s for s in steps)
+    with open_disk(images.assembly_get("db", catalogue).disk, readonly=True) as g:
+        assert g.is_file("/usr/sbin/apache2")
+        assert g.is_file("/usr/lib/ocf/resource.d/heartbeat/apache")
+        assert not g.exists("/usr/sbin/policy-rc.d")
+    assert images.assembly_get("db", catalogue).meta["packages"] == ["apache2"]
+    assert images.assembly_install("db", ["apache2"], catalogue) == []     # already there
+    with pytest.raises(images.ImageError, match="apt-get could not fetch"):
+        images.assembly_install("db", ["no-such-package-pcloud"], catalogue)
     assert not any(p.name.startswith(".") for p in (catalogue / "assemblies").iterdir())
 
 
