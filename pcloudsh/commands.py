@@ -389,6 +389,11 @@ class Commands:
     def cmd_assembly_resource_add(self, args: list[str]) -> None:
         """Add a resource to an assembly from a resource template (see template_list)."""
         resource, template, assembly = _args(args, "assembly_resource_add", 3)
+        package, _ = template_needs(template)
+        if package and self.catalogue.assembly(assembly).get("image"):
+            with _image_errors() as images:      # the template's software into the VM image
+                images.assembly_install(assembly, [package], self.catalogue.images_dir,
+                                        progress=self.say)
         self.catalogue.resource_add(resource, template, assembly)
         self.say(f"resource {resource} ({template}) added to assembly {assembly}")
         warning = missing_program_warning(template, f"resource {assembly}/{resource}")
