@@ -1,6 +1,7 @@
 """Guest agent figures: its idle cost, SIGKILL → failure report latency, its cost at 55 resources.
 
 Usage: .venv/bin/python bench/agent.py [--broker-url URL] [-n 40] [--duration 30] [--peer DIR]
+       [--rounds 1]
 
 Runs a real pcloud-agent subprocess on the broker (PCLOUD_BROKER_URL or the dev broker).
 1. idle with a few resources (3 `sleep` process resources, 5 s monitors, 1 s heartbeats):
@@ -142,6 +143,8 @@ def main() -> int:
     parser.add_argument("--peer", metavar="DIR",
                         help="also measure the agent of another checkout (e.g. from "
                              "'git worktree add DIR REV'), in the same run, for ratios")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="idle measurements per agent, alternated (medians printed)")
     args = parser.parse_args()
 
     user = login_of(args.broker_url) or "pcloud"
@@ -149,19 +152,26 @@ def main() -> int:
     bus = Bus(url=args.broker_url, name="bench-agent",
               reply_topic_key=reply_topic_key(user)).start()
     try:
-        idle = {}
-        for label, path in ([("peer", args.peer)] if args.peer else []) + [("this", None)]:
-            agent = RunningAgent(bus, args.broker_url, user, path)
-            try:
-                idle[label] = idle_cost(bus, agent.queue, agent.proc.pid, args.duration)
-            finally:
-                agent.close()
-            rss, pss, threads, cpu_ms = idle[label]
-            print(f"{label}: idle, 3 process resources (5 s monitors), 1 s heartbeats, over "
-                  f"{args.duration:g} s: RSS {rss:.1f} MiB, PSS {pss:.1f} MiB, {threads} "
-                  f"threads, CPU {cpu_ms:.2f} ms/s (targets <= 25 MiB RSS, <= 0.5 ms/s)")
+        labels = ([("peer", args.peer)] if args.peer else []) + [("this", None)]
+        idle: dict[str, list[tuple[float, float, int, float]]] = {}
+        for _ in range(args.rounds):          # alternated, so both see the same host load
+            for label, path in labels:
+                agent = RunningAgent(bus, args.broker_url, user, path)
+                try:
+                    idle.setdefault(label, []).append(
+                        idle_cost(bus, agent.queue, agent.proc.pid, args.duration))
+                finally:
+                    agent.close()
+        medians = {label: [statistics.median(run[i] for run in runs) for i in range(4)]
+                   for label, runs in idle.items()}
+        for label, (rss, pss, threads, cpu_ms) in medians.items():
+            cpus = ", ".join(f"{run[3]:.2f}" for run in idle[label])
+            print(f"{label}: idle, 3 process resources (5 s monitors), 1 s heartbeats, "
+                  f"{args.rounds} x {args.duration:g} s (medians): RSS {rss:.1f} MiB, "
+                  f"PSS {pss:.1f} MiB, {threads:g} threads, CPU {cpu_ms:.2f} ms/s "
+                  f"(runs: {cpus}) (targets <= 25 MiB RSS, <= 0.5 ms/s)")
         if args.peer:
-            (r0, p0, _, c0), (r1, p1, _, c1) = idle["peer"], idle["this"]
+            (r0, p0, _, c0), (r1, p1, _, c1) = medians["peer"], medians["this"]
             print(f"this/peer: RSS {r1 / r0:.2f}, PSS {p1 / p0:.2f}, idle CPU {c1 / c0:.2f}")
         agent = RunningAgent(bus, args.broker_url, user)
         try:
@@ -172,7 +182,7 @@ def main() -> int:
                   f"(target < 50 ms)")
         finally:
             agent.close()
-        for label, path in ([("peer", args.peer)] if args.peer else []) + [("this", None)]:
+        for label, path in labels:
             agent = RunningAgent(bus, args.broker_url, user, path)
             try:
                 rss, cpu = load_cost(bus, agent.queue, agent.proc.pid, args.duration)
