@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
 _UNCLAIMED_TTL = 60.0
+ORPHAN_CHECK = 10.0
 
 ExitCallback = Callable[[int, int | None], None]
 """Called with (pid, wait status or None when unknown) on the reaper thread."""
@@ -220,11 +221,12 @@ class Reaper:
             try:
                 os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
             except ChildProcessError:
-                # no child, so no descendant that could be re-parented to us either: sleep
-                # until the next spawn (no periodic wake-up of an idle agent)
+                # No child, so no descendant of ours to be re-parented to us: a spawn wakes
+                # this at once. Only a stranger's orphan (a process someone entered into our
+                # PID namespace) can appear otherwise; it is looked for every ORPHAN_CHECK s.
                 with self._lock:
-                    while self._spawned == spawned and not self._stopping.is_set():
-                        self._have_children.wait()
+                    if self._spawned == spawned and not self._stopping.is_set():
+                        self._have_children.wait(ORPHAN_CHECK)
                 continue
             except InterruptedError:
                 continue
