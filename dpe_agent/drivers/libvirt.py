@@ -180,6 +180,11 @@ class LibvirtDriver:
         if event != self._libvirt.VIR_DOMAIN_EVENT_STOPPED:
             return
         name = dom.name()
+        try:
+            if dom.isActive():
+                return         # a late event of an earlier run (e.g. our fence): it runs again
+        except self._libvirt.libvirtError:
+            pass
         with self._watch_lock:
             assembly = self._watched.pop(name, None)
         report = self._report
