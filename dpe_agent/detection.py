@@ -47,6 +47,7 @@ IMPOSTOR_EVENT_INTERVAL = 60.0
 NEWS = frozenset({BeatKind.FIRST, BeatKind.RESTARTED})
 OVERLOAD = 2.0          # runnable tasks per core (1-minute load) that mean a starved host
 BOOT_EXTENSION = 2.0    # a boot deadline grows by at most this many boot timeouts
+MASS_LOSS_RECHECK = 0.1 # seconds between checks on returning beats during a mass loss
 ADDRESSES_KEY = "addresses"         # DPE store: assembly -> its last reported addresses
 
 log = logging.getLogger("dped")
@@ -56,7 +57,7 @@ class Detection:
     """Heartbeats, agent reports and reconnects turned into failures (main loop only)."""
 
     _uuid_index: tuple[object, dict[str, str]] | None = None   # (deployable, name -> uuid)
-    _last_check: float | None = None       # monotonic time of the last heartbeat check
+    _last_check: float = 0.0               # monotonic time of the last heartbeat check
 
     def _on_heartbeat(self, msg: Message) -> None:
         """Bus thread: record a sound beat; the main loop hears only of news and of faults."""
@@ -134,8 +135,9 @@ class Detection:
         elif back and status is AssemblyStatus.ONLINE:
             log.info("agent of %s beats after the reconnect: probing its resources again", asm)
             self._reprobe(asm)
-        if self.tracker.mass_loss:
-            self._check_heartbeats(time.monotonic())     # beats coming back end it at once
+        now = time.monotonic()
+        if self.tracker.mass_loss and now - self._last_check >= MASS_LOSS_RECHECK:
+            self._check_heartbeats(now)     # beats coming back end it soon, not per beat: O(N)
 
     @cached_property
     def addresses(self) -> dict[str, tuple[str, ...]]:
@@ -180,7 +182,7 @@ class Detection:
             self.tracker.grace(now, RECONNECT_GRACE)
             return
         last, self._last_check = self._last_check, now
-        if last is not None and host_overloaded():
+        if last and host_overloaded():
             # A boot on a starved host is slow, not failed: its first beat is awaited longer.
             self.tracker.extend_boots(now - last, BOOT_EXTENSION)
         self._admit_boots()
