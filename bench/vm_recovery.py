@@ -1,0 +1,148 @@
+"""VM recovery time under QEMU TCG: a Force Off until the assembly's resource runs again.
+
+One deployable of one VM assembly (an image from the cached JEOS, one ``process`` resource,
+heartbeats 1 s × 3) under a DPE, per driver: ``qemu`` (QEMU SIGKILLed) and ``libvirt`` on a
+private real libvirtd (``virsh destroy``, virt-manager's Force Off). Timed from the power-off,
+on the DPE's event clock: assembly ``failed`` (detection), ``starting`` (restart begun),
+``running`` (the new boot's first heartbeat) and the resource ``running``. Also the first
+boot, start to first heartbeat. Needs root, the cached JEOS (built on first use, ~3 min), and
+for libvirt the packages of ``scripts/setup-host --tests``. Run:
+``.venv/bin/python bench/vm_recovery.py [--kills N] [--drivers qemu,libvirt]``.
+Target (issue 16): a VM forced off serves again in ≤ 15 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.death import figures  # noqa: E402
+from bench.mttr import Watcher  # noqa: E402
+from dpe_agent.daemon import Dpe, run_in_thread  # noqa: E402
+from dpe_agent.drivers.base import AssemblySpec  # noqa: E402
+from pcloud.bus import Bus  # noqa: E402
+from pcloud.deployable import Deployable  # noqa: E402
+from pcloudsh import images  # noqa: E402
+
+CACHE = Path(os.environ.get("PCLOUD_TEST_CACHE", "/var/tmp/pcloud-test-cache"))
+UPTIME = 6.0
+BOOT = 600.0
+
+
+def document(name: str, infrastructure: str, image: str) -> str:
+    return (f'<deployable name="{name}" infrastructure="{infrastructure}"><assemblies>'
+            f'<assembly name="web" image="{image}" heartbeat_interval="1" '
+            f'heartbeat_misses="3"><services><service name="sleeper" class="process" '
+            f'monitor_interval="5"><parameters><parameter name="command" '
+            f'value="sleep infinity"/></parameters></service></services></assembly>'
+            f'</assemblies></deployable>')
+
+
+def run(label: str, infrastructure: str, driver, kill: Callable[[AssemblySpec], None],
+        image: str, workdir: Path, url: str, bus: Bus, kills: int) -> None:
+    name = f"vmr{uuid.uuid4().hex[:6]}"
+    watch = Watcher(bus, name)
+    dpe = Dpe(Deployable.from_xml(document(name, infrastructure, image)), workdir,
+              broker_url=url, driver=driver)
+    began = time.time()
+    thread = run_in_thread(dpe)
+    spec = AssemblySpec(name, "web", "u", url, workdir / "dpe" / name / "assemblies" / "web")
+    rows: dict[str, list[float]] = {k: [] for k in ("failed", "restart begun", "first heartbeat",
+                                                    "resource running")}
+    try:
+        _, up = watch.wait(0, timeout=BOOT, type="assembly_state_change", assembly="web",
+                           state="running")
+        print(f"{label}: first boot, DPE start -> first heartbeat "
+              f"{up.time.timestamp() - began:.1f} s", flush=True)
+        watch.wait(0, timeout=120, resource="sleeper", state="running")
+        for _ in range(kills):
+            time.sleep(UPTIME)
+            killed = time.time()
+            kill(spec)
+            for key, match in (("failed", {"type": "assembly_state_change", "state": "failed"}),
+                               ("restart begun", {"type": "assembly_state_change",
+                                                  "state": "starting"}),
+                               ("first heartbeat", {"type": "assembly_state_change",
+                                                    "state": "running"}),
+                               ("resource running", {"type": "resource_state_change",
+                                                     "resource": "sleeper",
+                                                     "state": "running"})):
+                _, event = watch.wait(killed, timeout=BOOT, assembly="web", **match)
+                rows[key].append(event.time.timestamp() - killed)
+        for key, values in rows.items():
+            print(figures(f"{label}: power-off -> {key}", values), flush=True)
+    finally:
+        try:
+            bus.call(f"pcloud.dpe.{name}", "deployable_stop", f'<deployable name="{name}"/>',
+                     timeout=60)
+            thread.join(180)
+        finally:
+            watch.sub.cancel()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--drivers", default="qemu,libvirt")
+    args = parser.parse_args()
+    drivers = args.drivers.split(",")
+    workdir = Path(tempfile.mkdtemp(prefix="pcloud-vmr-"))
+    private = None
+    if not os.environ.get("PCLOUD_BROKER_URL"):
+        from pcloud import broker
+        private = workdir / "broker"
+        os.environ["PCLOUD_BROKER_URL"] = broker.start(private)
+        os.environ["PCLOUD_BROKER_ADMIN"] = str(private)
+    url = os.environ["PCLOUD_BROKER_URL"]
+    bus = Bus(url=url, name="bench-vm-recovery").start()
+    daemon = None
+    try:
+        catalogue = workdir / "catalogue"
+        jeos = images.jeos_ensure("debian-12", "x86_64", CACHE / "catalogue",
+                                  replace_stale=True)
+        (catalogue / "jeos").mkdir(parents=True)
+        (catalogue / "jeos" / jeos.name).symlink_to(jeos.path)
+        image = str(images.assembly_create("web", jeos.name, catalogue, broker_url=url).path)
+        if "qemu" in drivers:
+            from dpe_agent.drivers.qemu import PIDFILE, QemuDriver
+            run("qemu", "qemu", QemuDriver(),
+                lambda spec: os.kill(int((spec.state_dir / PIDFILE).read_text()),
+                                     signal.SIGKILL),
+                image, workdir, url, bus, args.kills)
+        if "libvirt" in drivers:
+            from dpe_agent.drivers.libvirt import LibvirtDriver, domain_name
+            from tests.libvirtd import PrivateLibvirtd, libvirt_missing
+            reason = libvirt_missing()
+            if reason:
+                print(f"libvirt: skipped ({reason})")
+            else:
+                daemon = PrivateLibvirtd(workdir / "libvirtd")
+                daemon.start()
+                run("libvirt", "libvirt", LibvirtDriver(uri=daemon.uri),
+                    lambda spec: daemon.virsh("destroy", domain_name(spec)),
+                    image, workdir, url, bus, args.kills)
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        bus.close()
+        if private is not None:
+            from pcloud import broker
+            broker.stop(private)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps({"load": os.getloadavg()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
