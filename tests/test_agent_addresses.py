@@ -4,6 +4,8 @@ carries them (guest_agent.addresses, the contract in docs/protocol.md)."""
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ import pytest
 
 from guest_agent.addresses import (
     AddressTracker,
+    addresses_from_netlink,
     ipv4_from_fib_trie,
     ipv6_from_if_inet6,
     reachable,
@@ -112,17 +115,43 @@ def test_no_addresses_is_an_empty_value_not_an_absent_one():
     assert tracker.for_beat() == ""
 
 
+def _newaddr(family: int, raw: bytes, flags: int = 0, local: bool = True) -> bytes:
+    attr_type = 2 if local else 1                    # IFA_LOCAL or IFA_ADDRESS
+    attr = struct.pack("=HH", 4 + len(raw), attr_type) + raw
+    flags_attr = struct.pack("=HHI", 8, 8, flags)    # IFA_FLAGS
+    body = struct.pack("=BBBBI", family, 24, 0, 0, 2) + attr + flags_attr
+    return struct.pack("=LHHLL", 16 + len(body), 20, 2, 1, 0) + body
+
+
+def test_a_netlink_dump_is_read_and_failed_duplicates_left_out():
+    done = struct.pack("=LHHLL", 20, 3, 2, 1, 0) + b"\0\0\0\0"
+    data = (_newaddr(socket.AF_INET, socket.inet_aton("10.0.2.15"))
+            + _newaddr(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, "fd00::5"),
+                       local=False)
+            + _newaddr(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, "fd00::9"),
+                       flags=0x08))
+    assert addresses_from_netlink(data) == ({"10.0.2.15", "fd00::5"}, False)
+    assert addresses_from_netlink(done) == (set(), True)
+    with pytest.raises(OSError):
+        addresses_from_netlink(struct.pack("=LHHLL", 36, 2, 0, 1, 0) + bytes(20))
+    with pytest.raises(OSError):
+        addresses_from_netlink(data[:-4])
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or subprocess.run(
     ["unshare", "--net", "true"], capture_output=True).returncode != 0,
     reason="needs root and network namespaces")
-def test_an_address_added_in_a_network_namespace_is_read_from_the_real_tables():
-    script = ("import subprocess; from guest_agent.addresses import read_addresses; "
-              "before = read_addresses(); "
-              "subprocess.run(['ip', 'link', 'set', 'lo', 'up'], check=True); "
-              "subprocess.run(['ip', 'addr', 'add', '10.77.0.5/32', 'dev', 'lo'], check=True); "
-              "subprocess.run(['ip', 'addr', 'add', 'fd00:77::5/128', 'dev', 'lo'], check=True); "
-              "print(before, read_addresses())")
+def test_an_address_added_in_a_network_namespace_is_read_by_netlink_and_from_proc():
+    script = ("import subprocess\n"
+              "from guest_agent.addresses import (netlink_addresses, proc_addresses, "
+              "reachable, read_addresses)\n"
+              "before = read_addresses()\n"
+              "for args in (['link', 'set', 'lo', 'up'], "
+              "['addr', 'add', '10.77.0.5/32', 'dev', 'lo'], "
+              "['addr', 'add', 'fd00:77::5/128', 'dev', 'lo']):\n"
+              "    subprocess.run(['ip', *args], check=True)\n"
+              "print(before, read_addresses(), reachable(netlink_addresses()) == "
+              "reachable(proc_addresses()))\n")
     out = subprocess.run(["unshare", "--net", sys.executable, "-c", script], check=True,
                          capture_output=True, text=True).stdout
-    assert out.strip() == "[] ['10.77.0.5', 'fd00:77::5']"
-
+    assert out.strip() == "[] ['10.77.0.5', 'fd00:77::5'] True"
