@@ -151,7 +151,9 @@ def main() -> int:
     if not os.environ.get("PCLOUD_BROKER_URL"):
         from pcloud import broker
         private = workdir / "broker"
-        os.environ["PCLOUD_BROKER_URL"] = broker.start(private)
+        os.environ["PCLOUD_BROKER_URL"] = broker.start(        # free ports: others may run one
+            private, port=broker.free_port(), dist_port=broker.free_port(),
+            epmd_port=broker.free_port())
         os.environ["PCLOUD_BROKER_ADMIN"] = str(private)
     url = os.environ["PCLOUD_BROKER_URL"]
     bus = Bus(url=url, name="bench-death").start()
