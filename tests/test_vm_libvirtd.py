@@ -116,3 +116,60 @@ def test_real_domain_boot_adopt_acpi_force_off_fence_undefine(libvirtd, bus, bro
         driver.close()
         adopter.close()
         sub.cancel()
+
+
+def test_dpe_restarts_a_forced_off_domain_at_once(libvirtd, bus, broker_url, tmp_path):
+    """The original acceptance test's Force Off, through a DPE on the real libvirtd: ``virsh
+    destroy`` of the running domain; the DPE learns it from libvirt (not heartbeats later),
+    fences, boots the domain again, and the resource runs in it again."""
+    from dpe_agent.daemon import Dpe, run_in_thread
+    from dpe_agent.drivers.libvirt import LibvirtDriver, domain_name
+    from pcloud.deployable import Deployable
+    from tests.test_dpe_daemon import Events
+
+    catalogue = tmp_path / "catalogue"
+    jeos = images.jeos_ensure("debian-12", "x86_64", CACHE / "catalogue", replace_stale=True)
+    (catalogue / "jeos").mkdir(parents=True)
+    (catalogue / "jeos" / jeos.name).symlink_to(jeos.path)
+    image = images.assembly_create("tmpl", jeos.name, catalogue, broker_url=broker_url)
+    name = f"lvd{uuid.uuid4().hex[:8]}"
+    xml = (f'<deployable name="{name}" infrastructure="libvirt"><assemblies>'
+           f'<assembly name="web" image="{image.path}" heartbeat_interval="1" '
+           f'heartbeat_misses="3"><services><service name="sleeper" class="process" '
+           f'monitor_interval="5"><parameters><parameter name="command" '
+           f'value="sleep infinity"/></parameters></service></services></assembly>'
+           f'</assemblies></deployable>')
+    events = Events(bus, name)
+    dpe = Dpe(Deployable.from_xml(xml), tmp_path / "state", broker_url=broker_url,
+              driver=LibvirtDriver(uri=libvirtd.uri))
+    thread = run_in_thread(dpe)
+    spec = AssemblySpec(name, "web", "u", broker_url, tmp_path / "state")
+    try:
+        try:
+            events.wait(BOOT_TIMEOUT, type="resource_state_change", resource="sleeper",
+                        state="running")
+        except AssertionError:
+            pytest.fail(f"not running; libvirt's log:\n{domain_log(domain_name(spec))}")
+        mark = events.last_seq()
+        forced = time.time()
+        assert libvirtd.virsh("destroy", domain_name(spec)).returncode == 0
+        failed = events.wait(60, type="assembly_state_change", assembly="web", state="failed",
+                             after=mark)
+        assert "destroyed (forced off) (reported by the libvirt driver)" in failed.reason
+        fenced = events.wait(60, type="fencing", assembly="web", after=mark)
+        booting = events.wait(60, type="assembly_state_change", assembly="web",
+                              state="starting", after=mark)
+        back = events.wait(BOOT_TIMEOUT, type="resource_state_change", resource="sleeper",
+                           state="running", after=mark)
+        assert failed.seq < fenced.seq < booting.seq < back.seq
+        print(f"Force Off -> failed {failed.time.timestamp() - forced:.3f} s, restart begun "
+              f"{booting.time.timestamp() - forced:.3f} s, resource running "
+              f"{back.time.timestamp() - forced:.1f} s")
+        assert not dpe.violations, dpe.violations
+    finally:
+        try:
+            bus.call(f"pcloud.dpe.{name}", "deployable_stop", f'<deployable name="{name}"/>',
+                     timeout=60)
+        finally:
+            thread.join(180)
+            events.sub.cancel()
