@@ -173,15 +173,16 @@ def main() -> int:
         if args.peer:
             (r0, p0, _, c0), (r1, p1, _, c1) = medians["peer"], medians["this"]
             print(f"this/peer: RSS {r1 / r0:.2f}, PSS {p1 / p0:.2f}, idle CPU {c1 / c0:.2f}")
-        agent = RunningAgent(bus, args.broker_url, user)
-        try:
-            latencies = kill_latency(bus, agent.queue, agent.arrivals, agent.cond, args.n)
-            print(f"SIGKILL -> report on the bus (n={len(latencies)}): "
-                  f"median {statistics.median(latencies):.2f} ms, "
-                  f"p99 {percentile(latencies, 99):.2f} ms, max {max(latencies):.2f} ms "
-                  f"(target < 50 ms)")
-        finally:
-            agent.close()
+        for label, path in labels:
+            agent = RunningAgent(bus, args.broker_url, user, path)
+            try:
+                latencies = kill_latency(bus, agent.queue, agent.arrivals, agent.cond, args.n)
+                print(f"{label}: SIGKILL -> report on the bus (n={len(latencies)}): "
+                      f"median {statistics.median(latencies):.2f} ms, "
+                      f"p99 {percentile(latencies, 99):.2f} ms, max {max(latencies):.2f} ms "
+                      f"(target < 50 ms)")
+            finally:
+                agent.close()
         for label, path in labels:
             agent = RunningAgent(bus, args.broker_url, user, path)
             try:
