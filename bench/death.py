@@ -20,6 +20,7 @@ restart begun ≤ 0.1 s after the power-off on every driver (issue 16).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -140,6 +141,29 @@ def one_dpe(infrastructure: str, driver, kill: Callable[[AssemblySpec], None], w
             watch.sub.cancel()
 
 
+@contextlib.contextmanager
+def bench_bus(workdir: Path, name: str) -> Iterator[tuple[str, Bus]]:
+    """The broker URL and a started bus: PCLOUD_BROKER_URL's broker, or a private node on
+    free ports (another may hold the default), stopped afterwards."""
+    private = None
+    if not os.environ.get("PCLOUD_BROKER_URL"):
+        from pcloud import broker
+        private = workdir / "broker"
+        os.environ["PCLOUD_BROKER_URL"] = broker.start(
+            private, port=broker.free_port(), dist_port=broker.free_port(),
+            epmd_port=broker.free_port())
+        os.environ["PCLOUD_BROKER_ADMIN"] = str(private)   # the DPE mints agent logins
+    url = os.environ["PCLOUD_BROKER_URL"]
+    bus = Bus(url=url, name=name).start()
+    try:
+        yield url, bus
+    finally:
+        bus.close()
+        if private is not None:
+            from pcloud import broker
+            broker.stop(private)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10)
@@ -147,46 +171,36 @@ def main() -> int:
     args = parser.parse_args()
     drivers = args.drivers.split(",")
     workdir = Path(tempfile.mkdtemp(prefix="pcloud-death-"))
-    private = None
-    if not os.environ.get("PCLOUD_BROKER_URL"):
-        from pcloud import broker
-        private = workdir / "broker"
-        os.environ["PCLOUD_BROKER_URL"] = broker.start(        # free ports: others may run one
-            private, port=broker.free_port(), dist_port=broker.free_port(),
-            epmd_port=broker.free_port())
-        os.environ["PCLOUD_BROKER_ADMIN"] = str(private)
-    url = os.environ["PCLOUD_BROKER_URL"]
-    bus = Bus(url=url, name="bench-death").start()
+    with bench_bus(workdir, "bench-death") as (url, bus):
+        try:
+            compare(drivers, args.kills, workdir, url, bus)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def compare(drivers: list[str], kills: int, workdir: Path, url: str, bus: Bus) -> None:
     print(f"heartbeats {HB_INTERVAL:g} s x {HB_MISSES}: a loss alone is known after "
           f"{HB_INTERVAL * HB_MISSES * 1000:.0f} ms; target: restart begun <= 100 ms")
-    try:
-        if "process" in drivers:
-            run("process", "process", ProcessDriver(), kill_process, workdir, url, bus,
-                args.kills)
-            run("process-heartbeats (peer)", "process", Quiet(), kill_process, workdir, url,
-                bus, max(3, args.kills // 3))
-        if "qemu" in drivers and shutil.which("qemu-system-x86_64"):
-            from dpe_agent.drivers.qemu import QemuDriver
-            image = placeholder_image(workdir / "vm")
-            run("qemu", "qemu", QemuDriver(), kill_qemu, workdir, url, bus, args.kills,
-                image=str(image), boot_event="starting", per_dpe=3)
-        if "libvirt" in drivers:
-            import libvirt
+    if "process" in drivers:
+        run("process", "process", ProcessDriver(), kill_process, workdir, url, bus, kills)
+        run("process-heartbeats (peer)", "process", Quiet(), kill_process, workdir, url,
+            bus, max(3, kills // 3))
+    if "qemu" in drivers and shutil.which("qemu-system-x86_64"):
+        from dpe_agent.drivers.qemu import QemuDriver
+        image = placeholder_image(workdir / "vm")
+        run("qemu", "qemu", QemuDriver(), kill_qemu, workdir, url, bus, kills,
+            image=str(image), boot_event="starting", per_dpe=3)
+    if "libvirt" in drivers:
+        import libvirt
 
-            from dpe_agent.drivers.libvirt import LibvirtDriver, domain_name
-            image = workdir / "vm" if (workdir / "vm").exists() else placeholder_image(
-                workdir / "vm")
-            outside = libvirt.open("test:///default")
-            run("libvirt (test:///default)", "libvirt", LibvirtDriver(uri="test:///default"),
-                lambda spec: outside.lookupByName(domain_name(spec)).destroy(), workdir, url,
-                bus, args.kills, image=str(image), boot_event="starting", per_dpe=3)
-    finally:
-        bus.close()
-        if private is not None:
-            from pcloud import broker
-            broker.stop(private)
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+        from dpe_agent.drivers.libvirt import LibvirtDriver, domain_name
+        image = workdir / "vm" if (workdir / "vm").exists() else placeholder_image(
+            workdir / "vm")
+        outside = libvirt.open("test:///default")
+        run("libvirt (test:///default)", "libvirt", LibvirtDriver(uri="test:///default"),
+            lambda spec: outside.lookupByName(domain_name(spec)).destroy(), workdir, url,
+            bus, kills, image=str(image), boot_event="starting", per_dpe=3)
 
 
 if __name__ == "__main__":

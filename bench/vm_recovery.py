@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.death import figures  # noqa: E402
+from bench.death import bench_bus, figures  # noqa: E402
 from bench.mttr import Watcher  # noqa: E402
 from dpe_agent.daemon import Dpe, run_in_thread  # noqa: E402
 from dpe_agent.drivers.base import AssemblySpec  # noqa: E402
@@ -98,52 +98,41 @@ def main() -> int:
     args = parser.parse_args()
     drivers = args.drivers.split(",")
     workdir = Path(tempfile.mkdtemp(prefix="pcloud-vmr-"))
-    private = None
-    if not os.environ.get("PCLOUD_BROKER_URL"):
-        from pcloud import broker
-        private = workdir / "broker"
-        os.environ["PCLOUD_BROKER_URL"] = broker.start(        # free ports: others may run one
-            private, port=broker.free_port(), dist_port=broker.free_port(),
-            epmd_port=broker.free_port())
-        os.environ["PCLOUD_BROKER_ADMIN"] = str(private)
-    url = os.environ["PCLOUD_BROKER_URL"]
-    bus = Bus(url=url, name="bench-vm-recovery").start()
-    daemon = None
-    try:
-        catalogue = workdir / "catalogue"
-        jeos = images.jeos_ensure("debian-12", "x86_64", CACHE / "catalogue",
-                                  replace_stale=True)
-        (catalogue / "jeos").mkdir(parents=True)
-        (catalogue / "jeos" / jeos.name).symlink_to(jeos.path)
-        image = str(images.assembly_create("web", jeos.name, catalogue, broker_url=url).path)
-        if "qemu" in drivers:
-            from dpe_agent.drivers.qemu import PIDFILE, QemuDriver
-            run("qemu", "qemu", QemuDriver(),
-                lambda spec: os.kill(int((spec.state_dir / PIDFILE).read_text()),
-                                     signal.SIGKILL),
-                image, workdir, url, bus, args.kills)
-        if "libvirt" in drivers:
-            from dpe_agent.drivers.libvirt import LibvirtDriver, domain_name
-            from tests.libvirtd import PrivateLibvirtd, libvirt_missing
-            reason = libvirt_missing()
-            if reason:
-                print(f"libvirt: skipped ({reason})")
-            else:
-                daemon = PrivateLibvirtd(workdir / "libvirtd")
-                daemon.start()
-                run("libvirt", "libvirt", LibvirtDriver(uri=daemon.uri),
-                    lambda spec: daemon.virsh("destroy", domain_name(spec)),
-                    image, workdir, url, bus, args.kills)
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        bus.close()
-        if private is not None:
-            from pcloud import broker
-            broker.stop(private)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with bench_bus(workdir, "bench-vm-recovery") as (url, bus):
+        try:
+            measure(drivers, args.kills, workdir, url, bus)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps({"load": os.getloadavg()}))
     return 0
+
+
+def measure(drivers: list[str], kills: int, workdir: Path, url: str, bus: Bus) -> None:
+    catalogue = workdir / "catalogue"
+    jeos = images.jeos_ensure("debian-12", "x86_64", CACHE / "catalogue", replace_stale=True)
+    (catalogue / "jeos").mkdir(parents=True)
+    (catalogue / "jeos" / jeos.name).symlink_to(jeos.path)
+    image = str(images.assembly_create("web", jeos.name, catalogue, broker_url=url).path)
+    if "qemu" in drivers:
+        from dpe_agent.drivers.qemu import PIDFILE, QemuDriver
+        run("qemu", "qemu", QemuDriver(),
+            lambda spec: os.kill(int((spec.state_dir / PIDFILE).read_text()), signal.SIGKILL),
+            image, workdir, url, bus, kills)
+    if "libvirt" in drivers:
+        from dpe_agent.drivers.libvirt import LibvirtDriver, domain_name
+        from tests.libvirtd import PrivateLibvirtd, libvirt_missing
+        reason = libvirt_missing()
+        if reason:
+            print(f"libvirt: skipped ({reason})")
+            return
+        daemon = PrivateLibvirtd(workdir / "libvirtd")
+        daemon.start()
+        try:
+            run("libvirt", "libvirt", LibvirtDriver(uri=daemon.uri),
+                lambda spec: daemon.virsh("destroy", domain_name(spec)),
+                image, workdir, url, bus, kills)
+        finally:
+            daemon.stop()
 
 
 if __name__ == "__main__":
