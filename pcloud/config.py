@@ -94,7 +94,8 @@ def broker_hint(url: str) -> str | None:
     if down:
         return f"the private broker of {state_dir()} is not running: pcloud-broker start"
     if url == DEFAULT_BROKER_URL and broker_choice() == (url, "default"):
-        return default_broker_note()
+        return ("no broker configured: export PCLOUD_STATE_DIR (of your cped) or "
+                "PCLOUD_BROKER_URL, or run 'pcloud-broker start'")
     return None
 
 

@@ -231,9 +231,15 @@ class Commands:
             raise CommandError(f"cped is not running on {self.state_dir}: start it with "
                                f"'cped' (with PCLOUD_STATE_DIR={self.state_dir})")
         bus = self.bus()
+        if not bus.connected:   # the shell's bus outlived its broker: say so, do not wait
+            raise CommandError(config.unreachable(bus.url, refused(bus.url) or
+                                                  "the connection is down, reconnecting"))
         try:
             return bus.call(CPE_QUEUE, method, body, timeout=CALL_TIMEOUT)
         except BusTimeout:
+            if not bus.connected:
+                raise CommandError(config.unreachable(bus.url, "the connection dropped during "
+                                                      f"{method}")) from None
             raise CommandError(f"the CPE did not answer {method} within {CALL_TIMEOUT:.0f} s: "
                                "is cped running?") from None
         except MethodError as exc:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from pcloud import broker, config
+from pcloud.bus import Bus, BusUnreachable
 from pcloud.bus.addressing import RabbitMQProfile
 from pcloud.bus.recovery import redact
 from pcloud.log import setup_logging
@@ -141,3 +144,23 @@ def test_reply_addresses_are_plain_queue_names():
     for bad in ("/temp-queue/x", "queue://x", "topic://x", "/topic/x", "/amq/queue/x",
                 "amq.gen-x", "", "x\n", "x" * 256, None, 3):
         assert not profile.is_reply_address(bad), bad
+
+
+def test_a_broker_without_amqp_1_0_is_named_as_such():
+    """A RabbitMQ without its AMQP 1.0 plugin answers the protocol header with its own
+    (0-9-1): that is not a credentials problem, and the error says what it is."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_as_0_9_1() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(8)
+            conn.sendall(b"AMQP\x00\x00\x09\x01")
+
+    threading.Thread(target=answer_as_0_9_1, daemon=True).start()
+    try:
+        with pytest.raises(BusUnreachable, match="does not speak AMQP 1.0"):
+            Bus(url=f"amqp://u:p@127.0.0.1:{port}", name="t").start(timeout=5)
+    finally:
+        listener.close()

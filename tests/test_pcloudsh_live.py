@@ -101,6 +101,9 @@ def test_live_events_follow_the_broker_away_and_back(broker, bus: Bus, tmp_path:
         relay.close()
         term.expect("(lost the broker: live events paused until it is back)",
                     timeout=scaled(60))
+        # a command now blames the broker at once, not a silent cped 15 s later
+        term.send("deployable_list\r")
+        term.expect("cannot reach the broker", timeout=scaled(10))
         relay.open()
         term.expect("(the broker is back: live events on)", timeout=scaled(60))
         publish_until_shown(bus, term, seq + 1)

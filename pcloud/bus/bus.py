@@ -128,6 +128,10 @@ class Bus:
             step = min(step * 2, 0.1)
         error = self._loop.start_error or "no answer"
         self.close()
+        if "framing-error" in error:
+            raise BusUnreachable(f"broker {redact(self.url)} does not speak AMQP 1.0 (a "
+                                 "RabbitMQ without its rabbitmq_amqp1_0 plugin? pcloud's own "
+                                 "broker is 'pcloud-broker start')")
         if "unauthorized" in error or "SASL" in error:
             raise BusAuthError(f"broker {redact(self.url)} refused the credentials ({error})")
         if "certificate verify failed" in error:
