@@ -9,12 +9,12 @@ from collections.abc import Callable
 from lxml import etree
 
 from guest_agent.monitors import Job, Scheduler
+from pcloud.bus import BusError, Message
 
 try:        # CPython's own md5: hashlib would load OpenSSL (2.4 MiB of RSS) for one digest
     from _md5 import md5
 except ImportError:         # an interpreter built without it
     from hashlib import md5
-from pcloud.bus import BusError, Message
 
 log = logging.getLogger(__name__)
 
