@@ -25,14 +25,6 @@ STATE_DIR = "/var/lib/pcloud-agent"
 UNIT_NAME = "pcloud-guest-agent.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
 WANTS_LINK = f"/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}"
-#: In a VM the agent starts as soon as networkd does, not once the network is online: its
-#: Python start-up (~10 s under TCG) then overlaps DHCP and the rest of the boot, and its
-#: connection to the broker is retried (capped back-off) until the address is there.
-EARLY_DROPIN = f"/etc/systemd/system/{UNIT_NAME}.d/10-pcloud-early.conf"
-EARLY_UNIT = """[Unit]
-After=
-After=systemd-networkd.service
-"""
 GUEST_PYTHON = "/usr/bin/python3"
 PACKAGES = ("pcloud", "guest_agent")
 DATA_KINDS = ("schemas", "xml")
@@ -145,8 +137,6 @@ def install(g: Any, payload: Payload, workdir: Path) -> None:
     g.tar_in(str(archive), PREFIX, compress="gzip")
     archive.unlink()
     g.write(UNIT_PATH, payload.unit.encode())
-    g.mkdir_p(EARLY_DROPIN.rsplit("/", 1)[0])
-    g.write(EARLY_DROPIN, EARLY_UNIT.encode())
     g.mkdir_p(WANTS_LINK.rsplit("/", 1)[0])
     g.ln_sf(UNIT_PATH, WANTS_LINK)
 
