@@ -117,3 +117,21 @@ def test_dpe_respawned_during_an_outage_waits_and_restarts_nothing(outage: Outag
     _no_restart(outage, since, services)
     log = (outage.state / "dpe" / outage.name / "dped.log").read_text(errors="replace")
     assert "ERROR" not in log     # the dropped connection is a warning, not an error
+
+
+def test_a_clean_broker_stop_fences_no_lone_assembly(outage: Outage) -> None:
+    """With one assembly there is no mass loss to see. RabbitMQ, stopping cleanly, ends every
+    session seconds before it closes the connections: the DPE's links are gone from that
+    moment, so the silence that follows must not fence the assembly (a new user saw
+    ``pcloud-broker stop`` kill every one-assembly deployable)."""
+    outage.client.call("deployable_start", deployable_xml(outage.name, {"solo": ["api"]}))
+    wait_until(outage.running, 60, "the one-assembly deployable running")
+    since, api = outage.last_seq(), service_pid(outage.state, outage.name, "solo", "api")
+    outage.broker.stop()
+    time.sleep(OUTAGE)   # holds the outage; nothing is asserted on time
+    outage.broker.start()
+    _settle(outage)
+    assert service_pid(outage.state, outage.name, "solo", "api") == api
+    moved = [dict(e.attrib) for e in outage.events(since)
+             if e.get("type") in ("resource_state_change", "assembly_state_change", "fencing")]
+    assert moved == []

@@ -55,6 +55,6 @@ def connect(make_bus: Callable[[], Bus], stop: threading.Event | None = None, *,
             stop.wait(delay)
             continue
         if waiting:
-            log.info("the broker is reachable again")
+            log.info("the broker answers now")
         return bus
     return None

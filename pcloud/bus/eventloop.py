@@ -150,6 +150,7 @@ class EventLoop(MessagingHandler):
         self._ids = itertools.count(1)
         self._ever_connected = False
         self._outage_logged = False
+        self._session_lost = False
         self._thread = threading.Thread(target=self._run, name=f"bus-{name}", daemon=True)
 
     # ---- thread-safe API -------------------------------------------------------------
@@ -386,6 +387,7 @@ class EventLoop(MessagingHandler):
         first = not self._ever_connected
         self._ever_connected = True
         self._outage_logged = False
+        self._session_lost = False
         self.connected.set()
         self._relink()
         self._flush_all()
@@ -470,6 +472,13 @@ class EventLoop(MessagingHandler):
         cond = endpoint.remote_condition
         log.warning("bus %s: broker ended a %s (%s); recreating it", self.name, what,
                     f"{cond.name}: {cond.description}" if cond else "no error given")
+        if what == "session" and self.connected.is_set():
+            # Every link lived on that session: until they are back nothing arrives, and a
+            # watcher must not take that for its peers' silence. (A broker stopping cleanly
+            # ends the sessions seconds before it closes the connection.)
+            self._session_lost = True
+            self.connected.clear()
+            self._on_state("disconnected")
         self._container.schedule(RELINK_DELAY, _Timer(self._relink_and_flush))
 
     def _relink_and_flush(self) -> None:
@@ -484,6 +493,12 @@ class EventLoop(MessagingHandler):
         if spec is not None and (spec.receiver or event.link.remote_target.address):
             spec.unconfirmed = False  # the broker attached it (a refusal has no target)
             spec.failures = 0
+        if self._session_lost and all(s.alive() for s in self._receivers.values()):
+            self._session_lost = False   # the links are back on a new session
+            self.connected.set()
+            self._flush_all()
+            log.info("bus %s: links recreated after the broker ended a session", self.name)
+            self._on_state("reconnected")
 
     def _give_up_sender(self, spec: LinkSpec) -> None:
         """Forget a sender whose address the broker keeps refusing, with what it holds."""
