@@ -29,6 +29,7 @@ from pcloudsh.catalogue import (
     NAME_RE,
     Catalogue,
     CatalogueError,
+    load_template,
     missing_program_warning,
     template_names,
     template_needs,
@@ -434,13 +435,21 @@ class Commands:
     def cmd_template_list(self, args: list[str]) -> None:
         """List the resource templates and the packages their services need."""
         _args(args, "template_list", 0)
-        rows = []
+        rows, broken = [], []
         for name in template_names():
             package, here = template_needs(name)
+            try:
+                load_template(name)
+                valid = "yes"
+            except CatalogueError as exc:
+                broken.append(str(exc))
+                valid = "no"
             rows.append({"name": name, "needs": package or "-",
-                         "on_this_host": "yes" if here else "no"})
+                         "on_this_host": "yes" if here else "no", "valid": valid})
         self.rows(rows, (("name", "TEMPLATE"), ("needs", "NEEDS (Debian package)"),
-                         ("on_this_host", "ON THIS HOST")))
+                         ("on_this_host", "ON THIS HOST"), ("valid", "VALID")))
+        for error in broken:
+            self.note(error)
         if not self.json:
             self.say("Only templates that need nothing run out of the box. The process "
                      "infrastructure runs services\non this host (install the package here); "

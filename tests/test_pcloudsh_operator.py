@@ -87,9 +87,12 @@ def test_a_process_template_and_the_user_template_folder(commands: Commands,
     (own / "worker.xml").write_text(
         '<service name="worker" class="process"><parameters>'
         '<parameter name="command" value="sleep 1000"/></parameters></service>')
+    (own / "broken.xml").write_text('<service name="broken" class="process">')
     commands.run("template_list", [])
     listing = output(commands)
     assert "process" in listing and "worker" in listing
+    assert [line.split()[-1] for line in listing.splitlines() if line.startswith("broken")
+            ] == ["no"]                           # listed, and marked invalid at once
     commands.run("assembly_create", ["a1", "debian-12"])
     commands.run("assembly_resource_add", ["p", "process", "a1"])
     commands.run("assembly_resource_add", ["w", "worker", "a1"])
