@@ -12,8 +12,11 @@ and fenced with destroy (not reported), and undefined. One full boot: TCG boots 
 from __future__ import annotations
 
 import os
+import shlex
 import time
 import uuid
+from urllib.parse import urlsplit
+from xml.sax.saxutils import quoteattr
 
 import pytest
 from test_vm_e2e import CACHE, Heartbeats, missing
@@ -118,10 +121,27 @@ def test_real_domain_boot_adopt_acpi_force_off_fence_undefine(libvirtd, bus, bro
         sub.cancel()
 
 
+def isolation_probe(broker_url: str) -> str:
+    """A process resource that runs only if nothing but the forward is reachable from the
+    guest: the host at 10.0.2.2 (its broker port, ssh) and an outside address must not be."""
+    port = urlsplit(broker_url).port
+    probe = ("import socket,sys\n"
+             f"targets=[('10.0.2.2',{port}),('10.0.2.2',22),('1.1.1.1',80)]\n"
+             "def reach(a):\n"
+             " s=socket.socket();s.settimeout(3)\n"
+             " return s.connect_ex(a)==0\n"
+             "sys.exit(any(reach(a) for a in targets))")
+    command = f"python3 -c {shlex.quote(probe)} && exec sleep infinity"
+    return (f'<service name="isolated" class="process" monitor_interval="5"><parameters>'
+            f'<parameter name="command" value={quoteattr(command)}/>'
+            f'<parameter name="shell" value="true"/></parameters></service>')
+
+
 def test_dpe_restarts_a_forced_off_domain_at_once(libvirtd, bus, broker_url, tmp_path):
-    """The original acceptance test's Force Off, through a DPE on the real libvirtd: ``virsh
-    destroy`` of the running domain; the DPE learns it from libvirt (not heartbeats later),
-    fences, boots the domain again, and the resource runs in it again."""
+    """The original acceptance test's Force Off, through a DPE on the real libvirtd (the
+    guest first proven isolated from inside): ``virsh destroy`` of the running domain; the
+    DPE learns it from libvirt (not heartbeats later), fences, boots the domain again, and
+    the resource runs in it again."""
     from dpe_agent.daemon import Dpe, run_in_thread
     from dpe_agent.drivers.libvirt import LibvirtDriver, domain_name
     from pcloud.deployable import Deployable
@@ -137,8 +157,8 @@ def test_dpe_restarts_a_forced_off_domain_at_once(libvirtd, bus, broker_url, tmp
            f'<assembly name="web" image="{image.path}" heartbeat_interval="1" '
            f'heartbeat_misses="3"><services><service name="sleeper" class="process" '
            f'monitor_interval="5"><parameters><parameter name="command" '
-           f'value="sleep infinity"/></parameters></service></services></assembly>'
-           f'</assemblies></deployable>')
+           f'value="sleep infinity"/></parameters></service>{isolation_probe(broker_url)}'
+           f'</services></assembly></assemblies></deployable>')
     events = Events(bus, name)
     dpe = Dpe(Deployable.from_xml(xml), tmp_path / "state", broker_url=broker_url,
               driver=LibvirtDriver(uri=libvirtd.uri))
@@ -150,6 +170,10 @@ def test_dpe_restarts_a_forced_off_domain_at_once(libvirtd, bus, broker_url, tmp
                         state="running")
         except AssertionError:
             pytest.fail(f"not running; libvirt's log:\n{domain_log(domain_name(spec))}")
+        # from inside the guest: the host (its broker port included) and the outside are
+        # out of reach; the broker is reached only through the forward (the agent's beats)
+        events.wait(60, type="resource_state_change", resource="isolated", state="running")
+        assert not events.find(resource="isolated", state="failed"), events.snapshot()
         mark = events.last_seq()
         forced = time.time()
         assert libvirtd.virsh("destroy", domain_name(spec)).returncode == 0
