@@ -4,7 +4,8 @@ The slow test builds an assembly image from the cached JEOS *without* naming a d
 runs a deployable with one ``qemu`` assembly under a ``dped`` subprocess on the session's
 private broker, waits until its ``process`` resource runs, SIGKILLs the VM's QEMU and waits
 for the DPE to learn it from the driver (QEMU's exit, not missed heartbeats), fence, boot the
-VM again and restart the resource. It prints the times (boot to heartbeat, kill to detection / fence / running).
+VM again and restart the resource. It prints the times (boot to heartbeat, kill to
+detection / fence / running).
 Whatever happens, no QEMU of the test is left running.
 
 The fast tests check the choice of driver in ``dped``: ``openstack`` is a ``config_error``
