@@ -2,8 +2,8 @@
 
 Builds (or reuses) the cached JEOS, creates an assembly for the test broker, boots it with the
 qemu driver (isolated user networking, the broker as the only reachable host service), waits
-for heartbeats on ``pcloud.heartbeat.<dep>.<asm>``, fences it, boots it again and finally shuts
-it down through ACPI. Prints boot-to-first-heartbeat times.
+for heartbeats on ``pcloud.heartbeat.<dep>.<asm>``, shuts it down through ACPI, then starts it
+and fences it at once. Prints the boot-to-first-heartbeat time.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def console_tail(state_dir: Path) -> str:
     return log.read_text(errors="replace")[-3000:] if log.exists() else "(no console log)"
 
 
-def test_assembly_boots_heartbeats_is_fenced_and_boots_again(client, broker_url, tmp_path):
+def test_assembly_boots_heartbeats_stops_through_acpi_and_is_fenced(client, broker_url,
+                                                                   tmp_path):
     catalogue = tmp_path / "catalogue"
     jeos = images.jeos_ensure("debian-12", "x86_64", CACHE / "catalogue",
                               progress=lambda line: print(line, flush=True), replace_stale=True)
@@ -120,25 +121,18 @@ def test_assembly_boots_heartbeats_is_fenced_and_boots_again(client, broker_url,
         assert beat.get("uuid") == asm.meta["uuid"]
         assert (beat.get("deployable"), beat.get("assembly")) == (dep, "web")
 
-        driver.fence(spec)
-        fenced = time.monotonic()
-        assert driver.status(spec) is PowerState.STOPPED
-        with pytest.raises(AssertionError):
-            beats.first_after(fenced + 0.5, timeout=3.0)
-
-        rebooted = time.monotonic()
-        driver.start(spec)
-        try:
-            when, _ = beats.first_after(rebooted, BOOT_TIMEOUT)
-        except AssertionError:
-            pytest.fail(f"no heartbeat after the second boot; console:\n{console_tail(state)}")
-        print(f"boot to first heartbeat after fencing: {when - rebooted:.1f} s")
-
         stopping = time.monotonic()
         driver.stop(spec, timeout=90.0)
         assert driver.status(spec) is PowerState.STOPPED
         print(f"graceful stop: {time.monotonic() - stopping:.1f} s")
         assert "reboot: Power down" in console_tail(state), "ACPI shutdown did not power off"
+
+        # one full boot only (TCG boots are slow); fence and reboot through a DPE are in
+        # test_vm_dped.py
+        driver.start(spec)
+        assert driver.status(spec) is PowerState.RUNNING
+        driver.fence(spec)
+        assert driver.status(spec) is PowerState.STOPPED
     finally:
         driver.fence(spec)
         sub.cancel()
