@@ -86,7 +86,4 @@ class Deaths:
         log.info("assembly %s died (%s), known %.0f ms ago: lost without waiting for "
                  "heartbeats", asm, reason, (time.monotonic() - known) * 1000)
         if self.tracker.declare_lost(asm):
-            gate = getattr(self, "boot_gate", None)    # a boot's turn ends with its death,
-            if gate is not None:                       # as with a heartbeat loss
-                gate.failed(asm)
             self._assembly_lost(asm, f"{reason} (reported by the {self.driver.name} driver)")

@@ -197,7 +197,6 @@ class Detection:
                     self._reprobe(asm)
             self._update_deployable_state()
         for asm in verdict.lost:
-            self.boot_gate.failed(asm)
             self._assembly_lost(asm, self._lost_reason(asm))
 
     def _lost_reason(self, asm: str) -> str:
