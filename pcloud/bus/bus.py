@@ -128,15 +128,15 @@ class Bus:
             step = min(step * 2, 0.1)
         error = self._loop.start_error or "no answer"
         self.close()
-        if "framing-error" in error:
+        if "certificate verify failed" in error:
+            raise BusTLSError(f"TLS: the certificate of broker {redact(self.url)} is not "
+                              f"trusted or does not name that host ({error})")
+        if "Expected SASL protocol header" in error:
             raise BusUnreachable(f"broker {redact(self.url)} does not speak AMQP 1.0 (a "
                                  "RabbitMQ without its rabbitmq_amqp1_0 plugin? pcloud's own "
                                  "broker is 'pcloud-broker start')")
         if "unauthorized" in error or "SASL" in error:
             raise BusAuthError(f"broker {redact(self.url)} refused the credentials ({error})")
-        if "certificate verify failed" in error:
-            raise BusTLSError(f"TLS: the certificate of broker {redact(self.url)} is not "
-                              f"trusted or does not name that host ({error})")
         raise BusUnreachable(f"cannot connect to broker {redact(self.url)} within "
                              f"{timeout:g} s ({error})")
 
