@@ -164,3 +164,26 @@ def test_a_broker_without_amqp_1_0_is_named_as_such():
             Bus(url=f"amqp://u:p@127.0.0.1:{port}", name="t").start(timeout=5)
     finally:
         listener.close()
+
+
+def test_a_string_user_id_is_read_where_proton_drops_it():
+    """RabbitMQ 3.10 passes a 0-9-1 publisher's checked user_id on as a string; proton reads
+    only binary. A binary one stays proton's, garbage gives nothing."""
+    from proton import Data, Described, ulong
+    from proton import Message as ProtonMessage
+
+    from pcloud.bus.message import Message, string_user_id
+
+    def section(code: int, value: object) -> bytes:
+        data = Data()
+        data.put_object(Described(ulong(code), value))
+        return bytes(data.encode())
+
+    encoded = section(0x73, [None, "alice", None, None, "pcloud.reply.x", "c1"]) + section(
+        0x75, b"<deployables/>")
+    decoded = ProtonMessage()
+    decoded.decode(encoded)
+    assert decoded.user_id == b""
+    assert Message.from_proton(decoded, None, encoded).user_id == "alice"
+    assert string_user_id(bytes(ProtonMessage(body=b"x", user_id=b"bob").encode())) is None
+    assert string_user_id(b"\x00Ss\xc0\xff") is None

@@ -24,10 +24,6 @@ from test_cpe_harness import deployable_xml, unique
 ROOT = Path(__file__).resolve().parent.parent
 NODE_MODULES = ROOT / ".venv" / "node_modules"
 RHEA_CLIENT = Path(__file__).resolve().parent / "clients" / "rhea_client.js"
-PIKA_USER_ID = (
-    "RabbitMQ 3.10 hands a 0-9-1 user_id to AMQP 1.0 receivers as a utf8 string where AMQP "
-    "1.0 says binary; proton reads it as empty, so the CPE drops the call as unsigned "
-    "(pcloud.bus.Message.from_proton needs to read the raw properties section)")
 FORGED_USER_ID = (
     "RabbitMQ 3.10's AMQP 1.0 plugin takes the properties of a 0-9-1 message verbatim from its "
     "x-amqp-1.0-properties header, user_id included, which the broker never checks")
@@ -122,8 +118,9 @@ def test_pika_reads_events_as_plain_xml(cpe: BusClient, pika_client: PikaClient)
     pika_client.wait_for(running, 60, "deployable_state_change to running")
 
 
-@pytest.mark.xfail(strict=True, reason=PIKA_USER_ID)
 def test_pika_calls_methods(cpe: BusClient, pika_client: PikaClient) -> None:
+    """The 0-9-1 user_id reaches the CPE as a string (pcloud.bus.message.string_user_id): an
+    observer reads, and is refused a change."""
     name = unique("pm")
     cpe.call("deployable_start", deployable_xml(name))
     listing = pika_client.call("deployables_list", "<deployables/>")

@@ -33,7 +33,7 @@ from typing import Any
 
 from proton import Delivery, Endpoint, Link, SSLDomain
 from proton import Message as ProtonMessage
-from proton.handlers import EndpointStateHandler, MessagingHandler
+from proton.handlers import EndpointStateHandler, IncomingMessageHandler, MessagingHandler
 from proton.reactor import ApplicationEvent, Container, EventInjector
 
 from pcloud.bus.errors import BusError
@@ -115,14 +115,38 @@ class _Endpoints(EndpointStateHandler):
                     f"{cond.name}: {cond.description}" if cond else "no error given")
 
 
+class _Incoming(IncomingMessageHandler):
+    """proton's incoming handler, except that each message keeps its encoded form: RabbitMQ
+    3.10 hands a 0-9-1 sender's ``user_id`` on as a string where AMQP 1.0 says binary, and
+    proton's decoder drops it (:func:`pcloud.bus.message.string_user_id` reads it)."""
+
+    def on_delivery(self, event: Any) -> None:
+        delivery = event.delivery
+        if not (delivery.link.is_receiver and delivery.readable and not delivery.partial
+                and not delivery.aborted):
+            super().on_delivery(event)
+            return
+        event.encoded = delivery.link.recv(delivery.pending)
+        delivery.link.advance()
+        event.message = ProtonMessage()
+        event.message.decode(event.encoded)
+        if event.link.state & Endpoint.LOCAL_CLOSED:
+            delivery.update(Delivery.RELEASED)
+        else:
+            self.on_message(event)
+            delivery.update(Delivery.ACCEPTED)
+        delivery.settle()
+
+
 class EventLoop(MessagingHandler):
     """Runs one proton Container on its own thread for one Bus."""
 
     def __init__(self, url: str, name: str, ssl_domain: SSLDomain | None,
                  on_state: Callable[[str], None], on_idle: Callable[[], None]) -> None:
         super().__init__(prefetch=PREFETCH, auto_accept=True, auto_settle=True)
-        self.handlers = [_Endpoints(self) if isinstance(h, EndpointStateHandler) else h
-                         for h in self.handlers]
+        self.handlers = [_Endpoints(self) if isinstance(h, EndpointStateHandler)
+                         else _Incoming(True, self) if isinstance(h, IncomingMessageHandler)
+                         else h for h in self.handlers]
         self.url = url
         self.name = name
         self.closing = False
@@ -464,7 +488,8 @@ class EventLoop(MessagingHandler):
         spec = self._by_link.get(event.receiver.name)
         if spec is None or spec.on_message is None:
             return
-        spec.on_message(Message.from_proton(event.message, spec.address))
+        spec.on_message(Message.from_proton(event.message, spec.address,
+                                            getattr(event, "encoded", None)))
 
     def _link_lost(self, what: str, endpoint: Any) -> None:
         if self.closing:

@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lxml import etree
+from proton import Data, DataException, Described, ulong
 from proton import Message as ProtonMessage
 
 OPCODE = "pcloud.opcode"
 CONTENT_TYPE = "application/xml"
+#: The descriptor of a message's properties section (AMQP 1.0, 3.2.4).
+PROPERTIES = ulong(0x73)
 
 
 def new_id() -> str:
@@ -71,14 +74,18 @@ class Message:
         return pm
 
     @classmethod
-    def from_proton(cls, pm: ProtonMessage, address: str | None = None) -> Message:
+    def from_proton(cls, pm: ProtonMessage, address: str | None = None,
+                    encoded: bytes | None = None) -> Message:
         """Read a received proton message; foreign senders may omit any field. The body may
-        be a data section or (older senders) an amqp-value string."""
+        be a data section or (older senders) an amqp-value string. ``encoded`` (the message
+        as received) supplies a ``user_id`` that proton could not read."""
         props = dict(pm.properties or {})
         opcode = props.pop(OPCODE, None)
         user_id = pm.user_id
         if isinstance(user_id, bytes | bytearray | memoryview):
             user_id = bytes(user_id).decode("utf-8", errors="replace")
+        if not user_id and encoded:
+            user_id = string_user_id(encoded)
         return cls(
             body=pm.body,
             subject=pm.subject,
@@ -90,3 +97,27 @@ class Message:
             address=address,
             user_id=str(user_id) if user_id else None,
         )
+
+
+def string_user_id(encoded: bytes) -> str | None:
+    """The ``user_id`` of an encoded message when it is a string, else None.
+
+    RabbitMQ 3.10 passes the ``user_id`` of an AMQP 0-9-1 publisher, which it checked against
+    that publisher's login, to AMQP 1.0 receivers as a string, where AMQP 1.0 says binary;
+    proton's decoder drops it.
+    """
+    data, offset = Data(), 0
+    try:
+        while offset < len(encoded):
+            data.clear()
+            offset += data.decode(encoded[offset:])
+            data.rewind()
+            data.next()
+            section = data.get_object()
+            if isinstance(section, Described) and section.descriptor == PROPERTIES:
+                fields = section.value
+                user_id = fields[1] if isinstance(fields, list) and len(fields) > 1 else None
+                return user_id if isinstance(user_id, str) and user_id else None
+    except (DataException, ValueError, TypeError):
+        return None
+    return None
