@@ -129,7 +129,8 @@ def test_metrics_follow_real_failures_and_a_dpe_restart(broker, tmp_path: Path,
         assert value(after, "pcloud_mttr_seconds_bucket", deployable=name, le="+Inf") == 1
         assert value(after, "pcloud_fencings_total", deployable=name) == 0
         assert "pcloud_dpe_heartbeat_lateness_seconds" in after
-        assert value(after, "pcloud_dpe_heartbeat_delay_seconds_count", deployable=name) >= 1
+        wait_until(lambda: value(scrape(port), "pcloud_dpe_heartbeat_delay_seconds_count",
+                                 deployable=name) >= 1, 30, "a DPE heartbeat to be observed")
 
         # the whole sandbox killed: the assembly fails and is fenced before its restart
         sandbox = json.loads((state / "dpe" / name / "assemblies" / "a1" / "sandbox.pid")
