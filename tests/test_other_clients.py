@@ -195,3 +195,60 @@ def test_rhea_reads_events_and_calls_methods(cpe: BusClient, broker) -> None:
     assert status.get("rc") == "0" and status[0].get("state") == "running"
     assert {line["subject"] for line in lines if line["what"] != "event"} == {
         "deployables_list", "deployable_status"}
+
+
+def test_an_amqp_1_0_string_user_id_is_checked_by_the_broker(broker) -> None:
+    """The bus reads a string user_id (a 0-9-1 publisher's, as RabbitMQ passes it on): that
+    is safe only because the broker checks a string one from an AMQP 1.0 sender as it does
+    a binary one. A message naming another login never arrives."""
+    import threading
+
+    from proton import Data, Described, ulong
+    from proton.handlers import MessagingHandler
+    from proton.reactor import Container
+
+    from pcloud.bus import Bus
+
+    def section(code: int, value: object) -> bytes:
+        data = Data()
+        data.put_object(Described(ulong(code), value))
+        return bytes(data.encode())
+
+    forged = section(0x73, [None, "mallory", None, "s"]) + section(0x75, b"<x/>")
+
+    class RawSender(MessagingHandler):
+        outcome = "nothing"
+
+        def on_start(self, event) -> None:
+            conn = event.container.connect(broker.url, allowed_mechs="PLAIN")
+            event.container.create_sender(conn, "/topic/pcloud.test.strid.x")
+
+        def on_sendable(self, event) -> None:
+            if self.outcome == "nothing":
+                self.outcome = "sent"
+                event.sender.delivery(b"1")
+                event.sender.send(forged)
+                event.sender.advance()
+
+        def on_accepted(self, event) -> None:
+            self.outcome = "accepted"
+            event.connection.close()
+
+        def on_session_error(self, event) -> None:
+            self.outcome = str(event.session.remote_condition)
+            event.connection.close()
+
+    received: list[str | None] = []
+    bus = Bus(broker.url, name="test-strid").start(timeout=30)
+    try:
+        bus.subscribe("pcloud.test.strid.#", lambda m: received.append(m.user_id))
+        time.sleep(1)           # the subscription's queue is bound
+        sender = RawSender()
+        thread = threading.Thread(target=Container(sender).run, daemon=True)
+        thread.start()
+        thread.join(30)
+        assert "user_id property set to 'mallory'" in sender.outcome
+        time.sleep(1)           # a forged message, had it passed, would be here by now
+        assert received == []
+    finally:
+        bus.close()
