@@ -96,10 +96,11 @@ class Convergence:
         run = self.run
         transition = self.transition_id
         launched = self.reconnects if self.bus.connected else -1
+        life = self.losses.get(action.node, 0) if action.node else 0
 
         def work() -> None:
             result = self.runner.run(action)
-            self.queue.put(("action_done", run, transition, action, result, launched))
+            self.queue.put(("action_done", run, transition, action, result, launched, life))
 
         self.pool.submit(work)
 
@@ -140,7 +141,7 @@ class Convergence:
         return self.bus.connected and (since is None or since == self.reconnects)
 
     def _handle_action_done(self, run: GraphRun, transition: int, action: Action,
-                            result: ActionResult, launched: int = -1) -> None:
+                            result: ActionResult, launched: int = -1, life: int = 0) -> None:
         now = result.finished or time.time()
         ok = result.succeeded(action)
         if result.no_answer and not self.stopping and not self._bus_steady(launched):
@@ -154,8 +155,11 @@ class Convergence:
             return
         if action.kind == "rsc_op" and action.node and (
                 self.observed.status(action.node) is not AssemblyStatus.ONLINE
-                or self.busy.get(action.node) == "stop"):
-            # Its assembly was lost, restarted or is being stopped: the result says nothing.
+                or self.busy.get(action.node) == "stop"
+                or self.losses.get(action.node, 0) != life):
+            # Its assembly was lost (since it was launched: the late failure of a call to the
+            # agent that died, arriving after the next boot is online), restarted or is being
+            # stopped: the result says nothing about the resource as it is now.
             if run is not None:
                 run.complete(action, False)
             self.dirty = True

@@ -131,6 +131,8 @@ class Dpe(Lifecycle, Detection, Deaths, Recovery, Convergence, AssemblyOps, Stop
         self.run: GraphRun | None = None
         self.transition_id = 0
         self.busy: dict[str, str] = {}           # assembly -> driver operation in flight
+        self.losses: dict[str, int] = {}         # assembly -> times lost: a result of an
+        #                                          action launched before a loss is stale
         self.awaiting: set[str] = set()          # sandbox up (booted or adopted), no beat yet
         self.adopting: set[str] = set()          # found running at start, no beat yet
         self.adding: set[tuple[str, ...]] = set()   # added by a reload, not yet running

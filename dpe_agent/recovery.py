@@ -34,6 +34,7 @@ class Recovery:
         self.awaiting.discard(asm)
         self.reprobe_on_beat.discard(asm)
         self.boot_gate.failed(asm)     # a boot's turn ends with its loss, however it was seen
+        self.losses[asm] = self.losses.get(asm, 0) + 1
         log.warning("assembly %s lost: %s", asm, reason)
         decision = self.policy.assembly_failed(asm, time.time())
         self.fail_counts[(asm,)] = self.fail_counts.get((asm,), 0) + 1

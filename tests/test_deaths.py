@@ -134,3 +134,33 @@ def test_failed_boots_back_off_escalate_and_fail_the_deployable_with_the_cause(b
             thread.join(60)
             events.sub.cancel()
             bus.close()
+
+
+def test_a_late_failure_from_before_a_loss_is_not_charged_to_the_next_boot(broker, tmp_path):
+    """A start launched on the agent that died fails late (its call timed out), after the
+    assembly was booted again and is online: that result says nothing about the resource in
+    the new boot, which stays pending. The same failure from the new boot is charged."""
+    from dpe_agent.cib import rsc_id
+    from dpe_agent.executor import ActionResult
+    from dpe_agent.graph import Action
+    from pcloud.states import ResourceState as R
+
+    xml = deployable("late", assembly("web", process_service("svc", "sleep 1")))
+    dpe = Dpe(Deployable.from_xml(xml), tmp_path, broker_url=broker.url,
+              driver=ProcessDriver())             # not run: its handler is called directly
+    start = Action(id=1, kind="rsc_op", operation="start", operation_key="web.svc_start_0",
+                   resource=rsc_id("web", "svc"), node="web")
+    failure = ActionResult(rc=1, reason="no answer from the agent", finished=time.time())
+    dpe.observed.set_online("web")                  # the next boot is online
+    launched_in = dpe.losses.get("web", 0)
+    dpe.losses["web"] = launched_in + 1             # lost since the start was launched
+    dpe.states[("web", "svc")] = R.PENDING          # as the loss left it
+
+    dpe._handle_action_done(None, 1, start, failure, -1, launched_in)
+    assert dpe.state("web", "svc") == R.PENDING
+    assert not dpe.violations, dpe.violations
+
+    dpe.states[("web", "svc")] = R.STARTING         # started again in the new boot
+    dpe._handle_action_done(None, 2, start, failure, -1, dpe.losses["web"])
+    assert dpe.state("web", "svc") == R.FAILED
+    assert not dpe.violations, dpe.violations
