@@ -120,7 +120,7 @@ def measure(drivers: list[str], kills: int, workdir: Path, url: str, bus: Bus) -
             image, workdir, url, bus, kills)
     if "libvirt" in drivers:
         from dpe_agent.drivers.libvirt import LibvirtDriver, domain_name
-        from tests.libvirtd import PrivateLibvirtd, libvirt_missing
+        from pcloud.libvirtd import PrivateLibvirtd, libvirt_missing
         reason = libvirt_missing()
         if reason:
             print(f"libvirt: skipped ({reason})")

@@ -52,7 +52,7 @@ DEBIAN_12 = Distro(
     suite="bookworm",
     packages=("systemd-sysv", "udev", "linux-image-amd64", "python3", "python3-qpid-proton",
               "python3-lxml", "python3-daemon", "iproute2", "netbase", "procps",
-              "ca-certificates", "dbus", "resource-agents"),
+              "ca-certificates", "dbus", "resource-agents", "qemu-guest-agent"),
 )
 DISTROS = {"debian-12": DEBIAN_12}
 DISTRO_ALIASES = {"debian12": "debian-12", "bookworm": "debian-12", "debian": "debian-12"}

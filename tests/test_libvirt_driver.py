@@ -83,6 +83,9 @@ def test_domain_xml_boots_kernel_directly_with_broker_only_network(assembly_dir,
     assert "mac=52:54:00:12:34:56" in nic
     assert "addr=0x10" in nic          # not slot 2, which libvirt gives the disk
     assert root.find("devices/interface") is None
+    channel = root.find("devices/channel")      # the host's way in, not a network
+    assert channel.get("type") == "unix"
+    assert channel.find("target").attrib == {"type": "virtio", "name": "org.qemu.guest_agent.0"}
 
 
 def test_start_status_fence_start_again(driver, assembly_dir, tmp_path):

@@ -1,6 +1,6 @@
 """The libvirt driver against a real libvirtd: real domains of a real assembly image under TCG.
 
-A private libvirtd (tests/libvirtd.py) runs for the module, with libvirt's default seccomp
+A private libvirtd (pcloud/libvirtd.py) runs for the module, with libvirt's default seccomp
 sandbox for QEMU. One assembly image from the cached JEOS; its domain is defined and booted
 (its agent heartbeats through the broker forward: no PCI slot clash, no helper process for
 seccomp to kill), found running by a second driver (a restarted DPE), shut down by it through
@@ -24,9 +24,9 @@ from test_vm_e2e import CACHE, Heartbeats, missing
 from dpe_agent.drivers.base import AssemblySpec, PowerState
 from pcloud.broker_admin import admin_for
 from pcloud.credentials import LocalIssuer
+from pcloud.libvirtd import PrivateLibvirtd, libvirt_missing
 from pcloudsh import images
 from tests.helpers import wait_for
-from tests.libvirtd import PrivateLibvirtd, libvirt_missing
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,9 @@ Domains are persistent, named ``pcloud-<deployable>-<assembly>``, software-emula
 (``type='qemu'``, TCG) and boot the JEOS kernel directly. libvirt's own ``<interface
 type='user'>`` cannot express ``restrict=on`` or ``guestfwd``, so the VM's only network card is
 passed to QEMU verbatim through ``<qemu:commandline>`` (see ``vmboot``): the guest reaches the
-broker and nothing else. The libvirt-python bindings are imported only when a driver is made.
+broker and nothing else. The host reaches the guest through the QEMU guest agent's
+virtio-serial channel (commands run with ``virsh qemu-agent-command``, e.g. ``guest-exec``).
+The libvirt-python bindings are imported only when a driver is made.
 
 A domain that stops without this driver stopping it (virt-manager's Force Off, ``virsh
 destroy``, a QEMU crash, the guest powering off) is reported at once (``watch_deaths``) from
@@ -44,6 +46,9 @@ QEMU_USER = "libvirt-qemu"   # whom qemu:///system runs QEMU as (Debian)
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 POLL_INTERVAL = 0.2
 KEEPALIVE = (5, 3)           # seconds between libvirt keepalive probes, probes missed
+#: the virtio-serial port of the QEMU guest agent (qemu-guest-agent, in every JEOS): what
+#: ``virsh qemu-agent-command`` and ``pcloud.libvirtd.guest_exec`` talk to
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
 log = logging.getLogger(__name__)
 _event_loop_lock = threading.Lock()
@@ -136,6 +141,8 @@ def domain_xml(spec: AssemblySpec, image: VmImage | None = None) -> str:
     serial = _sub(devices, "serial", type="file")       # the boot log, as with the qemu driver
     _sub(serial, "source", path=str(Path(spec.state_dir).resolve() / CONSOLE_LOG))
     _sub(serial, "target", port="0")
+    channel = _sub(devices, "channel", type="unix")     # the host's way in: the guest agent
+    _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
     commandline = _sub(domain, f"{{{QEMU_NS}}}commandline")
     for arg in ("-netdev", netdev_option(image, spec.broker_url),
                 "-device", nic_option(image),

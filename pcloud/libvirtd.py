@@ -1,4 +1,4 @@
-"""A private libvirtd and virtlogd for tests and benchmarks, stopped again afterwards.
+"""A private libvirtd and virtlogd for the VM demo, tests and benchmarks; commands in guests.
 
 A root libvirtd keeps its configuration, runtime files and state under fixed paths
 (``/etc/libvirt``, ``/run/libvirt``, ``/var/lib/libvirt``), so this one runs in a mount
@@ -8,10 +8,16 @@ at ``qemu:///system?socket=<root>/sock/libvirt-sock``. Its QEMU runs as root wit
 default seccomp sandbox (``spawn=deny``), so the tests prove the VMs need no helper process.
 Domain logs stay in the host's ``/var/log/libvirt/qemu``, where the libvirt driver quotes
 them from. ``libvirt_missing()`` says why none can run here.
+
+:func:`guest_exec` runs a command inside a running domain through the QEMU guest agent that
+every JEOS carries (``virsh qemu-agent-command``): the guest has no network but the broker
+forward, so this is how an operator (or a test) reaches a shell in it.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import pwd
 import shutil
@@ -21,10 +27,11 @@ import time
 from pathlib import Path
 
 START_TIMEOUT = 60.0
+EXEC_POLL = 0.2
 BOUND = {"etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt"}
 
 QEMU_CONF = """\
-# pcloud's private test libvirtd (tests/libvirtd.py)
+# pcloud's private libvirtd (pcloud/libvirtd.py)
 user = "root"
 group = "root"
 """
@@ -152,3 +159,33 @@ class PrivateLibvirtd:
             except OSError:
                 continue
         self._proc = None
+
+
+class GuestExecError(Exception):
+    """The guest agent could not run the command (not up yet, no such program, timeout)."""
+
+
+def _agent(uri: str, domain: str, command: dict) -> dict:
+    done = subprocess.run(["virsh", "-q", "-c", uri, "qemu-agent-command", domain,
+                           json.dumps(command)], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise GuestExecError(done.stderr.strip() or f"virsh exited with {done.returncode}")
+    return json.loads(done.stdout)["return"]
+
+
+def guest_exec(uri: str, domain: str, argv: list[str], timeout: float = 60.0
+               ) -> tuple[int, str]:
+    """Run ``argv`` in the guest of ``domain``; returns its exit code and its output."""
+    started = _agent(uri, domain, {"execute": "guest-exec", "arguments": {
+        "path": argv[0], "arg": argv[1:], "capture-output": True}})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = _agent(uri, domain, {"execute": "guest-exec-status",
+                                      "arguments": {"pid": started["pid"]}})
+        if status.get("exited"):
+            output = "".join(base64.b64decode(status.get(key, "")).decode(errors="replace")
+                             for key in ("out-data", "err-data"))
+            return int(status.get("exitcode", -1)), output
+        time.sleep(EXEC_POLL)
+    raise GuestExecError(f"{' '.join(argv)} did not finish in the guest of {domain} within "
+                         f"{timeout:g} s")
