@@ -76,30 +76,32 @@ def template_names() -> list[str]:
 
 
 #: What each template's service needs besides resource-agents (which pcloud installs): the
-#: Debian package and the program the OCF agent runs. ``dummy`` and ``process`` need nothing
-#: more, nor do user templates.
-TEMPLATE_NEEDS: dict[str, tuple[str, str]] = {
-    "httpd": ("apache2", "/usr/sbin/apache2"),
-    "mysqld": ("mariadb-server", "/usr/sbin/mysqld"),
-    "nginx": ("nginx", "/usr/sbin/nginx"),
-    "postgresql": ("postgresql-15", "/usr/lib/postgresql/15/bin/pg_ctl"),
+#: Debian packages (the program's, then what its OCF agent calls: apache's fetches its status
+#: page with curl or wget) and the program the OCF agent runs. ``dummy`` and ``process`` need
+#: nothing more, nor do user templates.
+TEMPLATE_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "httpd": (("apache2", "curl"), "/usr/sbin/apache2"),
+    "mysqld": (("mariadb-server",), "/usr/sbin/mysqld"),
+    "nginx": (("nginx",), "/usr/sbin/nginx"),
+    "postgresql": (("postgresql-15",), "/usr/lib/postgresql/15/bin/pg_ctl"),
 }
 
 
-def template_needs(name: str) -> tuple[str | None, bool]:
-    """The package a template needs (None: nothing) and whether its program is on this host."""
-    package, program = TEMPLATE_NEEDS.get(name, (None, ""))
-    return package, package is None or os.access(program, os.X_OK)
+def template_needs(name: str) -> tuple[tuple[str, ...], bool]:
+    """The packages a template needs (none: nothing) and whether its program is on this
+    host."""
+    packages, program = TEMPLATE_NEEDS.get(name, ((), ""))
+    return packages, not packages or os.access(program, os.X_OK)
 
 
 def missing_program_warning(template: str, where: str) -> str | None:
     """A one-line warning when ``template``'s program is not on this host, else None."""
-    package, here = template_needs(template)
+    packages, here = template_needs(template)
     if here:
         return None
     _, program = TEMPLATE_NEEDS[template]
     return (f"warning: {where} uses template {template!r}, whose program {program} is not "
-            f"installed on this host (Debian package {package}): on the process "
+            f"installed on this host (Debian package {packages[0]}): on the process "
             "infrastructure it will be blocked until you install it; qemu and libvirt "
             "assemblies need it in their image")
 

@@ -396,14 +396,18 @@ class Commands:
     def cmd_assembly_resource_add(self, args: list[str]) -> None:
         """Add a resource to an assembly from a resource template (see template_list)."""
         resource, template, assembly = _args(args, "assembly_resource_add", 3)
-        package, _ = template_needs(template)
-        if package and self.catalogue.assembly(assembly).get("image"):
+        packages, _ = template_needs(template)
+        has_image = bool(self.catalogue.assembly(assembly).get("image"))
+        if packages and has_image:
             with _image_errors() as images:      # the template's software into the VM image
-                images.assembly_install(assembly, [package], self.catalogue.images_dir,
+                images.assembly_install(assembly, list(packages), self.catalogue.images_dir,
                                         progress=self.say)
         self.catalogue.resource_add(resource, template, assembly)
         self.say(f"resource {resource} ({template}) added to assembly {assembly}")
-        warning = missing_program_warning(template, f"resource {assembly}/{resource}")
+        # an assembly with an image runs in a VM, which has the program now; a process
+        # deployable of it is still warned about this host at deployable_start
+        warning = None if has_image else missing_program_warning(
+            template, f"resource {assembly}/{resource}")
         if warning:
             self.say(warning)
         self.reload_hint(assembly)
@@ -437,14 +441,14 @@ class Commands:
         _args(args, "template_list", 0)
         rows, broken = [], []
         for name in template_names():
-            package, here = template_needs(name)
+            packages, here = template_needs(name)
             try:
                 load_template(name)
                 valid = "yes"
             except CatalogueError as exc:
                 broken.append(str(exc))
                 valid = "no"
-            rows.append({"name": name, "needs": package or "-",
+            rows.append({"name": name, "needs": " ".join(packages) or "-",
                          "on_this_host": "yes" if here else "no", "valid": valid})
         self.rows(rows, (("name", "TEMPLATE"), ("needs", "NEEDS (Debian package)"),
                          ("on_this_host", "ON THIS HOST"), ("valid", "VALID")))

@@ -120,7 +120,7 @@ def test_jeos_names_templates_and_reload_hints(tmp_path: Path) -> None:
                     "a3": "debian-12-x86_64", "a4": "F14-x86_64"}
     templates = {t["name"]: t["needs"] for t in
                  json.loads(ok(tmp_path, "--json", "template_list"))}
-    assert templates["dummy"] == "-" and templates["httpd"] == "apache2"
+    assert templates["dummy"] == "-" and templates["httpd"] == "apache2 curl"
     assert "Only templates that need nothing run out of the box" in ok(tmp_path,
                                                                        "template_list")
     assert "deployable_reload" not in ok(tmp_path, "assembly_resource_add", "r", "dummy", "a1")
