@@ -120,6 +120,9 @@ class TLSOptions:
     cert: str | None = None
     key: str | None = None
     verify: bool = True
+    #: the name the broker's certificate must carry when the URL's host is not it: a VM
+    #: reaches the broker through a forward address (``10.0.2.100``), never by its name
+    server_name: str | None = None
 
 
 def tls_options() -> TLSOptions:
@@ -130,4 +133,5 @@ def tls_options() -> TLSOptions:
         return os.environ.get(f"PCLOUD_TLS_{name.upper()}") or bus.get(name) or None
 
     verify = (pick("verify") or "true").strip().lower() not in ("0", "false", "no", "off")
-    return TLSOptions(ca=pick("ca"), cert=pick("cert"), key=pick("key"), verify=verify)
+    return TLSOptions(ca=pick("ca"), cert=pick("cert"), key=pick("key"), verify=verify,
+                      server_name=pick("server_name"))

@@ -54,3 +54,17 @@ def test_amqps_without_the_ca_is_refused(tls_node, monkeypatch, tmp_path):
     with pytest.raises(BusError, match="not trusted"):
         Bus(tls_node.tls_url, name="test-tls-untrusted").start(timeout=30)
 
+
+
+def test_the_certificate_is_verified_against_the_server_name_when_one_is_given(tls_node,
+                                                                              monkeypatch):
+    """A VM reaches the broker at a forward address the certificate does not name: the name
+    it must carry is given apart (``server_name``), and that name is what is verified."""
+    monkeypatch.setenv("PCLOUD_TLS_CA", tls_node.tls_ca)
+    by_address = tls_node.tls_url.replace("localhost", "127.0.0.1")
+    assert by_address != tls_node.tls_url
+    with Bus(by_address, name="test-tls-sni", server_name="localhost") as bus:
+        assert bus.connected
+    with pytest.raises(BusError, match="not trusted|certificate|verify|name"):
+        Bus(tls_node.tls_url, name="test-tls-wrong-name",
+            server_name="broker.invalid").start(timeout=30)

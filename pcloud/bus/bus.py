@@ -83,7 +83,8 @@ class Bus:
     def __init__(self, url: str | None = None, name: str | None = None,
                  profile: RabbitMQProfile | None = None,
                  ssl_domain: SSLDomain | None = None,
-                 reply_topic_key: str | None = None) -> None:
+                 reply_topic_key: str | None = None,
+                 server_name: str | None = None) -> None:
         if url is None:
             from pcloud.config import broker_url
             url = broker_url()
@@ -93,8 +94,12 @@ class Bus:
         self.profile = profile or profile_for()
         if ssl_domain is None and url.startswith("amqps://"):
             from pcloud.bus.tls import client_domain
-            ssl_domain = client_domain()
+            from pcloud.config import tls_options
+            options = tls_options()
+            ssl_domain = client_domain(options)
+            server_name = server_name or options.server_name
         self._ssl_domain = ssl_domain
+        self._server_name = server_name      # the certificate's name, if not the URL's host
         self._loop: EventLoop | None = None
         self._dispatcher = Dispatcher(self.name)
         self._waiters = Waiters()
@@ -114,7 +119,7 @@ class Bus:
         if self._loop is not None:
             raise BusError("bus already started")
         self._loop = EventLoop(self.url, self.name, self._ssl_domain, self._on_state,
-                               self._dispatcher.flush)
+                               self._dispatcher.flush, server_name=self._server_name)
         self._dispatcher.start()
         self._loop.start()
         step = 0.01

@@ -142,7 +142,8 @@ class EventLoop(MessagingHandler):
     """Runs one proton Container on its own thread for one Bus."""
 
     def __init__(self, url: str, name: str, ssl_domain: SSLDomain | None,
-                 on_state: Callable[[str], None], on_idle: Callable[[], None]) -> None:
+                 on_state: Callable[[str], None], on_idle: Callable[[], None],
+                 server_name: str | None = None) -> None:
         super().__init__(prefetch=PREFETCH, auto_accept=True, auto_settle=True)
         self.handlers = [_Endpoints(self) if isinstance(h, EndpointStateHandler)
                          else _Incoming(True, self) if isinstance(h, IncomingMessageHandler)
@@ -154,6 +155,7 @@ class EventLoop(MessagingHandler):
         self.start_failed = threading.Event()
         self.start_error: str | None = None
         self._ssl_domain = ssl_domain
+        self._server_name = server_name
         self._on_state = on_state
         self._on_idle = on_idle
         self._container = Container(self)
@@ -264,9 +266,13 @@ class EventLoop(MessagingHandler):
                     future.set_exception(BusError("the bus is closed"))
 
     def _on_loop_connect(self) -> None:
+        # sni: the name TLS sends and verifies the certificate against (proton's default is
+        # the URL's host)
+        extra = {"sni": self._server_name} if self._server_name else {}
         self._conn = self._container.connect(
             self.url, reconnect=ResettingBackoff(), heartbeat=HEARTBEAT,
-            allowed_mechs="PLAIN", allow_insecure_mechs=True, ssl_domain=self._ssl_domain)
+            allowed_mechs="PLAIN", allow_insecure_mechs=True, ssl_domain=self._ssl_domain,
+            **extra)
 
     def _on_loop_shutdown(self, deadline: float | None = None) -> None:
         """Close once the broker has settled what was sent (waiting at most CLOSE_DRAIN s),
