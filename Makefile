@@ -4,7 +4,7 @@
 
 PY := .venv/bin/python
 
-.PHONY: run test test-fast lint bench setup setup-tests clean
+.PHONY: run vm-demo test test-fast lint bench setup setup-tests clean
 
 setup:
 	scripts/setup-host
@@ -14,6 +14,9 @@ setup-tests:
 
 run: setup
 	$(PY) -m pcloudsh.demo
+
+vm-demo: setup-tests
+	$(PY) -m pcloudsh.vm_demo
 
 test: setup-tests
 	$(PY) -m pytest

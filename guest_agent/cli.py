@@ -85,7 +85,7 @@ def run(config: AgentConfig) -> int:
     from guest_agent.agent import Agent
     from guest_agent.heartbeat import REBEATS, Heartbeater
     from guest_agent.server import AgentServer
-    from pcloud.bus import Backoff, Bus, BusError, connect
+    from pcloud.bus import Backoff, BusError, connect
 
     for name in SECRET_VARIABLES:      # no resource ever inherits a secret (docs/security.md)
         os.environ.pop(name, None)
@@ -100,8 +100,7 @@ def run(config: AgentConfig) -> int:
     agent.start()
     # Any refusal is waited out too: its DPE may still be creating this boot's login (or
     # re-creating it on a broker that lost its users), and an agent has nothing else to do.
-    bus = connect(lambda: Bus(url=config.broker_url,
-                              name=f"pcloud-agent-{config.deployable}-{config.assembly}"),
+    bus = connect(lambda: _bus(config),
                   stop, attempt=5.0, backoff=Backoff(first=0.2, cap=5.0), retry=(BusError,))
     if bus is None:
         agent.stop()
@@ -134,6 +133,19 @@ def run(config: AgentConfig) -> int:
     bus.close()
     agent.stop()
     return 0
+
+
+def _bus(config: AgentConfig):
+    """The agent's bus, verifying the broker with the TLS settings its boot handed over."""
+    from pcloud.bus import Bus
+
+    name = f"pcloud-agent-{config.deployable}-{config.assembly}"
+    if config.tls is None or not config.broker_url.startswith("amqps://"):
+        return Bus(url=config.broker_url, name=name)
+    from pcloud.bus.tls import client_domain
+
+    return Bus(url=config.broker_url, name=name, ssl_domain=client_domain(config.tls),
+               server_name=config.tls.server_name)
 
 
 def _sd_notify(state: str) -> None:

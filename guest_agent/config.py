@@ -28,6 +28,7 @@ serves whichever assembly boots it. Command-line flags still win over both.
 
 from __future__ import annotations
 
+import base64
 import configparser
 import os
 import re
@@ -36,6 +37,7 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass
 
+from pcloud.config import TLSOptions
 from pcloud.credentials import CredentialsError, read_credentials_file, with_credentials
 from pcloud.identity import Credentials, dpe_user
 from pcloud.urls import mask_url
@@ -51,6 +53,8 @@ KEYS = ("deployable", "assembly", "uuid", "broker_url", "broker_user", "broker_p
 FW_CFG = "fw_cfg"
 FW_CFG_PATH = "/sys/firmware/qemu_fw_cfg/by_name/opt/pcloud/credentials/raw"
 KERNEL_CMDLINE = "/proc/cmdline"
+BOOT_CA = "broker-ca.pem"            # this boot's broker CA, from fw_cfg (not a secret)
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
 CMDLINE_KEYS = ("deployable", "assembly", "uuid", "heartbeat_interval")
 
 
@@ -68,6 +72,9 @@ class AgentConfig:
     heartbeat_interval: float
     pidfile: str | None = None
     controller: str | None = None
+    #: TLS handed over with this boot's login (a VM's CA and the broker's name), else None:
+    #: the usual settings (``PCLOUD_TLS_*``, ``[bus]``) apply
+    tls: TLSOptions | None = None
 
     @property
     def agent_queue(self) -> str:
@@ -160,19 +167,23 @@ def load(path: str | None, overrides: dict[str, str | None],
     if not _UUID.match(ident):
         raise ConfigError(f"{where}: uuid {ident!r} must be 1-64 characters without blanks")
     url = _broker_url(values, where)
+    tls = None
     if values.get("credentials"):
-        url = with_credentials(url, _credentials(values["credentials"].strip(), where, fw_cfg))
+        login, extra = _credentials(values["credentials"].strip(), where, fw_cfg)
+        url = with_credentials(url, login)
+        tls = _boot_tls(extra, state_dir, where)
     deployable = values["deployable"].strip()
     return AgentConfig(deployable=deployable,
                        assembly=values["assembly"].strip(), uuid=ident, broker_url=url,
                        state_dir=state_dir, heartbeat_interval=interval,
                        pidfile=values.get("pidfile") or None,
                        controller=(values.get("controller") or "").strip()
-                       or dpe_user(deployable))
+                       or dpe_user(deployable), tls=tls)
 
 
-def _credentials(source: str, where: str, fw_cfg: str) -> Credentials:
-    """This boot's login from a file, or from QEMU's fw_cfg (``fw_cfg``)."""
+def _credentials(source: str, where: str, fw_cfg: str) -> tuple[Credentials, dict[str, str]]:
+    """This boot's login from a file, or from QEMU's fw_cfg (``fw_cfg``), with what came
+    with it."""
     path = source
     if source == FW_CFG:
         path = fw_cfg
@@ -180,9 +191,33 @@ def _credentials(source: str, where: str, fw_cfg: str) -> Credentials:
             subprocess.run(["modprobe", "qemu_fw_cfg"], capture_output=True, timeout=30,
                            check=False)
     try:
-        return read_credentials_file(path)[0]
+        return read_credentials_file(path)
     except CredentialsError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _boot_tls(extra: dict[str, str], state_dir: str, where: str) -> TLSOptions | None:
+    """The TLS settings a VM's boot hands over beside its login: the broker's name
+    (``tls_server_name``: the guest dials a forward address the certificate does not carry)
+    and the CA to verify it with (``tls_ca``, base64 PEM; kept in the state dir, since
+    proton reads a CA from a file). Verification is always on."""
+    if "tls_server_name" not in extra and "tls_ca" not in extra:
+        return None
+    ca = None
+    if extra.get("tls_ca"):
+        try:
+            pem = base64.b64decode(extra["tls_ca"], validate=True)
+        except ValueError:
+            raise ConfigError(f"{where}: tls_ca is not base64") from None
+        if b"-----BEGIN CERTIFICATE-----" not in pem:
+            raise ConfigError(f"{where}: tls_ca holds no PEM certificate")
+        ca = os.path.join(state_dir, BOOT_CA)
+        with open(ca, "wb") as handle:
+            handle.write(pem)
+    name = extra.get("tls_server_name") or None
+    if name is not None and not _SERVER_NAME.match(name):
+        raise ConfigError(f"{where}: tls_server_name {name!r} is not a host name")
+    return TLSOptions(ca=ca, server_name=name)
 
 
 def _broker_url(values: dict[str, str], where: str) -> str:

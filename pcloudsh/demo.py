@@ -29,7 +29,7 @@ from pcloud import broker, paths
 from pcloud.bus import Bus, BusError, Message, MethodError
 from pcloud.events import Event, parse_time
 from pcloudsh import display
-from pcloudsh.demo_procs import kill_tree, leftovers, resource_pid, sandbox_tree
+from pcloudsh.demo_procs import kill_tree, leftovers, ours, resource_pid, sandbox_tree
 
 DEPLOYABLE = "webshop"
 WEB_PORT, API_PORT = 8080, 8081
@@ -59,8 +59,9 @@ class Narrator:
 class EventLog:
     """Every event seen on ``pcloud.event.#``, printed live and kept for waiting on."""
 
-    def __init__(self, narrator: Narrator) -> None:
+    def __init__(self, narrator: Narrator, echo: bool = True) -> None:
         self.narrator = narrator
+        self.echo = echo              # print each event (not when pcloudsh shows them)
         self.events: list[Event] = []
         self.cond = threading.Condition()
 
@@ -69,7 +70,8 @@ class EventLog:
             event = Event.from_xml(msg.body, source="event")
         except Exception:
             return
-        self.narrator.say(f"   event | {event.describe(local_time=True)}")
+        if self.echo:
+            self.narrator.say(f"   event | {event.describe(local_time=True)}")
         with self.cond:
             self.events.append(event)
             self.cond.notify_all()
@@ -140,6 +142,7 @@ class Demo:
         self.bus: Bus | None = None
         self.log = EventLog(self.n)
         self.web_port, self.api_port = WEB_PORT, API_PORT
+        self.deployable = DEPLOYABLE
         self.started_deployable = False
 
     # --- steps -------------------------------------------------------------------------
@@ -168,13 +171,18 @@ class Demo:
         self.n.note(f"broker up in {time.monotonic() - t0:.1f} s at "
                     f"{self.broker_url.split('@')[-1]}")
 
-    def start_cped(self) -> None:
-        self.n.step("Starting the Cloud Policy Engine (cped): it stores deployables and runs "
-                    "one DPE per deployable")
+    def environment(self) -> dict[str, str]:
+        """What cped and pcloudsh run with: this demo's broker and state dir."""
         env = dict(os.environ, PCLOUD_BROKER_URL=self.broker_url or "",
                    PCLOUD_STATE_DIR=str(self.state_dir))
         if self.own_broker:     # the CPE gives every DPE and agent a login on this node
             env["PCLOUD_BROKER_ADMIN"] = str(self.broker_dir)
+        return env
+
+    def start_cped(self) -> None:
+        self.n.step("Starting the Cloud Policy Engine (cped): it stores deployables and runs "
+                    "one DPE per deployable")
+        env = self.environment()
         logfile = open(self.state_dir / "cped.log", "ab")
         self.cped = subprocess.Popen([str(BIN / "cped"), "--foreground", "--state-dir",
                                       str(self.state_dir)], stdout=logfile, stderr=logfile,
@@ -193,7 +201,9 @@ class Demo:
         self.n.note(f"cped (pid {self.cped.pid}) answers on queue pcloud.cpe; state in "
                     f"{self.state_dir}")
         self.bus.subscribe("pcloud.event.#", self.log.on_message).wait_attached(10.0)
-        self.n.note("watching events on /topic/pcloud.event.# (shown live below as 'event |')")
+        if self.log.echo:
+            self.n.note("watching events on /topic/pcloud.event.# (shown live below as "
+                        "'event |')")
 
     def document(self) -> str:
         """webshop.xml with the ports chosen by ``choose_ports``."""
@@ -290,15 +300,15 @@ class Demo:
         self.n.step("Stopping: the deployable (services in reverse order), then cped and the "
                     "broker")
         self.stop_deployable()
-        self.n.note("webshop stopped")
+        self.n.note(f"{self.deployable} stopped")
 
     def stop_deployable(self) -> None:
         if not self.started_deployable or self.bus is None:
             return
         t0 = time.time()
         try:
-            self.bus.call("pcloud.cpe", "deployable_stop", '<deployable name="webshop"/>',
-                          timeout=15.0)
+            self.bus.call("pcloud.cpe", "deployable_stop",
+                          f'<deployable name="{self.deployable}"/>', timeout=15.0)
             self.log.wait_for(lambda e: is_about(e, "deployable_state_change", "stopped"), 60,
                               "deployable stopped", after=t0 - 1)
             self.started_deployable = False
@@ -321,10 +331,11 @@ class Demo:
                 self.cped.kill()
                 self.cped.wait(5)
             self.n.note("cped stopped")
-        left = leftovers(self.state_dir)
+        left = ours(self.state_dir)
         if left:
-            kill_tree(left)
-            self.n.note(f"killed {len(left)} leftover processes")
+            kill_tree([p.pid for p in left])
+            self.n.note(f"killed {len(left)} leftover processes: "
+                        + ", ".join(f"{p.pid} {p.cmdline[:60]}" for p in left))
         if self.own_broker:
             broker.stop(self.broker_dir)
             self.n.note("broker stopped")

@@ -3,7 +3,8 @@
 The host resolves and downloads (``apt-get install --download-only`` against the image's own
 dpkg status, so only what the image lacks is fetched, without Recommends); libguestfs uploads
 the packages and runs ``dpkg -i`` inside the image, with a ``policy-rc.d`` that keeps their
-services from starting there (the guest agent starts them through their resources). The host's
+services from starting there, then disables the services they enabled at boot (the guest
+agent starts them through their resources, in the deployable's order). The host's
 apt sources must serve the image's release: the JEOS is Debian 12, as the hosts are.
 """
 
@@ -23,6 +24,14 @@ POLICY_RC = "/usr/sbin/policy-rc.d"
 #: dpkg in the image: no questions, no service started during the install
 DPKG = ("DEBIAN_FRONTEND=noninteractive PATH=/usr/sbin:/usr/bin:/sbin:/bin "
         f"dpkg -i --force-confdef --force-confold {DEB_DIR}/*.deb 2>&1")
+
+
+#: the services those packages enable at boot are disabled: their resources start them, and
+#: a copy started by the guest's init would be found running, outside pcloud's order
+DISABLE_UNITS = ("for unit in $(dpkg -L {packages} | "
+                 r"grep -E '^/lib/systemd/system/[^/@]+\.(service|socket)$'); do "
+                 "name=${{unit##*/}}; systemctl disable --quiet \"$name\" 2>/dev/null "
+                 "&& echo \"$name\"; done; true")
 
 
 def installed(g, packages: Iterable[str]) -> list[str]:
@@ -99,5 +108,8 @@ def install_packages(disk: Path, packages: Iterable[str],
             still = [p for p in missing if p not in installed(g, missing)]
             if still:
                 raise ImageError(f"dpkg left {', '.join(still)} not installed in the image")
+            disabled = g.sh(DISABLE_UNITS.format(packages=" ".join(missing))).split()
+        if disabled:
+            steps.say(f"disabled at boot: {', '.join(disabled)} (pcloud starts them)")
         steps.say(f"installed {', '.join(missing)}")
         return missing

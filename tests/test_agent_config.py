@@ -59,3 +59,51 @@ def test_default_config_may_be_absent_when_flags_suffice(tmp_path):
         load(None, {"state_dir": str(tmp_path)})
     assert load(None, {"deployable": "d", "assembly": "a", "state_dir": str(tmp_path),
                        "broker_url": "amqp://h"}).assembly == "a"
+
+
+def _vm_handover(tmp_path: Path, broker_url: str) -> Path:
+    """The fw_cfg file a VM driver writes for one boot (its login, and TLS for amqps)."""
+    from dpe_agent.drivers.base import AssemblySpec
+    from dpe_agent.drivers.vmboot import credentials_option
+    from pcloud.identity import Credentials
+
+    spec = AssemblySpec("d", "web", "u", broker_url, tmp_path / "dpe",
+                        credentials=Credentials("agent-d-web-1", "s3cret"))
+    return Path(credentials_option(spec).partition("file=")[2])
+
+
+def test_an_amqps_vm_boot_hands_over_the_ca_and_the_brokers_name(tmp_path, monkeypatch):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    monkeypatch.setenv("PCLOUD_TLS_CA", str(ca))
+    fw_cfg = _vm_handover(tmp_path, "amqps://broker.example:5671")
+    conf = tmp_path / "agent.conf"
+    conf.write_text("[agent]\ndeployable = d\nassembly = web\ncredentials = fw_cfg\n"
+                    "broker_url = amqps://10.0.2.100:5671\n")
+    config = load(str(conf), {"state_dir": str(tmp_path / "agent")}, fw_cfg=str(fw_cfg))
+    assert config.broker_url == "amqps://agent-d-web-1:s3cret@10.0.2.100:5671"
+    assert config.tls.server_name == "broker.example"        # what the certificate names
+    assert Path(config.tls.ca).read_text() == ca.read_text() and config.tls.verify
+
+
+def test_a_plain_amqp_vm_boot_hands_over_no_tls(tmp_path):
+    fw_cfg = _vm_handover(tmp_path, "amqp://broker.example:5672")
+    assert "tls_" not in fw_cfg.read_text()
+    config = load(None, {"deployable": "d", "assembly": "web", "credentials": "fw_cfg",
+                         "broker_url": "amqp://10.0.2.100:5672",
+                         "state_dir": str(tmp_path / "agent")}, fw_cfg=str(fw_cfg))
+    assert config.tls is None
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("tls_ca=not base64!\n", "tls_ca is not base64"),
+    ("tls_ca=aGVsbG8=\n", "no PEM certificate"),
+    ("tls_server_name=a b\n", "is not a host name"),
+])
+def test_bad_tls_in_a_boots_handover_is_one_clear_error(tmp_path, extra, words):
+    handover = tmp_path / "credentials"
+    handover.write_text(f"user=u\npassword=p\n{extra}")
+    with pytest.raises(ConfigError, match=words):
+        load(None, {"deployable": "d", "assembly": "web", "credentials": str(handover),
+                    "broker_url": "amqps://10.0.2.100:5671",
+                    "state_dir": str(tmp_path / "agent")})

@@ -22,6 +22,7 @@ import pytest
 from test_vm_e2e import CACHE, Heartbeats, missing
 
 from dpe_agent.drivers.base import AssemblySpec, PowerState
+from pcloud import broker as private_broker
 from pcloud.broker_admin import admin_for
 from pcloud.credentials import LocalIssuer
 from pcloud.libvirtd import PrivateLibvirtd, libvirt_missing
@@ -118,6 +119,48 @@ def test_real_domain_boot_adopt_acpi_force_off_fence_undefine(libvirtd, bus, bro
         driver.undefine(spec)
         driver.close()
         adopter.close()
+        sub.cancel()
+
+
+def test_an_amqps_guest_verifies_the_broker_with_what_its_boot_handed_over(
+        libvirtd, broker, bus, tmp_path, monkeypatch):
+    """An assembly made for the broker's amqps URL: its image holds neither secret nor CA; the
+    boot hands over the login, the CA the DPE trusts and the broker's name through fw_cfg,
+    and the agent, dialling the forward address, verifies the certificate against that name
+    (verification is never off in a guest). Its heartbeats arriving prove the session."""
+    from dpe_agent.drivers.libvirt import LibvirtDriver
+
+    settings = private_broker.load_settings(broker.require_control())
+    assert settings.tls_url.startswith("amqps://localhost:")
+    monkeypatch.setenv("PCLOUD_TLS_CA", settings.tls_ca)        # what the DPE trusts
+    catalogue = tmp_path / "catalogue"
+    jeos = images.jeos_ensure("debian-12", "x86_64", CACHE / "catalogue", replace_stale=True)
+    (catalogue / "jeos").mkdir(parents=True)
+    (catalogue / "jeos" / jeos.name).symlink_to(jeos.path)
+    dep = f"lt{uuid.uuid4().hex[:8]}"
+    asm = images.assembly_create("tls", jeos.name, catalogue, deployable=dep,
+                                 broker_url=settings.tls_url, heartbeat_interval=1.0)
+    assert asm.meta["guest_broker_url"].startswith("amqps://10.0.2.100:"), asm.meta
+    beats = Heartbeats()
+    sub = bus.subscribe(f"pcloud.heartbeat.{dep}.tls", beats)
+    login = LocalIssuer(admin_for(os.environ["PCLOUD_BROKER_ADMIN"]), dep).issue(["tls"])["tls"]
+    spec = AssemblySpec(deployable=dep, name="tls", uuid=asm.meta["uuid"],
+                        broker_url=settings.tls_url, state_dir=tmp_path / "state",
+                        image=str(asm.path), credentials=login)
+    driver = LibvirtDriver(uri=libvirtd.uri)
+    try:
+        booted = time.monotonic()
+        driver.start(spec)
+        try:
+            when, beat = beats.first_after(booted, BOOT_TIMEOUT)
+        except AssertionError:
+            pytest.fail("no heartbeat over amqps; the guest's console:\n"
+                        + (tmp_path / "state" / "console.log").read_text(errors="replace")[-3000:])
+        assert beat.get("uuid") == asm.meta["uuid"]
+        print(f"amqps boot: first heartbeat {when - booted:.1f} s after start")
+    finally:
+        driver.undefine(spec)
+        driver.close()
         sub.cancel()
 
 

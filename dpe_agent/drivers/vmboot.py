@@ -19,6 +19,7 @@ image built for one deployable boots as whatever assembly the deployable documen
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -31,6 +32,7 @@ from urllib.parse import urlsplit
 
 from dpe_agent.drivers.base import AssemblySpec, DriverError
 from pcloud import config
+from pcloud.config import tls_options
 from pcloud.credentials import format_credentials
 from pcloud.fsutil import private_dir, write_private
 from pcloud.image_layout import ASSEMBLY_META, DISK_NAME, FW_CFG_NAME, GUEST_BROKER_ADDR
@@ -73,11 +75,27 @@ def credentials_option(spec: AssemblySpec, owner: str | None = None) -> str:
     if spec.credentials is None:
         raise DriverError(f"no agent login for {spec.deployable}/{spec.name}")
     path = private_dir(Path(spec.state_dir)) / FW_CFG_FILE
-    write_private(path, format_credentials(spec.credentials))
+    write_private(path, format_credentials(spec.credentials, **boot_tls(spec.broker_url)))
     if owner is not None:
         with contextlib.suppress(LookupError, OSError):
             shutil.chown(path, user=owner)
     return f"name={FW_CFG_NAME},file={path.resolve()}"
+
+
+def boot_tls(broker_url: str) -> dict[str, str]:
+    """What an ``amqps://`` guest needs to verify the broker, handed over with its login: the
+    name the certificate carries (the host of the DPE's own URL: the guest dials the forward
+    address) and the CA the DPE trusts (``tls_ca``, base64 PEM), if it names one."""
+    if not broker_url.startswith("amqps://"):
+        return {}
+    extra = {"tls_server_name": broker_endpoint(broker_url)[0]}
+    ca = tls_options().ca
+    if ca:
+        try:
+            extra["tls_ca"] = base64.b64encode(Path(ca).read_bytes()).decode("ascii")
+        except OSError as exc:
+            raise DriverError(f"cannot read the broker CA {ca} for the guest: {exc}") from exc
+    return extra
 
 
 def kernel_cmdline(spec: AssemblySpec) -> str:
