@@ -69,6 +69,7 @@ from pcloud.credentials import CredentialsError, without_credentials
 from pcloud.deployable import Deployable
 from pcloud.events import EventType
 from pcloud.fsutil import private_dir
+from pcloud.states import AssemblyState as A
 from pcloud.states import DeployableState as D
 
 log = logging.getLogger("dped")
@@ -246,9 +247,14 @@ class Dpe(Lifecycle, Detection, Deaths, Recovery, Convergence, AssemblyOps, Stop
             self._ensure_states(asm.name)
             interval, misses = asm.heartbeat()
             if self.driver.status(self.spec(asm.name)) is PowerState.RUNNING:
-                log.info("assembly %s is running: adopting it", asm.name)
-                self.tracker.expect(asm.name, interval, misses, now,
-                                    boot_timeout=max(ADOPT_TIMEOUT, interval * misses))
+                # one that was still booting gets a boot's timeout, not the short deadline
+                # of one that ran: a VM's first heartbeat may be tens of seconds away
+                booting = self.state(asm.name) in (A.STARTING, A.RESTARTING)
+                log.info("assembly %s is running%s: adopting it", asm.name,
+                         " (it was booting)" if booting else "")
+                timeout = (self._boot_timeout(interval, misses) if booting
+                           else max(ADOPT_TIMEOUT, interval * misses))
+                self.tracker.expect(asm.name, interval, misses, now, boot_timeout=timeout)
                 self.awaiting.add(asm.name)
                 self.adopting.add(asm.name)
 

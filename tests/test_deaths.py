@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -15,6 +17,7 @@ from lxml import etree
 from dpe_agent.daemon import Dpe, run_in_thread
 from dpe_agent.deaths import act_on_death
 from dpe_agent.drivers import PowerState
+from dpe_agent.drivers.base import AssemblySpec
 from dpe_agent.drivers.process import ProcessDriver
 from dpe_agent.heartbeats import Liveness
 from pcloud.bus import Bus
@@ -164,3 +167,53 @@ def test_a_late_failure_from_before_a_loss_is_not_charged_to_the_next_boot(broke
     dpe._handle_action_done(None, 2, start, failure, -1, dpe.losses["web"])
     assert dpe.state("web", "svc") == R.FAILED
     assert not dpe.violations, dpe.violations
+
+
+AGENT_DELAY = 14.0       # a boot slower than the 10 s an adopted running assembly is given
+
+
+def test_an_assembly_adopted_while_still_booting_is_given_its_boot_timeout(broker, tmp_path,
+                                                                          monkeypatch):
+    """The DPE is replaced while an assembly boots (its agent takes 14 s to start): the new
+    DPE adopts the running sandbox with the boot's timeout, not the short deadline of an
+    assembly that was running, so the late first heartbeat is waited for: nothing fenced."""
+    # a loaded host would stretch any boot's deadline anyway: that is not what is tested
+    monkeypatch.setattr("dpe_agent.detection.host_overloaded", lambda: False)
+    slow_agent = tmp_path / "slow-agent"
+    slow_agent.write_text(f"#!/bin/sh\nsleep {AGENT_DELAY:g}\n"
+                          f'exec {Path(sys.executable).with_name("pcloud-agent")} "$@"\n')
+    slow_agent.chmod(0o755)
+    name = unique()
+    xml = deployable(name, assembly("a", process_service("svc", f"sleep {tag()}1")))
+    bus = Bus(url=broker.url, name=f"test-{name}").start()
+    events = Events(bus, name)
+
+    def dpe() -> Dpe:
+        return Dpe(Deployable.from_xml(xml), tmp_path, broker_url=broker.url,
+                   driver=ProcessDriver(agent_argv=[str(slow_agent)]))
+
+    first = dpe()
+    thread = run_in_thread(first)
+    second = None
+    try:
+        events.wait(30, type="assembly_state_change", assembly="a", state="starting")
+        sandbox = AssemblySpec(name, "a", "u", broker.url,
+                               tmp_path / "dpe" / name / "assemblies" / "a")
+        wait_for(lambda: ProcessDriver().sandbox_pid(sandbox), timeout=30,
+                 what="the sandbox to be up")
+        first.queue.put(("signal", signal.SIGTERM))     # exits, leaving the boot running
+        thread.join(30)
+        assert not thread.is_alive()
+        second = dpe()
+        thread = run_in_thread(second)
+        events.wait(60, type="resource_state_change", resource="svc", state="running")
+        assert not events.find(type="fencing", assembly="a"), events.snapshot()
+        assert not events.find(type="assembly_state_change", assembly="a", state="failed")
+    finally:
+        try:
+            bus.call(f"pcloud.dpe.{name}", "deployable_stop", f'<deployable name="{name}"/>',
+                     timeout=60)
+        finally:
+            thread.join(60)
+            events.sub.cancel()
+            bus.close()

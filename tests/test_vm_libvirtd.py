@@ -131,7 +131,7 @@ def test_an_amqps_guest_verifies_the_broker_with_what_its_boot_handed_over(
     from dpe_agent.drivers.libvirt import LibvirtDriver
 
     settings = private_broker.load_settings(broker.require_control())
-    assert settings.tls_url.startswith("amqps://localhost:")
+    assert urlsplit(settings.tls_url).hostname == "localhost"
     monkeypatch.setenv("PCLOUD_TLS_CA", settings.tls_ca)        # what the DPE trusts
     catalogue = tmp_path / "catalogue"
     jeos = images.jeos_ensure("debian-12", "x86_64", CACHE / "catalogue", replace_stale=True)
