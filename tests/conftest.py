@@ -11,7 +11,7 @@ side by side) and stopped at the end of the session, even on failure. While it r
 ``bus`` (function): a started ``pcloud.bus.Bus`` on that broker, closed afterwards.
 ``wait_until`` (function): poll a condition with a deadline; tests never assert on sleeps.
 Deadlines follow the work: the broker's start is timed and sets the session's slowness
-factor (tests/helpers.py), which stretches every ``wait_until``/``wait_for`` deadline.
+factor (tests/support/waiting.py), which stretches every deadline of a wait.
 
 Other modules add their own fixtures in their own files; keep this one small.
 """
@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import measured_slowness, scaled, set_slowness, slowness
+from support import waiting
+from support.waiting import measured_slowness, set_slowness, slowness
 
 from guest_agent.reaper import Reaper, become_subreaper, shared, stop_shared
 from pcloud import broker as private_broker
@@ -141,26 +142,10 @@ def bus(broker: TestBroker, request: pytest.FixtureRequest) -> Iterator[Bus]:
         client.close()
 
 
-def _wait_until(predicate: Callable[[], object], timeout: float = 10.0,
-                message: str = "condition") -> object:
-    """Return the predicate's first truthy value; fail the test after ``timeout`` seconds
-    (scaled to the host's pace)."""
-    timeout = scaled(timeout)
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {message} (deadlines "
-                        f"scaled {slowness():.2g}x to this host's pace)")
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def wait_until() -> Callable[..., object]:
-    """``wait_until(predicate, timeout=10, message=...)``: poll with a deadline."""
-    return _wait_until
+    """``wait_until(predicate, timeout=10, what=...)``: support.waiting's, as a fixture."""
+    return waiting.wait_until
 
 
 @pytest.fixture(scope="module")

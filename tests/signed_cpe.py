@@ -1,6 +1,6 @@
 """A cped runner whose client signs its requests (``user_id``), as the CPE now requires.
 
-``test_cpe_harness.running_cped`` with ``pcloud.bus.Bus`` as the client: the bus stamps its
+``support.cpe.running_cped`` with ``pcloud.bus.Bus`` as the client: the bus stamps its
 login on every message, so cped takes the calls; cleanup is the harness's (every deployable
 stopped, then every process naming the state dir killed).
 """
@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from lxml import etree
-from test_cpe_harness import CpedProcess, running_cped
+from support.cpe import CpedProcess, running_cped
 
 from pcloud.bus import Bus, BusError, MethodError
 

@@ -8,20 +8,21 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 from lxml import etree
+from support.events import Collector, xml_body
+from support.procs import ignores_sigterm
+from support.waiting import wait_until
 
 from pcloud.broker_admin import admin_for
 from pcloud.bus import Bus, MethodError
 from pcloud.bus.bus import login_of
 from pcloud.credentials import with_credentials
 from pcloud.identity import UserSpec, cpe_permissions, new_password, reply_topic_key
-from tests.helpers import ignores_sigterm, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = str(Path(sys.executable).with_name("pcloud-agent"))
@@ -37,41 +38,6 @@ def client(broker_url):
     bus.close()
 
 
-class Collector:
-    """Messages of one topic, with a wait that has a deadline."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[float, etree._Element]] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, msg) -> None:
-        with self.cond:
-            self.items.append((time.monotonic(), etree.fromstring(msg.body.encode())))
-            self.cond.notify_all()
-
-    def wait(self, predicate, timeout: float = 10.0) -> etree._Element:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for _, elem in self.items:
-                    if predicate(elem):
-                        return elem
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError("no matching message in time")
-                self.cond.wait(remaining)
-
-
-    def wait_count(self, count: int, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while len(self.items) < count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"fewer than {count} messages in time")
-                self.cond.wait(remaining)
-
-
 class AgentProc:
     """One pcloud-agent subprocess with its own identity, state dir and topic collectors;
     the test's client plays its DPE (``--controller``)."""
@@ -83,7 +49,7 @@ class AgentProc:
         self.asm = "web"
         self.state_dir = state_dir
         self.queue = f"pcloud.agent.{self.dep}.{self.asm}"
-        self.beats, self.reports = Collector(), Collector()
+        self.beats, self.reports = Collector(xml_body), Collector(xml_body)
         self.subs = [client.subscribe(f"pcloud.heartbeat.{self.dep}.{self.asm}", self.beats),
                      client.subscribe(f"pcloud.report.{self.dep}.{self.asm}", self.reports)]
         for sub in self.subs:
@@ -210,8 +176,8 @@ def test_failing_exec_probe_reports_not_running(agent, tmp_path):
     probe = f'<probe kind="exec" command="test -f {flag}" interval="0.1" timeout="1"/>'
     assert agent.op("resource_start", "probed", extra=probe, command="sleep 60").get(
         "rc") == "0"
-    wait_for(lambda: agent.op("resource_monitor", "probed", extra=probe,
-                              command="sleep 60").get("rc") == "0")
+    wait_until(lambda: agent.op("resource_monitor", "probed", extra=probe,
+                                command="sleep 60").get("rc") == "0")
     time.sleep(0.3)
     flag.unlink()
     report = agent.reports.wait(lambda r: r.get("resource") == "probed")
@@ -223,7 +189,7 @@ def test_stop_timeout_escalates_over_the_bus(agent):
     params = {"command": "trap '' TERM; sleep 60", "shell": "true"}
     assert agent.op("resource_start", "stubborn", **params).get("rc") == "0"
     pid = int(status_of(agent, "stubborn").get("pid"))
-    wait_for(lambda: ignores_sigterm(pid))
+    wait_until(lambda: ignores_sigterm(pid))
     result = agent.op("resource_stop", "stubborn", timeout=1000, **params)
     assert result.get("rc") == "0" and "SIGKILL" in result.get("reason")
     assert not agent.reports.items

@@ -33,7 +33,7 @@ def test_a_dpe_listening_just_after_the_reconnect_gets_a_beat_within_a_second(br
         received: list[float] = []
         subscription = dpe_bus.subscribe(key, lambda msg: received.append(time.monotonic()))
         assert subscription.wait_attached(5)
-        wait_until(lambda: received, timeout=INTERVAL, message="a heartbeat")
+        wait_until(lambda: received, timeout=INTERVAL, what="a heartbeat")
         assert received[0] - reconnected < max(REBEATS) + 0.5
     finally:
         beats.stop()

@@ -52,7 +52,7 @@ def test_operations_serialised_per_resource_concurrent_across(bus, wait_until):
             bus.send(queue, Message(body=op(method.removeprefix("resource_"), name),
                                     subject=method, opcode="method_request",
                                     reply_to=reply_queue, correlation_id=str(uuid.uuid4())))
-        wait_until(lambda: len(replies) == 3, message="three answers")
+        wait_until(lambda: len(replies) == 3, what="three answers")
         assert order == ["b:resource_monitor", "a:resource_start", "a:resource_stop"]
     finally:
         server.close()

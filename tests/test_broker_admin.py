@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import pytest
+from support.broker import LOOPBACK, listen_addresses
 
 from pcloud import broker as private_broker
 from pcloud import broker_admin, identity
 from pcloud.broker_admin import BrokerAdmin, BrokerAdminError, ManagementAdmin, RabbitmqctlAdmin
 from pcloud.bus import Bus, BusError, Message
-from tests.test_broker import LOOPBACK, listen_addresses
 
 
 @dataclass
@@ -92,13 +92,13 @@ def test_put_users_is_one_batch_and_the_broker_enforces_the_permissions(
                 Bus(target.url(agent), name="test-admin-agent") as bus:
             bus.publish(f"pcloud.heartbeat.{deployable}.{assembly}",
                         Message(body="<heartbeat/>", subject="allowed"))
-            wait_until(lambda: seen, message="the allowed heartbeat")
+            wait_until(lambda: seen, what="the allowed heartbeat")
             bus.publish(f"pcloud.heartbeat.{deployable}.other",
                         Message(body="<heartbeat/>", subject="forged"))
             wait_until(lambda: any("ACCESS_REFUSED" in r.getMessage()
                                    and f"{deployable}.other" in r.getMessage()
                                    for r in caplog.records),
-                       message="the broker refusing the forged heartbeat")
+                       what="the broker refusing the forged heartbeat")
         assert [(m.subject, m.user_id) for m in seen] == [("allowed", agent.user)]
     for spec in (operator, observer):
         with Bus(target.url(spec), name="test-admin-client") as bus:
@@ -139,7 +139,7 @@ def test_a_deleted_user_is_disconnected_and_locked_out(target, wait_until):
         bus.consume(f"pcloud.agent.{deployable}.{assembly}", lambda m: None).wait_attached()
         target.admin.delete_users([doomed.user, unique("nobody")])
         wait_until(lambda: not bus.connected, timeout=20,
-                   message="the deleted user's connection to close")
+                   what="the deleted user's connection to close")
     finally:
         bus.close()
     with pytest.raises(BusError, match="refused the credentials"):

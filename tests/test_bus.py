@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from support.bus import serve, unique
 
 from pcloud import protocol
 from pcloud.broker import free_port
@@ -24,21 +24,11 @@ from pcloud.bus import (
 )
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}.{uuid.uuid4().hex[:8]}"
-
-
 @pytest.fixture
 def server(broker):
     srv = Bus(broker.url, name="test-server").start(timeout=30)
     yield srv
     srv.close()
-
-
-def serve(server: Bus, handlers, **options) -> str:
-    queue = unique("pcloud.test")
-    assert server.serve(queue, handlers, **options).wait_attached()
-    return queue
 
 
 def test_call_round_trip(server, bus):
@@ -108,7 +98,7 @@ def test_events_fan_out_to_wildcard_subscribers(server, bus, wait_until):
                    Message(body='<event type="resource_state_change"/>',
                            subject="resource_state_change", opcode="event"))
     server.publish(f"pcloud.event.{dep}.-", Message(body="<event/>", subject="other"))
-    wait_until(lambda: len(star) == 1 and len(hash_) == 2, message="events on both")
+    wait_until(lambda: len(star) == 1 and len(hash_) == 2, what="events on both")
     assert star[0].subject == "resource_state_change" and star[0].opcode == "event"
     assert star[0].address == f"/topic/pcloud.event.{dep}.*.*"
     assert {m.subject for m in hash_} == {"resource_state_change", "other"}
@@ -122,7 +112,7 @@ def test_subscriber_drops_duplicate_ids(server, bus, wait_until):
     server.publish(key, once)
     server.publish(key, once)
     server.publish(key, Message(body="<e/>", subject="marker"))
-    wait_until(lambda: any(m.subject == "marker" for m in got), message="marker")
+    wait_until(lambda: any(m.subject == "marker" for m in got), what="marker")
     assert [m.subject for m in got] == ["once", "marker"]
 
 
@@ -135,7 +125,7 @@ def test_messages_published_just_before_close_are_sent(broker, bus, wait_until):
         publisher.publish(key, Message(body=f"<first n='{n}'/>"))
         publisher.publish(key, Message(body=f"<last n='{n}'/>"))
         publisher.close()
-    wait_until(lambda: len(got) == 6, message="every message published just before close")
+    wait_until(lambda: len(got) == 6, what="every message published just before close")
 
 
 def test_repeated_request_is_answered_from_cache_not_rerun(server, bus, wait_until):
@@ -149,7 +139,7 @@ def test_repeated_request_is_answered_from_cache_not_rerun(server, bus, wait_unt
     assert bus.consume(reply_queue, replies.append).wait_attached()
     for attempt in (1, 2):
         bus.send(queue, request)
-        wait_until(lambda n=attempt: len(replies) == n, message=f"response {attempt}")
+        wait_until(lambda n=attempt: len(replies) == n, what=f"response {attempt}")
     assert len(runs) == 1
     assert [protocol.parse_response(r.body).get("v") for r in replies] == ["1", "1"]
     assert all(r.correlation_id == "c1" and r.opcode == "method_response" for r in replies)
@@ -260,7 +250,7 @@ def test_request_with_unusable_reply_to_is_dropped(server, bus, wait_until, capl
         bus.send(queue, request)
         bus.send(queue, request)
         wait_until(lambda: sum(reply_to in r.getMessage() for r in caplog.records) == 2,
-                   message="both requests refused")
+                   what="both requests refused")
     warned = [r for r in caplog.records if reply_to in r.getMessage() and r.levelname == "WARNING"]
     assert len(warned) == 1, "each refused address is logged once"
     assert reply_to not in senders_of(server)
@@ -278,7 +268,7 @@ def test_sender_refused_by_the_broker_is_given_up(bus, server, wait_until, caplo
         for n in range(3):
             loop.post("/temp-queue/x", Message(body=f"<lost n='{n}'/>"))
         wait_until(lambda: "/temp-queue/x" not in senders_of(bus), timeout=60,
-                   message="the refused sender is evicted")
+                   what="the refused sender is evicted")
     gave_up = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
     assert len(gave_up) == 1 and "'/temp-queue/x'" in gave_up[0]
     assert "dropped 3 message(s)" in gave_up[0]

@@ -79,23 +79,23 @@ def test_calls_survive_broker_outage(broker, pair, wait_until, outage):
     client.on_reconnect(reconnected.set)
 
     with Traffic(client, queue) as traffic:
-        wait_until(lambda: traffic.done >= 20, message="calls before the outage")
+        wait_until(lambda: traffic.done >= 20, what="calls before the outage")
         if outage == "kill9":
             broker.kill9()
             broker.start()
         else:
             broker.restart()
-        wait_until(reconnected.is_set, timeout=60, message="client reconnect")
+        wait_until(reconnected.is_set, timeout=60, what="client reconnect")
         after = traffic.done
         wait_until(lambda: traffic.done >= after + 20, timeout=60,
-                   message="calls after the outage")
+                   what="calls after the outage")
 
     assert traffic.failures == []
     assert [n for n, count in handled.items() if count > 1] == []
-    wait_until(subscription.attached, timeout=30, message="subscription re-attached")
+    wait_until(subscription.attached, timeout=30, what="subscription re-attached")
     server.publish("pcloud.event.recovery.x.y", Message(body="<event/>", subject="after"))
     wait_until(lambda: [m.subject for m in events] == ["after"], timeout=30,
-               message="event after the outage")
+               what="event after the outage")
 
 
 def test_backoff_is_capped_and_starts_over_for_each_outage():
@@ -114,5 +114,5 @@ def test_reconnect_follows_the_broker_start(broker, pair, wait_until):
     time.sleep(4.0)              # long enough for the back-off to reach its cap
     broker.start()
     back = time.monotonic()
-    wait_until(lambda: client.connected, timeout=30, message="client reconnect")
+    wait_until(lambda: client.connected, timeout=30, what="client reconnect")
     assert time.monotonic() - back < RECONNECT_CAP + 1.0

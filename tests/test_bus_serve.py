@@ -12,10 +12,10 @@ import pytest
 from proton import Message as ProtonMessage
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
+from support.bus import serve, unique
 
 from pcloud import protocol
 from pcloud.bus import Bus, Message
-from tests.test_bus import serve, unique
 
 GATE = 20.0  # generous deadline for events a test waits on
 
@@ -82,7 +82,7 @@ def test_slow_handler_does_not_hold_up_subscriptions(server, bus, wait_until):
     assert server.subscribe(key, got.append).wait_attached()
     with slow.busy(bus, queue):
         bus.publish(key, Message(body="<e/>", subject="ping"))
-        wait_until(lambda: got, message="the event while a handler is busy")
+        wait_until(lambda: got, what="the event while a handler is busy")
 
 
 def test_workers_run_methods_of_one_queue_concurrently(server, bus):
@@ -111,7 +111,7 @@ def test_subscription_callback_calls_a_method_of_its_own_bus(server, bus, wait_u
         key, lambda msg: answers.append(server.call(queue, "echo", msg.body, timeout=GATE).tag))
     assert sub.wait_attached()
     bus.publish(key, Message(body="<hello/>"))
-    wait_until(lambda: answers == ["hello"], message="the callback's call to be answered")
+    wait_until(lambda: answers == ["hello"], what="the callback's call to be answered")
 
 
 def request(queue_reply: str, method: str, body: str, message_id: str | None = None) -> Message:
@@ -131,7 +131,7 @@ def test_one_worker_keeps_arrival_order(server, bus, wait_until):
     sent = [str(n) for n in range(30)]
     for n in sent:
         bus.send(queue, request(reply_queue, "note", f"<x n='{n}'/>"))
-    wait_until(lambda: len(replies) == len(sent), message="every answer")
+    wait_until(lambda: len(replies) == len(sent), what="every answer")
     assert order == sent
 
 
@@ -166,7 +166,7 @@ def test_serial_key_orders_one_key_and_overlaps_others(server, bus, wait_until):
     for n in range(5):
         bus.send(queue, request(reply_queue, "op", f"<op key='a' n='{n}'/>"))
     bus.send(queue, request(reply_queue, "op", "<op key='b' n='0'/>"))
-    wait_until(lambda: len(replies) == 6, message="all six answers")
+    wait_until(lambda: len(replies) == 6, what="all six answers")
     assert overlaps == []
     assert done == {"a": ["0", "1", "2", "3", "4"], "b": ["0"]}
 
@@ -204,10 +204,10 @@ def test_repeated_request_gets_a_fresh_answer_from_cache(server, bus, broker, wa
                 user_id=bus.user.encode())
     first = RawRequester(broker.url, queue, [ProtonMessage(**same)])
     Container(first).run()
-    wait_until(lambda: len(replies) == 1, message="the first answer")
+    wait_until(lambda: len(replies) == 1, what="the first answer")
     again = RawRequester(broker.url, queue, [ProtonMessage(**same)])
     Container(again).run()
-    wait_until(lambda: len(replies) == 2, message="the answer to the repeat")
+    wait_until(lambda: len(replies) == 2, what="the answer to the repeat")
     assert len(runs) == 1
     assert replies[0].id != replies[1].id
     assert [r.correlation_id for r in replies] == ["c1", "c1"]

@@ -7,7 +7,8 @@ import os
 import signal
 from pathlib import Path
 
-from test_cpe_harness import deployable_xml, running_cped, unique, wait_until
+from support.cpe import deployable_xml, running_cped, unique
+from support.waiting import wait_until
 
 
 def test_a_frozen_dpe_does_not_hold_up_other_requests(broker, tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-import test_cpe_harness
-from test_cpe_harness import (
+import support.cpe
+from support.cpe import (
     BIN,
     AmqpClient,
     CpedProcess,
@@ -22,8 +22,8 @@ from test_cpe_harness import (
     deployable_xml,
     running_cped,
     unique,
-    wait_until,
 )
+from support.waiting import wait_until
 
 from pcloud.exitcodes import EXIT_CONFIG
 
@@ -77,13 +77,13 @@ def cpe(broker, tmp_path: Path, monkeypatch):
         def start(self, client: AmqpClient) -> None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             with open(self.log, "ab") as log:
-                self.proc = test_cpe_harness.subprocess.Popen(
+                self.proc = support.cpe.subprocess.Popen(
                     [str(BIN / "cped"), "--foreground", "--state-dir", str(self.state_dir),
                      "--dped-command", f"{sys.executable} {wrapper}"],
                     stdout=log, stderr=log, env=self.env())
             wait_until(lambda: self._answers(client), 30, "cped to answer deployables_list")
 
-    monkeypatch.setattr(test_cpe_harness, "CpedProcess", WrappedCped)
+    monkeypatch.setattr(support.cpe, "CpedProcess", WrappedCped)
     watcher = EventWatcher(broker.url)
     with running_cped(tmp_path / "state", broker.url) as (cped, client):
         yield cped, client, watcher, control

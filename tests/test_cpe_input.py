@@ -6,14 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_cpe_harness import (
-    AmqpClient,
-    CpedProcess,
-    EventWatcher,
-    deployable_xml,
-    running_cped,
-    unique,
-)
+from support.cpe import AmqpClient, CpedProcess, EventWatcher, deployable_xml, running_cped, unique
 
 
 @pytest.fixture(scope="module")

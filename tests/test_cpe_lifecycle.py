@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from test_cpe_harness import (
+from support.cpe import (
     AmqpClient,
     CpedProcess,
     EventWatcher,
@@ -15,8 +15,8 @@ from test_cpe_harness import (
     running_cped,
     service_pid,
     unique,
-    wait_until,
 )
+from support.waiting import wait_until
 
 
 @pytest.fixture

@@ -17,10 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import test_cpe_harness
+import support.cpe
 from lxml import etree
 from signed_cpe import signed_cped
-from test_cpe_harness import BIN, CpedProcess, deployable_xml, unique, wait_until
+from support.cpe import BIN, CpedProcess, deployable_xml, unique
+from support.waiting import wait_until
 
 from cpe_agent.hooks import Hook, run_hook
 
@@ -290,7 +291,7 @@ def test_an_address_added_in_a_sandbox_reaches_the_hosts_file(broker, tmp_path: 
                     env=self.env())
             wait_until(lambda: self._answers(client), 60, "cped to answer deployables_list")
 
-    monkeypatch.setattr(test_cpe_harness, "CpedProcess", CpedInNetns)
+    monkeypatch.setattr(support.cpe, "CpedProcess", CpedInNetns)
     name = unique("addr")
     try:
         with signed_cped(tmp_path / "state", broker.url) as (_cped, client):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from lxml import etree
 from signed_cpe import signed_cped
-from test_cpe_harness import deployable_xml, unique, wait_until
+from support.cpe import deployable_xml, unique
+from support.waiting import wait_until
 
 from cpe_agent.hooks import (
     Hook,

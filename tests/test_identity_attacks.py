@@ -37,7 +37,8 @@ from support.attacker import (
     signed_cped,
     stolen_login,
 )
-from test_cpe_harness import deployable_xml, service_pid, unique, wait_until
+from support.cpe import deployable_xml, service_pid, unique
+from support.waiting import wait_until
 
 from pcloud import identity, wire
 from pcloud.broker_admin import admin_for

@@ -14,11 +14,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_until
 
 from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
 from pcloud.identity import Credentials
 from pcloud.image_layout import GUEST_BROKER_ADDR
-from tests.helpers import wait_for
 
 libvirt = pytest.importorskip(
     "libvirt", reason="libvirt-python missing: pip install libvirt-python "
@@ -191,7 +191,7 @@ def test_domain_stopped_from_outside_is_reported_at_once(assembly_dir, tmp_path)
         driver.stop(spec, timeout=5)
         driver.start(spec)
         outside.lookupByName(domain_name(spec)).destroy()
-        wait_for(lambda: deaths)
+        wait_until(lambda: deaths)
         assert deaths == [("web", f"domain {domain_name(spec)} destroyed (forced off)")]
 
         driver.start(spec)
@@ -199,7 +199,7 @@ def test_domain_stopped_from_outside_is_reported_at_once(assembly_dir, tmp_path)
         adopter.watch_deaths(lambda asm, reason: deaths.append(("adopted", reason)))
         assert adopter.status(spec) is PowerState.RUNNING
         outside.lookupByName(domain_name(spec)).destroy()
-        wait_for(lambda: len(deaths) == 3)
+        wait_until(lambda: len(deaths) == 3)
         assert sorted(d[0] for d in deaths[1:]) == ["adopted", "web"]
         adopter.undefine(spec)
         adopter.close()

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from signed_cpe import signed_cped
-from test_cpe_harness import deployable_xml, service_pid, unique, wait_until
+from support.cpe import deployable_xml, service_pid, switched_on, unique
+from support.waiting import wait_until
 
 from cpe_agent.metrics import Counted, count
 from cpe_agent.outlets import listen_address, parse_listen
-from pcloud.broker import free_port
 
 BASE = {"seq": "5", "deployable": "dep1", "assembly": "web", "resource": "httpd"}
 
@@ -64,15 +64,6 @@ def test_a_bad_listen_line_is_logged_and_leaves_that_outlet_off(tmp_path: Path, 
     assert listen_address("web") == ("127.0.0.1", 8480)
     conf.write_text("[cpe]\n")
     assert listen_address("metrics") is None and listen_address("web") is None     # off by default
-
-
-def switched_on(section: str, tmp_path: Path, monkeypatch) -> int:
-    """A config file whose ``[section] listen`` is a free local port, for the cped to come."""
-    port = free_port()
-    conf = tmp_path / "pcloud.conf"
-    conf.write_text(f"[{section}]\nlisten = 127.0.0.1:{port}\n")
-    monkeypatch.setenv("PCLOUD_CONFIG", str(conf))
-    return port
 
 
 def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

@@ -19,7 +19,8 @@ from urllib.parse import quote, urlsplit
 import pytest
 from lxml import etree
 from signed_cpe import BusClient, signed_cped
-from test_cpe_harness import deployable_xml, unique
+from support.cpe import deployable_xml, unique
+from support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_MODULES = ROOT / ".venv" / "node_modules"
@@ -74,10 +75,14 @@ class PikaClient:
             (method.routing_key, props, body)), auto_ack=True)
 
     def wait_for(self, condition, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert time.monotonic() < deadline, f"pika: no {what}"
+        """Let pika deliver (0.1 s at a time) until ``condition()`` holds."""
+        def delivered() -> object:
+            if condition():
+                return True
             self.connection.process_data_events(time_limit=0.1)
+            return condition()
+
+        wait_until(delivered, timeout, f"pika: {what}", step=0)
 
     def call(self, method: str, inner: str, headers: dict | None = None) -> etree._Element:
         cid = str(uuid.uuid4())

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_cpe_harness import deployable_xml, running_cped, wait_until
+from support.cpe import deployable_xml, running_cped
+from support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from helpers import scaled
-from test_pcloudsh_shell import Terminal
+from support.terminal import Terminal
+from support.waiting import scaled
 
 from pcloud import broker as private_broker
 from pcloud.bus import Bus, Message

@@ -239,18 +239,18 @@ def test_cped_waiting_for_its_broker_does_not_claim_it_lost_one(broker, tmp_path
 
 def test_deadlines_follow_the_hosts_pace(monkeypatch: pytest.MonkeyPatch) -> None:
     """A busy host (a slow broker start) stretches every deadline, within bounds."""
-    import helpers
+    from support import waiting
 
-    assert [helpers.measured_slowness(t, nominal=6) for t in (3, 6, 12, 600)] == [1, 1, 2, 5]
-    before = helpers.slowness()
+    assert [waiting.measured_slowness(t, nominal=6) for t in (3, 6, 12, 600)] == [1, 1, 2, 5]
+    before = waiting.slowness()
     try:
-        helpers.set_slowness(2.0)
-        assert helpers.scaled(10) == 20
+        waiting.set_slowness(2.0)
+        assert waiting.scaled(10) == 20
         monkeypatch.setenv("PCLOUD_TEST_SLOWNESS", "3")
-        helpers.set_slowness(2.0)
-        assert helpers.scaled(10) == 30
+        waiting.set_slowness(2.0)
+        assert waiting.scaled(10) == 30
     finally:
-        helpers._slowness[0] = before
+        waiting._slowness[0] = before
 
 
 @pytest.mark.slow

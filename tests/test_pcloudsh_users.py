@@ -12,8 +12,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from signed_cpe import signed_cped
-from test_cpe_harness import deployable_xml, unique, wait_until
-from test_pcloudsh_shell import Terminal
+from support.cpe import deployable_xml, unique
+from support.terminal import Terminal
+from support.waiting import wait_until
 
 from pcloud.bus import Bus, BusError
 

@@ -8,10 +8,11 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from support.events import Collector
+from support.waiting import wait_until
 
 from dpe_agent.drivers import DriverError, get_driver
 from dpe_agent.drivers.base import AssemblySpec, PowerState
@@ -44,14 +45,6 @@ while True:
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="PID namespaces need root")
 
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
 @pytest.fixture(params=[pytest.param(True, marks=needs_root), False], ids=["pidns", "pgroup"])
 def setup(request, tmp_path):
     script = tmp_path / "fake_agent.py"
@@ -67,7 +60,7 @@ def setup(request, tmp_path):
 
 def tree_pids(spec):
     folder = Path(spec.state_dir)
-    wait_for(lambda: (folder / "daemon.pid").exists() and (folder / "child.pid").exists())
+    wait_until(lambda: (folder / "daemon.pid").exists() and (folder / "child.pid").exists())
     return [int((folder / n).read_text()) for n in ("child.pid", "daemon.pid")
             if (folder / n).read_text().strip().isdigit()]
 
@@ -97,17 +90,17 @@ def test_fence_kills_whole_tree_including_daemonized(setup):
     assert len(pids) >= 2
     driver.fence(spec)
     assert driver.status(spec) is PowerState.STOPPED
-    wait_for(lambda: not any(_alive(p, None) for p in pids), timeout=3)
+    wait_until(lambda: not any(_alive(p, None) for p in pids), timeout=3)
 
 
 def test_stop_is_graceful_then_forced(setup):
     driver, spec = setup
     driver.start(spec)
     pids = host_pids(driver, spec, tree_pids(spec))
-    wait_for(lambda: (Path(spec.state_dir) / "ready").exists())
+    wait_until(lambda: (Path(spec.state_dir) / "ready").exists())
     driver.stop(spec, timeout=5)
     assert driver.status(spec) is PowerState.STOPPED
-    wait_for(lambda: not any(_alive(p, None) for p in pids), timeout=3)
+    wait_until(lambda: not any(_alive(p, None) for p in pids), timeout=3)
 
 
 def test_sandbox_killed_from_outside_is_seen_stopped(setup):
@@ -116,9 +109,9 @@ def test_sandbox_killed_from_outside_is_seen_stopped(setup):
     tree_pids(spec)
     pids = host_pids(driver, spec, tree_pids(spec))
     os.kill(driver.sandbox_pid(spec), signal.SIGKILL)
-    wait_for(lambda: driver.status(spec) is PowerState.STOPPED)
+    wait_until(lambda: driver.status(spec) is PowerState.STOPPED)
     driver.fence(spec)
-    wait_for(lambda: not any(_alive(p, None) for p in pids), timeout=3)
+    wait_until(lambda: not any(_alive(p, None) for p in pids), timeout=3)
 
 
 def test_new_driver_instance_readopts_running_sandbox(setup):
@@ -132,38 +125,34 @@ def test_new_driver_instance_readopts_running_sandbox(setup):
     assert driver.status(spec) is PowerState.STOPPED
 
 
-class Deaths:
-    """Collects a driver's death reports."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
-
-    def __call__(self, assembly: str, reason: str) -> None:
-        self.items.append((assembly, reason))
+def death_collector(driver: ProcessDriver) -> Collector[tuple[str, str]]:
+    """A driver's death reports, ``(assembly, reason)``."""
+    deaths: Collector[tuple[str, str]] = Collector()
+    driver.watch_deaths(lambda assembly, reason: deaths.add((assembly, reason)))
+    return deaths
 
 
 def test_death_is_reported_once_and_fence_or_stop_report_none(setup):
     """A sandbox killed from outside is reported at once with its signal; one that the
     driver stops or fences itself is not reported at all."""
     driver, spec = setup
-    deaths = Deaths()
-    driver.watch_deaths(deaths)
+    deaths = death_collector(driver)
     driver.start(spec)
     tree_pids(spec)
     os.kill(driver.sandbox_pid(spec), signal.SIGKILL)
-    wait_for(lambda: deaths.items)
+    deaths.wait_count(1)
     assert deaths.items == [("a", "sandbox exited with signal 9")]
     driver.fence(spec)
     driver.start(spec)
     tree_pids(spec)
     driver.fence(spec)
     driver.start(spec)
-    wait_for(lambda: (Path(spec.state_dir) / "ready").exists())
+    wait_until(lambda: (Path(spec.state_dir) / "ready").exists())
     driver.stop(spec, timeout=5)
     driver.start(spec)
     tree_pids(spec)
     os.kill(driver.sandbox_pid(spec), signal.SIGKILL)    # a later death still is
-    wait_for(lambda: len(deaths.items) == 2)
+    deaths.wait_count(2)
     assert deaths.items[1][0] == "a"
 
 
@@ -174,12 +163,11 @@ def test_death_of_an_adopted_sandbox_is_reported(setup):
     tree_pids(spec)
     other = ProcessDriver(use_pid_namespace=driver.use_pid_namespace,
                           agent_argv=driver.agent_argv)
-    deaths = Deaths()
-    other.watch_deaths(deaths)
+    deaths = death_collector(other)
     assert other.status(spec) is PowerState.RUNNING
     pid = other.sandbox_pid(spec)
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: deaths.items)
+    deaths.wait_count(1)
     assert deaths.items == [("a", f"sandbox process {pid} exited")]
 
 
@@ -243,7 +231,7 @@ def boot_and_look(driver, spec) -> dict:
     seen = Path(spec.state_dir) / "seen.json"
     seen.unlink(missing_ok=True)
     driver.start(spec)
-    wait_for(seen.exists)
+    wait_until(seen.exists)
     return json.loads(seen.read_text())
 
 
@@ -305,13 +293,13 @@ def dummy_op(bus, queue: str, method: str, interval: int = 0):
 
 def agent_up(bus, queue: str, timeout: float = 40.0):
     """The agent's answer to ``agent_info`` once it serves its queue."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def answer() -> list | None:
         try:
-            return bus.call(queue, "agent_info", "<agent/>", timeout=3)
+            return [bus.call(queue, "agent_info", "<agent/>", timeout=3)]
         except Exception:
-            if time.monotonic() > deadline:
-                raise
+            return None
+
+    return wait_until(answer, timeout, f"an answer to agent_info on {queue}")[0]
 
 
 @pytest.mark.skipif(not os.access(DUMMY, os.X_OK), reason="resource-agents not installed")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from signed_cpe import BusClient, signed_cped
-from test_cpe_harness import _sleep_arg, _zombie, service_pid, unique, wait_until
+from support.cpe import _sleep_arg, _zombie, service_pid, unique
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 

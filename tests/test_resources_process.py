@@ -12,10 +12,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from support.procs import ignores_sigterm
+from support.waiting import wait_until
 
 from guest_agent.resources import make_resource
 from guest_agent.resources.base import ResourceError, ResourceSpec
-from tests.helpers import ignores_sigterm, wait_for
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_environment_and_cwd(make, tmp_path):
     res = make("env", command="sh -c 'echo $A:$B:$PWD; sleep 60'", environment="A='x y'",
                env_B="2", cwd=str(tmp_path))
     assert res.start(5).rc == 0
-    wait_for(lambda: f"x y:2:{tmp_path}" in res.output())
+    wait_until(lambda: f"x y:2:{tmp_path}" in res.output())
 
 
 def test_daemon_death_seen_through_subreaper(make, tmp_path):
@@ -82,8 +83,8 @@ def test_daemon_death_seen_through_subreaper(make, tmp_path):
     assert res.start(5).rc == 0
     pid = res.running_pid()
     assert pid == int(pidfile.read_text())
-    wait_for(lambda: open(f"/proc/{pid}/stat").read().split(")")[1].split()[1]
-             == str(os.getpid()))
+    wait_until(lambda: open(f"/proc/{pid}/stat").read().split(")")[1].split()[1]
+               == str(os.getpid()))
     os.kill(pid, signal.SIGKILL)
     assert res.failed.wait(5)
     assert res.failures == ["process exited with signal 9"]
@@ -93,7 +94,7 @@ def test_stop_escalates_to_sigkill(make):
     res = make("stubborn", command="trap '' TERM; sleep 60", shell="true")
     assert res.start(5).rc == 0
     pid = res.running_pid()
-    wait_for(lambda: ignores_sigterm(pid))
+    wait_until(lambda: ignores_sigterm(pid))
     result = res.stop(1.0)
     assert result.rc == 0
     assert "SIGKILL" in result.reason
@@ -150,7 +151,7 @@ def test_runs_as_named_user_and_exit_still_seen_at_once(make):
     assert ids["Uid"] == [nobody.pw_uid] * 4
     assert ids["Gid"] == [nobody.pw_gid] * 4
     assert ids["Groups"] == []            # root's supplementary groups are dropped
-    wait_for(lambda: f"home={nobody.pw_dir} user=nobody" in res.output())
+    wait_until(lambda: f"home={nobody.pw_dir} user=nobody" in res.output())
     os.kill(pid, signal.SIGKILL)
     assert res.failed.wait(5)
     assert res.failures == ["process exited with signal 9"]
@@ -164,7 +165,7 @@ def test_group_parameter_and_explicit_environment_wins(make, tmp_path):
                group=other.gr_name, env_HOME=str(tmp_path))
     assert res.start(5).rc == 0
     assert _status_ids(res.running_pid())["Gid"] == [other.gr_gid] * 4
-    wait_for(lambda: f"home={tmp_path}" in res.output())
+    wait_until(lambda: f"home={tmp_path}" in res.output())
     assert res.stop(5).rc == 0 and not res.failures
 
 

@@ -20,15 +20,14 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from lxml import etree
-from test_vm_e2e import CACHE, Heartbeats, console_tail, missing
+from support.events import Events
+from support.vm import BOOT_TIMEOUT, CACHE, Heartbeats, console_tail, missing
+from support.waiting import wait_until
 
 from dpe_agent.daemon import Dpe, run_in_thread
 from dpe_agent.drivers import UnavailableDriver
@@ -37,43 +36,6 @@ from dpe_agent.drivers.qemu import PIDFILE, QemuDriver
 from pcloud.bus import Bus
 from pcloud.deployable import Deployable
 from pcloudsh import images
-
-BOOT_TIMEOUT = float(os.environ.get("PCLOUD_TEST_BOOT_TIMEOUT", "300"))
-
-
-class Events:
-    """Every event of one deployable with its arrival time; waits have deadlines."""
-
-    def __init__(self, bus: Bus, deployable: str) -> None:
-        self.items: list[tuple[float, etree._Element]] = []
-        self._cond = threading.Condition()
-        self.sub = bus.subscribe(f"pcloud.event.{deployable}.#", self._on)
-        assert self.sub.wait_attached(10.0)
-
-    def _on(self, msg) -> None:
-        elem = etree.fromstring(msg.body.encode())
-        with self._cond:
-            self.items.append((time.monotonic(), elem))
-            self._cond.notify_all()
-
-    def wait(self, timeout: float, after: int = 0, **attrs: str) -> tuple[float, etree._Element]:
-        """The first event with ``seq > after`` and these attributes; fails at the deadline."""
-        def match(elem: etree._Element) -> bool:
-            return int(elem.get("seq", "0")) > after and all(
-                elem.get(k) == v for k, v in attrs.items())
-
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                found = sorted((e for e in self.items if match(e[1])),
-                               key=lambda e: int(e[1].get("seq")))
-                if found:
-                    return found[0]
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    seen = [dict(e.attrib) for _, e in self.items][-8:]
-                    raise AssertionError(f"no event {attrs} within {timeout:.0f} s; last: {seen}")
-                self._cond.wait(min(left, 1.0))
 
 
 def document(name: str, infrastructure: str, image: str | None) -> str:
@@ -105,15 +67,6 @@ def qemus_of(marker: Path) -> list[int]:
     return found
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
-    return value
-
-
 def stop_dped(bus: Bus, name: str, proc: subprocess.Popen[bytes], state: Path) -> None:
     """``deployable_stop`` (ACPI power-off of the VM), then make sure nothing is left."""
     try:
@@ -130,7 +83,7 @@ def stop_dped(bus: Bus, name: str, proc: subprocess.Popen[bytes], state: Path) -
         for pid in qemus_of(state):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not qemus_of(state), 10, "QEMU processes to be gone")
+        wait_until(lambda: not qemus_of(state), 10, "QEMU processes to be gone")
 
 
 def test_openstack_is_a_config_error_and_the_dpe_keeps_answering(broker, bus, tmp_path):
@@ -140,17 +93,17 @@ def test_openstack_is_a_config_error_and_the_dpe_keeps_answering(broker, bus, tm
     events = Events(bus, name)
     proc = start_dped(doc, tmp_path, broker.url)
     try:
-        _, error = events.wait(30, type="config_error")
-        assert "not available in this build" in error.get("reason")
-        _, failed = events.wait(30, type="deployable_state_change", state="failed")
-        assert "openstack" in failed.get("reason")
+        error = events.wait(30, type="config_error")
+        assert "not available in this build" in error.reason
+        failed = events.wait(30, type="deployable_state_change", state="failed")
+        assert "openstack" in failed.reason
         status = bus.call(f"pcloud.dpe.{name}", "deployable_status",
                           f'<deployable name="{name}"/>', timeout=10.0)
         assert status.get("state") == "failed"
         assert proc.poll() is None, "dped exited instead of reporting the problem"
     finally:
         stop_dped(bus, name, proc, tmp_path)
-        events.sub.cancel()
+        events.close()
     assert proc.returncode == 0
 
 
@@ -163,7 +116,7 @@ def test_the_dpe_waits_a_vm_drivers_boot_timeout(broker, tmp_path):
     assert isinstance(dpe.driver, QemuDriver) and not isinstance(dpe.driver, UnavailableDriver)
     thread = run_in_thread(dpe)
     try:
-        watch = wait_for(lambda: dpe.tracker.watches.get("web"), 30, "the boot watch")
+        watch = wait_until(lambda: dpe.tracker.watches.get("web"), 30, "the boot watch")
         assert watch.boot_timeout == QemuDriver.boot_timeout
     finally:
         dpe.queue.put(("signal", signal.SIGTERM))
@@ -197,12 +150,12 @@ def test_vm_assembly_under_dped_is_fenced_and_rebooted_after_qemu_is_killed(brok
     proc = start_dped(doc, state, broker.url)
     try:
         try:
-            t_boot, _ = events.wait(60, type="assembly_state_change", assembly="web",
-                                    state="starting")
-            t_beat, _ = events.wait(BOOT_TIMEOUT, type="assembly_state_change",
-                                    assembly="web", state="running")
-            t_run, _ = events.wait(60, type="resource_state_change", resource="sleeper",
-                                   state="running")
+            t_boot = events.arrival(events.wait(60, type="assembly_state_change",
+                                                assembly="web", state="starting"))
+            t_beat = events.arrival(events.wait(BOOT_TIMEOUT, type="assembly_state_change",
+                                                assembly="web", state="running"))
+            t_run = events.arrival(events.wait(60, type="resource_state_change",
+                                               resource="sleeper", state="running"))
         except AssertionError as exc:
             pytest.fail(f"{exc}\nconsole:\n{console_tail(asm_dir)}")
         # Steady state first: a few beats more, so no operation is in flight to the agent.
@@ -213,23 +166,25 @@ def test_vm_assembly_under_dped_is_fenced_and_rebooted_after_qemu_is_killed(brok
         assert (beat.get("deployable"), beat.get("assembly")) == (name, "web")
         assert beat.get("uuid") != image.meta["uuid"]
         first_pid = int((asm_dir / PIDFILE).read_text())
-        last_seq = max(int(e.get("seq")) for _, e in events.items)
+        last_seq = events.last_seq()
 
         killed = time.monotonic()
         os.kill(first_pid, signal.SIGKILL)
         try:
-            t_lost, lost = events.wait(30, after=last_seq, type="assembly_state_change",
-                                       assembly="web", state="failed")
-            t_fence, _ = events.wait(60, after=last_seq, type="fencing", assembly="web")
-            t_beat2, _ = events.wait(BOOT_TIMEOUT, after=last_seq,
-                                     type="assembly_state_change", assembly="web",
-                                     state="running")
-            t_run2, back = events.wait(60, after=last_seq, type="resource_state_change",
-                                       resource="sleeper", state="running")
+            lost = events.wait(30, after=last_seq, type="assembly_state_change",
+                               assembly="web", state="failed")
+            t_fence = events.arrival(events.wait(60, after=last_seq, type="fencing",
+                                                 assembly="web"))
+            t_beat2 = events.arrival(events.wait(BOOT_TIMEOUT, after=last_seq,
+                                                 type="assembly_state_change", assembly="web",
+                                                 state="running"))
+            back = events.wait(60, after=last_seq, type="resource_state_change",
+                               resource="sleeper", state="running")
+            t_lost, t_run2 = events.arrival(lost), events.arrival(back)
         except AssertionError as exc:
             pytest.fail(f"{exc}\nconsole:\n{console_tail(asm_dir)}")
         # known from QEMU's exit at once, not from the heartbeats 3 s later
-        assert "reported by the qemu driver" in lost.get("reason"), lost.get("reason")
+        assert "reported by the qemu driver" in lost.reason, lost.reason
         second_pid = int((asm_dir / PIDFILE).read_text())
         assert second_pid != first_pid and qemus_of(state) == [second_pid]
         print(f"boot to first heartbeat: {t_beat - t_boot:.1f} s; "
@@ -237,9 +192,9 @@ def test_vm_assembly_under_dped_is_fenced_and_rebooted_after_qemu_is_killed(brok
         print(f"after SIGKILL of QEMU: lost {t_lost - killed:.1f} s, fenced "
               f"{t_fence - killed:.1f} s, heartbeat again {t_beat2 - killed:.1f} s "
               f"(boot {t_beat2 - t_fence:.1f} s), resource running {t_run2 - killed:.1f} s "
-              f"(incident {back.get('duration_ms')} ms)")
+              f"(incident {back.extra.get('duration_ms')} ms)")
     finally:
         stop_dped(bus, name, proc, state)
-        events.sub.cancel()
+        events.close()
         beat_sub.cancel()
     assert not qemus_of(state)

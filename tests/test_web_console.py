@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from lxml import etree
 from signed_cpe import signed_cped
-from test_cpe_harness import deployable_xml, service_pid, unique, wait_until
-from test_metrics import switched_on
+from support.cpe import deployable_xml, service_pid, switched_on, unique
+from support.waiting import wait_until
 
 from cpe_agent.web import ConsoleFeed
 from cpe_agent.web_model import ConsoleModel, epoch

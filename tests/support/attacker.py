@@ -7,7 +7,7 @@ its permissions; an attempt reports what happened instead of raising, so that a 
 the *effect* afterwards (a refused attach shows up as a timeout: RabbitMQ ends the session
 without answering the attach).
 
-``SignedClient`` is ``test_cpe_harness.AmqpClient`` with ``user_id`` = its login on every
+``SignedClient`` is ``support.cpe.AmqpClient`` with ``user_id`` = its login on every
 request and data-section bodies both ways: receivers drop a request that does not say who
 sent it (DESIGN §3). ``signed_cped`` is ``running_cped`` with that client.
 """
@@ -29,13 +29,13 @@ from lxml import etree
 from proton import Delivery, Endpoint, Message
 from proton._utils import BlockingReceiver, Fetcher
 from proton.utils import BlockingConnection
-from test_cpe_harness import CpedProcess, running_cped
 
 from pcloud import wire
 from pcloud.bus import Bus, BusError
 from pcloud.credentials import read_credentials_file, with_credentials
 from pcloud.identity import Credentials, agent_of
 from pcloud.urls import mask_urls
+from support.cpe import CpedProcess, running_cped
 
 #: how long an attempt waits for the broker: a refusal never answers, it ends the session
 ATTEMPT_TIMEOUT = 3.0

@@ -1,4 +1,4 @@
-"""A plain AMQP 1.0 client and a cped runner for the CPE tests.
+"""The CPE harness: a plain AMQP 1.0 client and a cped runner for the CPE tests.
 
 The client speaks only the public contract (docs/protocol.md) with qpid-proton's blocking API, none
 of pcloud's own bus code, so the tests check what any other program would see. Cleanup kills
@@ -19,31 +19,18 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from helpers import scaled
 from lxml import etree
 from proton import Message
 from proton.utils import BlockingConnection
 
+from pcloud.broker import free_port
 from pcloud.bus.bus import login_of
+from support.events import Collector
+from support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 EXAMPLES = ROOT / "xml" / "examples"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str,
-               step: float = 0.1) -> object:
-    """Poll ``predicate`` until it returns something true; fail with ``what`` at the deadline
-    (scaled to the host's pace, see helpers.py)."""
-    timeout = scaled(timeout)
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(step)
 
 
 def xml_of(body: str | bytes | memoryview) -> etree._Element:
@@ -120,36 +107,34 @@ class AmqpClient:
         return list(self.call("events_query", f'<events{attrs} since_seq="{since}"/>'))
 
 
-class EventWatcher:
-    """Receives events on ``/topic/pcloud.event.#`` on a connection of its own."""
+class EventWatcher(Collector[etree._Element]):
+    """Receives events on ``/topic/pcloud.event.#`` on a connection of its own (a collector
+    that pulls: its waits receive)."""
 
     def __init__(self, url: str, key: str = "pcloud.event.#") -> None:
+        super().__init__(lambda msg: xml_of(msg.body), pull=self._receive)
         self.conn = BlockingConnection(url, timeout=15, allowed_mechs="PLAIN")
         self.receiver = self.conn.create_receiver(f"/topic/{key}")
-        self.seen: list[etree._Element] = []
 
     def close(self) -> None:
         with suppress(Exception):
             self.conn.close()
 
-    def wait_for(self, predicate: Callable[[etree._Element], bool], timeout: float,
+    def _receive(self, seconds: float) -> None:
+        try:
+            msg = self.receiver.receive(timeout=max(0.05, seconds))
+        except Exception:
+            return
+        self.receiver.accept()
+        self(msg)
+
+    @property
+    def seen(self) -> list[etree._Element]:
+        return self.items
+
+    def wait_for(self, predicate: Callable[[etree._Element], object], timeout: float,
                  what: str) -> etree._Element:
-        for event in self.seen:
-            if predicate(event):
-                return event
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                msg = self.receiver.receive(timeout=max(0.05, deadline - time.monotonic()))
-            except Exception:
-                continue
-            self.receiver.accept()
-            event = xml_of(msg.body)
-            self.seen.append(event)
-            if predicate(event):
-                return event
-        raise AssertionError(f"no event {what} within {timeout:.0f} s; saw "
-                             f"{[dict(e.attrib) for e in self.seen][-10:]}")
+        return self.wait(predicate, timeout, f"event {what}")
 
 
 def processes_using(marker: str) -> list[int]:
@@ -295,3 +280,12 @@ def deployable_xml(name: str, services: dict[str, list[str]] | None = None,
                      f'then="{dependency[1]}"/></constraints>')
     parts.append("</deployable>")
     return "".join(parts)
+
+
+def switched_on(section: str, tmp_path: Path, monkeypatch) -> int:
+    """A config file whose ``[section] listen`` is a free local port, for the cped to come."""
+    port = free_port()
+    conf = tmp_path / "pcloud.conf"
+    conf.write_text(f"[{section}]\nlisten = 127.0.0.1:{port}\n")
+    monkeypatch.setenv("PCLOUD_CONFIG", str(conf))
+    return port
