@@ -4,8 +4,10 @@ A root libvirtd keeps its configuration, runtime files and state under fixed pat
 (``/etc/libvirt``, ``/run/libvirt``, ``/var/lib/libvirt``), so this one runs in a mount
 namespace of its own where those three are folders of ``root``, and serves its socket from
 ``root/sock``: it shares nothing with a libvirtd of the host (none needs to run) and is reached
-at ``qemu:///system?socket=<root>/sock/libvirt-sock``. Its QEMU runs as root with libvirt's
-default seccomp sandbox (``spawn=deny``), so the tests prove the VMs need no helper process.
+at ``qemu:///system?socket=<root>/sock/libvirt-sock``. Its QEMU runs as the host's does on
+Debian: as ``libvirt-qemu``, with libvirt's default seccomp sandbox (``spawn=deny``), so the
+tests prove that the VMs need no helper process and that an unprivileged QEMU reaches the
+boot files in pcloud's 0700 state folders (the libvirt driver lets it through).
 Domain logs stay in the host's ``/var/log/libvirt/qemu``, where the libvirt driver quotes
 them from. ``libvirt_missing()`` says why none can run here.
 
@@ -31,9 +33,9 @@ EXEC_POLL = 0.2
 BOUND = {"etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt"}
 
 QEMU_CONF = """\
-# pcloud's private libvirtd (pcloud/libvirtd.py)
-user = "root"
-group = "root"
+# pcloud's private libvirtd (pcloud/libvirtd.py): QEMU runs as Debian's qemu:///system runs it
+user = "libvirt-qemu"
+group = "libvirt-qemu"
 """
 
 LIBVIRTD_CONF = """\
@@ -78,6 +80,8 @@ class PrivateLibvirtd:
     def _configure(self) -> None:
         for name in (*BOUND, "sock"):
             (self.root / name).mkdir(parents=True, exist_ok=True, mode=0o700)
+        for name in ("run", "lib"):          # as the host's: QEMU reaches its own folders
+            (self.root / name).chmod(0o755)
         etc = self.root / "etc"
         if Path("/etc/libvirt").is_dir():
             shutil.copytree("/etc/libvirt", etc, dirs_exist_ok=True)

@@ -38,6 +38,7 @@ from dpe_agent.drivers.vmboot import (
     netdev_option,
     nic_option,
 )
+from pcloud.acl import allow_search_to
 
 DEFAULT_URI = "qemu:///system"
 CONSOLE_LOG = "console.log"       # the guest's serial console, in the assembly's state dir
@@ -255,13 +256,56 @@ class LibvirtDriver:
         if dom is not None and dom.isActive():
             self._watch(assembly)
             return
-        dom = self.define(assembly, boot_disk(assembly, load_vm_image(assembly)))
+        image = load_vm_image(assembly)
+        booted = boot_disk(assembly, image)
+        dom = self.define(assembly, booted)
+        self._let_qemu_in(assembly, [image.disk, image.kernel, image.initrd, booted.disk,
+                                     Path(assembly.state_dir) / CONSOLE_LOG])
         self._watch(assembly)
         try:
             self._call("start", assembly, dom.create)
         except DriverError:
             self._unwatch(assembly)
             raise
+
+    def boot_progress(self, spec: AssemblySpec) -> int | None:
+        """Bytes the guest wrote to its serial console: they grow while it boots (kernel,
+        systemd), not while it hangs. None: no console yet."""
+        try:
+            return (Path(spec.state_dir) / CONSOLE_LOG).stat().st_size
+        except OSError:
+            return None
+
+    def _qemu_uid(self, spec: AssemblySpec) -> int | None:
+        """Whom this libvirtd runs QEMU as (its DAC base label), None if it does not say."""
+        try:
+            caps = ET.fromstring(self._conn(spec).getCapabilities())
+        except (self._libvirt.libvirtError, ET.ParseError):
+            return None
+        for model in caps.iter("secmodel"):
+            if model.findtext("model") == "dac":
+                for label in model.iter("baselabel"):
+                    if label.get("type") == "qemu" and label.text:
+                        uid = label.text.split(":")[0].lstrip("+")
+                        return int(uid) if uid.isdigit() else None
+        return None
+
+    def _let_qemu_in(self, spec: AssemblySpec, files: list[Path]) -> None:
+        """An unprivileged QEMU (``libvirt-qemu`` under the host's ``qemu:///system``) must
+        reach the boot files in 0700 folders: search permission for it alone, on each folder
+        on their way (libvirt relabels the files, never their folders). Done at each boot,
+        after which pcloud's own chmods may take it back: QEMU has what it needs open."""
+        uid = self._qemu_uid(spec)
+        if not uid:
+            return                          # root, or a driver with no DAC label: nothing
+        for path in files:
+            try:
+                changed = allow_search_to(path, uid)
+            except OSError as exc:
+                raise DriverError(f"QEMU (uid {uid}) cannot reach {path}: {exc}") from exc
+            if changed:
+                log.info("QEMU (uid %d) may pass through %s", uid,
+                         ", ".join(str(p) for p in changed))
 
     def stop(self, assembly: AssemblySpec, timeout: float) -> None:
         """ACPI shutdown, then destroy if the guest is still running after ``timeout``."""
