@@ -48,6 +48,7 @@ NEWS = frozenset({BeatKind.FIRST, BeatKind.RESTARTED})
 OVERLOAD = 2.0          # runnable tasks per core (1-minute load) that mean a starved host
 BOOT_EXTENSION = 2.0    # a boot deadline grows by at most this many boot timeouts
 MASS_LOSS_RECHECK = 0.1 # seconds between checks on returning beats during a mass loss
+PROGRESS_INTERVAL = 1.0 # seconds between looks at the booting machines' signs of life
 ADDRESSES_KEY = "addresses"         # DPE store: assembly -> its last reported addresses
 
 log = logging.getLogger("dped")
@@ -58,6 +59,8 @@ class Detection:
 
     _uuid_index: tuple[object, dict[str, str]] | None = None   # (deployable, name -> uuid)
     _last_check: float = 0.0               # monotonic time of the last heartbeat check
+    _progress_checked: float = 0.0         # ... of the last look at booting machines
+    _boot_progress: dict[str, int] = {}    # booting assembly -> its driver's boot_progress
 
     def _on_heartbeat(self, msg: Message) -> None:
         """Bus thread: record a sound beat; the main loop hears only of news and of faults."""
@@ -172,6 +175,28 @@ class Detection:
         self._assembly_state(asm, A.RUNNING)
         self._abort("assembly online")
 
+    def _extend_lively_boots(self, now: float) -> None:
+        """A booting assembly whose machine shows signs of life (``boot_progress`` of its
+        driver moved: a VM's console output, a sandbox's CPU time) is slow, not hung: its
+        first beat is awaited longer, by the time that passed, up to the same bound."""
+        elapsed = now - self._progress_checked
+        progress = getattr(self.driver, "boot_progress", None)
+        if elapsed < PROGRESS_INTERVAL or progress is None:
+            return
+        self._progress_checked = now
+        seen: dict[str, int] = {}
+        for asm in self.tracker.booting():
+            try:
+                value = progress(self.spec(asm))
+            except DriverError:
+                value = None
+            if value is not None:
+                seen[asm] = value
+        lively = [a for a, value in seen.items() if self._boot_progress.get(a, value) != value]
+        self._boot_progress = seen
+        if lively:
+            self.tracker.extend_boots(elapsed, BOOT_EXTENSION, only=lively)
+
     def _reprobe(self, asm: str) -> None:
         self.observed.rejoined(asm)
         self._abort(f"re-probing {asm}")
@@ -185,6 +210,8 @@ class Detection:
         if last and host_overloaded():
             # A boot on a starved host is slow, not failed: its first beat is awaited longer.
             self.tracker.extend_boots(now - last, BOOT_EXTENSION)
+        else:
+            self._extend_lively_boots(now)
         self._admit_boots()
         verdict = self.tracker.check(now)
         if verdict.mass_loss_started:

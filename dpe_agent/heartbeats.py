@@ -27,6 +27,7 @@ import enum
 import heapq
 import itertools
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -212,17 +213,27 @@ class HeartbeatTracker:
             # Every deadline moved by the same amount: the heap's order holds.
             self._heap = [(due + seconds, a, v) for due, a, v in self._heap]
 
-    def extend_boots(self, seconds: float, most: float) -> None:
-        """The host is starved: booting assemblies' deadlines move out by ``seconds``, up to
-        ``most`` boot timeouts in all, so a boot that is merely slow is not fenced (and
-        rebooted, which would feed the storm), while a hung one still is in the end."""
+    def extend_boots(self, seconds: float, most: float,
+                     only: Iterable[str] | None = None) -> None:
+        """Booting assemblies' deadlines move out by ``seconds``, up to ``most`` boot
+        timeouts in all: the host is starved (all of them), or these (``only``) show signs
+        of life. A boot that is merely slow is not fenced (and rebooted, which would feed a
+        storm), while a hung one still is in the end."""
         with self._lock:
-            for watch in self.watches.values():
+            names = self.watches if only is None else [a for a in only if a in self.watches]
+            for assembly in names:
+                watch = self.watches[assembly]
                 if watch.liveness is Liveness.BOOTING and watch.last is None:
                     step = min(seconds, watch.boot_timeout * most - watch.extended)
                     if step > 0:
                         watch.since += step
                         watch.extended += step
+
+    def booting(self) -> list[str]:
+        """Assemblies awaiting their first beat."""
+        with self._lock:
+            return [a for a, w in self.watches.items()
+                    if w.liveness is Liveness.BOOTING and w.last is None]
 
     def restart_watch(self, assembly: str, now: float,
                       boot_timeout: float | None = None) -> None:

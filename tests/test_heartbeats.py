@@ -221,3 +221,13 @@ def test_a_boot_on_a_starved_host_is_awaited_longer_but_not_for_ever():
     t.extend_boots(100.0, most=2.0)                 # at most two boot timeouts in all
     assert t.check(29.9).lost == ()
     assert t.check(30.0).lost == ("a",)
+
+
+def test_a_boot_showing_signs_of_life_is_awaited_longer_alone():
+    t = tracker("a", "b")                            # both boot, deadline 10
+    assert t.booting() == ["a", "b"]
+    t.extend_boots(4.0, most=2.0, only=["a", "gone"])   # "a"'s console grew; "b" is silent
+    assert t.check(10.0).lost == ("b",)
+    assert t.next_deadline(10.0) == 14.0
+    t.beat("a", 1, STARTED, 12.0)
+    assert t.booting() == []

@@ -51,6 +51,9 @@ class InfrastructureDriver(Protocol):
     ``boot_timeout`` is how many seconds after ``start`` the DPE waits for an assembly's first
     heartbeat before it declares it lost and fences it: a process sandbox's agent is up in
     about a second, a VM under TCG needs 30-50 s here, so each driver says what it needs.
+    A driver may also offer ``boot_progress(assembly) -> int | None``: a number that moves
+    while the machine is visibly working on its boot (a VM's console output, a sandbox's
+    CPU time); the DPE then waits longer for a boot that is slow but alive.
     """
 
     name: str

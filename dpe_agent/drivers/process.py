@@ -240,6 +240,22 @@ class ProcessDriver:
             return children[0] if children else None
         return pid
 
+    def boot_progress(self, spec: AssemblySpec) -> int | None:
+        """The CPU time of the sandbox's processes, in clock ticks: it moves while a slow
+        start is under way (a starved host, a heavy import), not while the agent hangs.
+        None: no sandbox."""
+        root = self.sandbox_pid(spec)
+        if root is None:
+            return None
+        ticks, stack = 0, [root]
+        while stack:
+            pid = stack.pop()
+            fields = _stat(pid)
+            if fields is not None:
+                ticks += int(fields[11]) + int(fields[12])
+                stack.extend(_children(pid))
+        return ticks
+
     def status(self, spec: AssemblySpec) -> PowerState:
         """Running or not; a running sandbox not yet watched (found by a restarted DPE) is
         watched from now on."""
