@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
 import socket
 import sys
 import threading
+import time
+from urllib.parse import urlsplit
 
 from guest_agent import __version__
 from guest_agent.config import DEFAULT_CONFIG, AgentConfig, ConfigError, load
@@ -17,6 +20,9 @@ from pcloud.credentials import SECRET_VARIABLES
 
 log = logging.getLogger("guest_agent")
 EXIT_CONFIG = 2
+#: seconds the agent waits for a route to its broker before its first connection attempt
+ROUTE_WAIT = 30.0
+ROUTE_POLL = 0.05
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -98,6 +104,7 @@ def run(config: AgentConfig) -> int:
         log.info("child subreaper: daemonized resources stay our children")
     agent = Agent(config)
     agent.start()
+    _wait_for_route(config.broker_url, stop)
     # Any refusal is waited out too: its DPE may still be creating this boot's login (or
     # re-creating it on a broker that lost its users), and an agent has nothing else to do.
     bus = connect(lambda: _bus(config),
@@ -146,6 +153,29 @@ def _bus(config: AgentConfig):
 
     return Bus(url=config.broker_url, name=name, ssl_domain=client_domain(config.tls),
                server_name=config.tls.server_name)
+
+
+def _wait_for_route(url: str, stop: threading.Event, timeout: float = ROUTE_WAIT) -> None:
+    """Return once this machine has a route to the broker (an address given as an IP only).
+
+    A VM's agent starts while its network is still being configured (its unit waits for no
+    ``network-online.target``): waiting here lets it connect the moment the address is there,
+    not one back-off step later. A UDP ``connect`` sends nothing, it only looks the route up.
+    """
+    parts = urlsplit(url)
+    try:
+        address = ipaddress.ip_address(parts.hostname or "")
+    except ValueError:
+        return
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    deadline = time.monotonic() + timeout
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((str(address), parts.port or 5672))
+            return
+        except OSError:
+            stop.wait(ROUTE_POLL)
 
 
 def _sd_notify(state: str) -> None:

@@ -2,7 +2,9 @@
 
 The agent runs on the image's own Python (Debian 12: 3.11, python3-qpid-proton, python3-lxml)
 from plain source files under ``/opt/pcloud``, the same layout as a source checkout, so
-``pcloud.paths`` finds the schemas beside the packages.
+``pcloud.paths`` finds the schemas beside the packages. Their bytecode comes along (when this
+Python is the guest's): every boot starts from the image, so what the guest compiled itself
+would be compiled again at each boot, under TCG, before the agent's first heartbeat.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import configparser
 import importlib.metadata
 import importlib.util
 import io
+import py_compile
+import sys
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +32,15 @@ UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
 WANTS_LINK = f"/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}"
 GUEST_PYTHON = "/usr/bin/python3"
 PACKAGES = ("pcloud", "guest_agent")
+#: bytecode tag of the JEOS's Python (Debian 12: 3.11); other Pythons' bytecode is not shipped
+GUEST_CACHE_TAG = "cpython-311"
+#: the unit waits for nothing but basic.target: the agent waits for its route to the broker
+#: itself, so its start-up overlaps the network's configuration
+ONLINE_LINES = ("Wants=network-online.target", "After=network-online.target")
 DATA_KINDS = ("schemas", "xml")
 
 DEFAULT_UNIT = f"""[Unit]
 Description=pcloud guest agent
-Wants=network-online.target
-After=network-online.target
 StartLimitIntervalSec=0
 
 [Service]
@@ -75,13 +83,16 @@ def launcher_script() -> str:
 
 
 def unit_file() -> str:
-    """The project's unit if it ships one (its ExecStart pointed at the launcher), else ours."""
+    """The project's unit if it ships one (its ExecStart pointed at the launcher, not ordered
+    after ``network-online.target``), else ours."""
     try:
         shipped = paths.data_file("init", UNIT_NAME).read_text()
     except FileNotFoundError:
         return DEFAULT_UNIT
     lines = []
     for line in shipped.splitlines():
+        if line.strip() in ONLINE_LINES:
+            continue
         if line.startswith("ExecStart="):
             argv = line.removeprefix("ExecStart=").split()
             args = argv[1:] if argv and argv[0].endswith("pcloud-agent") else []
@@ -105,11 +116,23 @@ def _add(tar: tarfile.TarFile, arcname: str, data: bytes, mode: int = 0o644) -> 
     tar.addfile(info, io.BytesIO(data))
 
 
+def _bytecode(path: Path, arcname: str, workdir: Path) -> bytes | None:
+    """The guest's cached bytecode of one module (checked against the source's hash when
+    imported, so it never outlives an edited source); None if this Python's is not the guest's."""
+    if sys.implementation.cache_tag != GUEST_CACHE_TAG:
+        return None
+    cfile = workdir / "module.pyc"
+    py_compile.compile(str(path), cfile=str(cfile), dfile=f"{PREFIX}/{arcname}", doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+    return cfile.read_bytes()
+
+
 def collect() -> Payload:
-    """Gather the agent's packages (``.py`` files only), data files and launcher."""
+    """Gather the agent's packages (``.py`` files and their bytecode), data files and launcher."""
     buffer = io.BytesIO()
     names: list[str] = []
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar, \
+            tempfile.TemporaryDirectory(prefix="pcloud-payload-") as workdir:
         trees = [(_package_dir(p), p) for p in PACKAGES]
         for kind in DATA_KINDS:
             try:
@@ -125,6 +148,10 @@ def collect() -> Payload:
                     continue
                 names.append(f"{prefix}/{rel}")
                 _add(tar, names[-1], path.read_bytes())
+                if prefix in PACKAGES and (code := _bytecode(path, names[-1], Path(workdir))):
+                    names.append(f"{prefix}/{rel.parent / '__pycache__'}/"
+                                 f"{path.stem}.{GUEST_CACHE_TAG}.pyc")
+                    _add(tar, names[-1], code)
         _add(tar, "bin/pcloud-agent", launcher_script().encode(), 0o755)
     return Payload(buffer.getvalue(), unit_file(), tuple(names))
 

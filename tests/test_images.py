@@ -8,9 +8,13 @@ assemblies on it in a per-test catalogue, checking their content with libguestfs
 from __future__ import annotations
 
 import configparser
+import gzip
 import json
+import lzma
 import os
 import shutil
+import struct
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +22,7 @@ import pytest
 
 from pcloudsh import guest_payload, images
 from pcloudsh.guestfs_support import guestfs_available, open_disk
+from pcloudsh.jeos import MASKED_UNITS, PVH_NOTE, pvh_kernel
 
 CACHE = Path(os.environ.get("PCLOUD_TEST_CACHE", "/var/tmp/pcloud-test-cache"))
 BROKER = "amqp://asm-user:s3cret@127.0.0.1:5700"
@@ -98,13 +103,19 @@ def test_payload_carries_agent_sources_and_launcher():
     payload = guest_payload.collect()
     assert "guest_agent/cli.py" in payload.files
     assert "pcloud/bus/bus.py" in payload.files
-    assert not any(name.endswith(".pyc") for name in payload.files)
+    pyc = f"guest_agent/__pycache__/cli.{guest_payload.GUEST_CACHE_TAG}.pyc"
     with tarfile.open(fileobj=io.BytesIO(payload.archive)) as tar:
         launcher = tar.extractfile("bin/pcloud-agent").read().decode()
+        if sys.implementation.cache_tag == guest_payload.GUEST_CACHE_TAG:
+            # checked against the source's hash (flags 0b11), whatever the files' mtimes
+            assert struct.unpack("<I", tar.extractfile(pyc).read()[4:8])[0] == 0b11
+        else:
+            assert not any(name.endswith(".pyc") for name in payload.files)
     assert launcher.startswith("#!/usr/bin/python3\n")
     assert "from guest_agent.cli import main" in launcher
     assert f"ExecStart={guest_payload.LAUNCHER} " in payload.unit
     assert "--config /etc/pcloud/agent.conf" in payload.unit
+    assert "network-online" not in payload.unit       # the agent waits for its route itself
 
 
 def test_agent_config_is_what_the_agent_reads(tmp_path):
@@ -150,6 +161,25 @@ def test_kernel_command_line_names_the_assembly_an_image_boots_as(tmp_path):
     assert (ignored.deployable, ignored.assembly) == (images.UNASSIGNED, "tmpl")
 
 
+def _bzimage(payload: bytes) -> bytes:
+    """A bzImage as far as ``pvh_kernel`` reads one: setup header, then the payload."""
+    image = bytearray(1024)
+    image[0x1F1] = 1                                    # one setup sector after the boot one
+    image[0x202:0x206] = b"HdrS"
+    struct.pack_into("<II", image, 0x248, 16, len(payload))
+    return bytes(image) + b"\0" * 16 + payload + b"\1\2\3\4"    # size appended, as Linux
+
+
+def test_pvh_kernel_is_the_uncompressed_elf_only_if_it_has_a_pvh_entry():
+    elf = b"\x7fELF" + b"\0" * 60 + PVH_NOTE + b"\0" * 8 + b"kernel"
+    assert pvh_kernel(_bzimage(lzma.compress(elf, format=lzma.FORMAT_XZ))) == elf
+    assert pvh_kernel(_bzimage(gzip.compress(elf))) == elf
+    no_pvh = elf.replace(PVH_NOTE, b"\0" * len(PVH_NOTE))
+    assert pvh_kernel(_bzimage(lzma.compress(no_pvh, format=lzma.FORMAT_XZ))) is None
+    assert pvh_kernel(_bzimage(b"\x28\xb5\x2f\xfd zstd")) is None
+    assert pvh_kernel(b"MZ not a bzImage") is None
+
+
 def test_bad_names_and_missing_images_are_refused(tmp_path):
     with pytest.raises(images.ImageError, match="not valid"):
         images.assembly_create("bad name", "j", tmp_path, deployable="d", broker_url=BROKER)
@@ -185,6 +215,9 @@ def read_guest(disk: Path) -> dict[str, object]:
                 "agent_files": set(g.find(f"{guest_payload.PREFIX}/guest_agent")),
                 "schemas": g.is_dir(f"{guest_payload.PREFIX}/schemas"),
                 "python": g.exists("/usr/bin/python3"),
+                "masked": {unit for unit in MASKED_UNITS
+                           if g.readlink(f"/etc/systemd/system/{unit}") == "/dev/null"},
+                "initrd_no_udev": g.exists("/etc/initramfs-tools/hooks/pcloud-no-udev"),
                 "proton": g.exists("/usr/lib/python3/dist-packages/proton/__init__.py")}
 
 
@@ -205,7 +238,8 @@ def catalogue(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_assembly_create_bakes_agent_config_unit_and_identity(catalogue):
     jeos = cached_jeos(catalogue)
-    assert (jeos.path / "vmlinuz").is_file() and (jeos.path / "initrd.img").is_file()
+    assert jeos.meta["kernel"] == "vmlinux"           # Debian's kernel boots through PVH
+    assert (jeos.path / "vmlinux").is_file() and (jeos.path / "initrd.img").is_file()
     start = time.monotonic()
     steps: list[str] = []
     asm = images.assembly_create("web_1", jeos.name, catalogue, deployable="dep1",
@@ -234,6 +268,7 @@ def test_assembly_create_bakes_agent_config_unit_and_identity(catalogue):
     assert guest["launcher_mode"] == 0o755
     assert {"/cli.py", "/config.py", "/agent.py"} <= guest["agent_files"]
     assert guest["schemas"] and guest["python"] and guest["proton"]
+    assert guest["masked"] == set(MASKED_UNITS) and guest["initrd_no_udev"]
     assert [a.name for a in images.assembly_list(catalogue)] == ["web_1"]
     again = images.assembly_create("web_1", jeos.name, catalogue, deployable="dep1",
                                    broker_url=BROKER, exist_ok=True)
@@ -297,7 +332,7 @@ def test_shell_builds_lists_clones_and_deletes_assembly_images(tmp_path):
     assert "downloaded" in out and "dpkg -i" in out and "installed apache2" in out, out
     assert "resource httpd (httpd) added to assembly web" in out
     catalogue = state / "pcloudsh" / "images"
-    assert images.assembly_get("web", catalogue).meta["packages"] == ["apache2"]
+    assert images.assembly_get("web", catalogue).meta["packages"] == ["apache2", "curl"]
     with pytest.raises(images.ImageError, match="apt-get could not fetch"):
         images.assembly_install("web", ["no-such-package-pcloud"], catalogue)
     out = pcloudsh(state, "assembly_clone", "web", "web2")
