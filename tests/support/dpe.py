@@ -2,8 +2,9 @@
 session broker, with its events collected from before it starts, and the builders of small
 ``process`` deployables (``deployable``/``assembly``/``process_service``, ``tag``).
 
-``harness`` (a fixture, registered in conftest.py) makes harnesses and closes them after the
-test: the deployable is stopped, any sandbox left fenced, and no process of it may survive.
+``harness`` (a fixture: import it into the test module) makes harnesses and closes them
+after the test: the deployable is stopped, any sandbox left fenced, and no process of it may
+survive.
 """
 
 from __future__ import annotations
