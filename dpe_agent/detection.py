@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import Future
 from datetime import datetime
 from functools import cached_property
 
@@ -37,7 +38,7 @@ from dpe_agent.heartbeats import Beat, BeatKind
 from dpe_agent.observed import AssemblyStatus
 from pcloud import schemas, xmlsafe
 from pcloud.addresses import format_addresses
-from pcloud.bus import Message
+from pcloud.bus import BusError, Message
 from pcloud.events import EventType
 from pcloud.states import AssemblyState as A
 from pcloud.states import DeployableState as D
@@ -49,6 +50,7 @@ OVERLOAD = 2.0          # runnable tasks per core (1-minute load) that mean a st
 BOOT_EXTENSION = 2.0    # a boot deadline grows by at most this many boot timeouts
 MASS_LOSS_RECHECK = 0.1 # seconds between checks on returning beats during a mass loss
 PROGRESS_INTERVAL = 1.0 # seconds between looks at the booting machines' signs of life
+BUS_LAG_LIMIT = 0.5     # seconds our own bus thread may be behind before silence is excused
 ADDRESSES_KEY = "addresses"         # DPE store: assembly -> its last reported addresses
 
 log = logging.getLogger("dped")
@@ -60,6 +62,9 @@ class Detection:
     _uuid_index: tuple[object, dict[str, str]] | None = None   # (deployable, name -> uuid)
     _last_check: float = 0.0               # monotonic time of the last heartbeat check
     _progress_checked: float = 0.0         # ... of the last look at booting machines
+    _lag_probe: Future | None = None       # the bus thread's lag, being measured
+    _lag_asked: float = 0.0                # when that probe was queued
+    _bus_lag: float = 0.0                  # the last lag measured
     _boot_progress: dict[str, int] = {}    # booting assembly -> its driver's boot_progress
 
     def _on_heartbeat(self, msg: Message) -> None:
@@ -175,6 +180,33 @@ class Detection:
         self._assembly_state(asm, A.RUNNING)
         self._abort("assembly online")
 
+    def _bus_behind(self, now: float) -> bool:
+        """Is our own bus thread too far behind to judge silence (a starved or backlogged
+        DPE, the same rule as for our own main loop's pauses)?
+
+        One probe at a time goes through the bus thread's queue behind whatever it has to
+        work through. While one is overdue, no assembly is judged; once it is through, the
+        deadlines move out by how much further behind the thread fell, as after a pause.
+        """
+        probe = self._lag_probe
+        if probe is not None and not probe.done():
+            return now - self._lag_asked > BUS_LAG_LIMIT
+        if probe is not None:
+            try:
+                lag = probe.result() - self._lag_asked
+            except Exception:
+                lag = 0.0           # the bus closed or reconnected under it: ask again
+            growth, self._bus_lag = lag - self._bus_lag, lag
+            if growth > BUS_LAG_LIMIT:
+                log.warning("bus thread %.1f s behind: heartbeat deadlines moved out by as "
+                            "much", growth)
+                self.tracker.pause(growth)
+        try:
+            self._lag_probe, self._lag_asked = self.bus.lag_probe(), now
+        except BusError:
+            self._lag_probe = None
+        return False
+
     def _extend_lively_boots(self, now: float) -> None:
         """A booting assembly whose machine shows signs of life (``boot_progress`` of its
         driver moved: a VM's console output, a sandbox's CPU time) is slow, not hung: its
@@ -206,6 +238,8 @@ class Detection:
             # Our own link is down: silence proves nothing. Deadlines restart on reconnect.
             self.tracker.grace(now, RECONNECT_GRACE)
             return
+        if self._bus_behind(now):
+            return            # beats may be waiting on our own bus thread: judge nothing yet
         last, self._last_check = self._last_check, now
         if last and host_overloaded():
             # A boot on a starved host is slow, not failed: its first beat is awaited longer.

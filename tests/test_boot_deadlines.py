@@ -1,4 +1,5 @@
-"""A slow boot that shows signs of life is waited for; a silent one is fenced on time.
+"""Deadlines judged fairly: a slow boot that shows signs of life is waited for, a silent one
+is fenced on time; a DPE whose own bus thread is behind judges no silence.
 
 Two assemblies under a real ``dped`` with the process driver and a 5 s boot timeout, each
 agent late: ``busy`` computes for 7 s before the agent starts (its CPU time moves: the
@@ -9,13 +10,16 @@ extended and it comes up without a fence; the silent one is declared lost at its
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
+
+from support.dpe import assembly, deployable, process_service, tag, unique
+from support.events import Events
 
 from dpe_agent.daemon import Dpe, run_in_thread
 from dpe_agent.drivers.process import ProcessDriver
 from pcloud.bus import Bus
 from pcloud.deployable import Deployable
-from tests.test_dpe_daemon import Events, assembly, deployable, process_service, tag, unique
 
 LATE = 7.0               # seconds each agent is late, past its 5 s boot timeout
 AGENT = Path(sys.executable).with_name("pcloud-agent")
@@ -55,6 +59,36 @@ def test_a_lively_boot_is_waited_for_and_a_silent_one_is_not(broker, tmp_path, m
                     state="running")
         assert not events.find(type="assembly_state_change", assembly="busy", state="failed")
         assert not events.find(type="fencing", assembly="busy"), events.snapshot()
+    finally:
+        try:
+            bus.call(f"pcloud.dpe.{name}", "deployable_stop", f'<deployable name="{name}"/>',
+                     timeout=60)
+        finally:
+            thread.join(60)
+            events.sub.cancel()
+            bus.close()
+
+
+def test_a_dpe_whose_bus_thread_is_stuck_judges_no_silence(broker, tmp_path, monkeypatch):
+    """The DPE's own bus thread stuck for 6 s (as behind a backlog of messages or on a
+    starved host) while its one assembly beats every 0.5 s (lost after 2 s): the silence is
+    the DPE's, not the assembly's; nothing is failed or fenced, the assembly stays running."""
+    monkeypatch.setattr("dpe_agent.detection.host_overloaded", lambda: False)
+    name, t = unique(), tag()
+    xml = deployable(name, assembly("a", process_service("svc", f"sleep {t}1")))
+    bus = Bus(url=broker.url, name=f"test-{name}").start()
+    events = Events(bus, name)
+    dpe = Dpe(Deployable.from_xml(xml), tmp_path, broker_url=broker.url)
+    thread = run_in_thread(dpe)
+    try:
+        events.wait(60, type="resource_state_change", assembly="a", state="running")
+        mark = events.last_seq()
+        dpe.bus._running().submit(time.sleep, 6.0).result(30)     # the bus thread, stuck
+        time.sleep(3.0)                     # beats flow again; deadlines would have passed
+        assert not events.find(type="assembly_state_change", assembly="a", state="failed",
+                               after=mark), events.snapshot()
+        assert not events.find(type="fencing", after=mark)
+        assert dpe.state("a") == "running"
     finally:
         try:
             bus.call(f"pcloud.dpe.{name}", "deployable_stop", f'<deployable name="{name}"/>',

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -169,6 +171,12 @@ class Bus:
     @property
     def connected(self) -> bool:
         return bool(self._loop and self._loop.connected.is_set())
+
+    def lag_probe(self) -> Future:
+        """A future that the bus thread completes once it has worked through everything
+        queued before it (incoming messages included): with the time it was asked, the
+        thread's lag. A backlogged bus thread delays heartbeats no agent failed to send."""
+        return self._running().submit(time.monotonic)
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` on the dispatcher thread after each reconnect."""
