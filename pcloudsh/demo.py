@@ -360,26 +360,32 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pcloudsh.demo",
-                                     description="Run pcloud's main demo (make run).")
+def demo_arguments(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options both demos take: where their files go, and whether to keep them."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--state-dir", type=Path, default=None,
-                        help="directory for pcloud's state and the private broker "
-                             "(default: a fresh temporary one)")
+                        help="directory for pcloud's state and the private broker (and "
+                             "what else the demo starts; default: a fresh temporary one)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary state directory (logs) afterwards")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_demo(make: Callable[[Path], Demo], args: argparse.Namespace, prefix: str,
+             errors: tuple[type[BaseException], ...] = ()) -> tuple[Demo, int]:
+    """Run a demo in its root folder and clean up whatever happens; returns its exit code
+    (0, 1 when a step failed: the root is kept for its logs, 130 when interrupted)."""
     temporary = args.state_dir is None
-    root = (args.state_dir or Path(tempfile.mkdtemp(prefix="pcloud-demo-"))).resolve()
+    root = (args.state_dir or Path(tempfile.mkdtemp(prefix=prefix))).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    demo = Demo(root, os.environ.get("PCLOUD_BROKER_URL") or None)
+    demo = make(root)
     code = 0
     try:
         demo.run()
     except KeyboardInterrupt:
         demo.n.say("\ninterrupted: cleaning up")
         code = 130
-    except (DemoError, BusError, MethodError, broker.BrokerError, OSError) as exc:
+    except (DemoError, BusError, MethodError, broker.BrokerError, OSError, *errors) as exc:
         demo.n.say(f"\nDEMO FAILED: {exc} (logs in {root})")
         code = 1
         temporary = False
@@ -387,6 +393,14 @@ def main(argv: list[str] | None = None) -> int:
         demo.cleanup()
         if temporary and not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+    return demo, code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = demo_arguments("python -m pcloudsh.demo", "Run pcloud's main demo (make run).")\
+        .parse_args(argv)
+    demo, code = run_demo(lambda root: Demo(root, os.environ.get("PCLOUD_BROKER_URL") or None),
+                          args, "pcloud-demo-")
     if code == 0:
         demo.n.say(f"\nDone in {time.monotonic() - demo.n.start:.0f} s. pcloud restarted a "
                    f"killed service in {_ms(demo.service_recovery)} and a killed assembly in "

@@ -17,21 +17,16 @@ takes a JEOS already built in the image catalogue DIR instead of building one (~
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from pcloud import broker
-from pcloud.bus import BusError, MethodError
 from pcloud.events import Event
 from pcloud.libvirtd import GuestExecError, PrivateLibvirtd, guest_exec, libvirt_missing
-from pcloudsh.demo import BIN, Demo, DemoError, _ms, is_about
+from pcloudsh.demo import BIN, Demo, DemoError, _ms, demo_arguments, is_about, run_demo
 
 DEPLOYABLE = "vmshop"
 ASSEMBLIES = ("web1", "web2", "web3")
@@ -252,36 +247,14 @@ class VmDemo(Demo):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pcloudsh.vm_demo",
-                                     description="Run pacemaker-cloud's acceptance test on "
-                                                 "real VMs (make vm-demo).")
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="directory for pcloud's state, images, broker and libvirtd "
-                             "(default: a fresh temporary one)")
+    parser = demo_arguments("python -m pcloudsh.vm_demo", "Run pacemaker-cloud's acceptance "
+                            "test on real VMs (make vm-demo).")
     parser.add_argument("--jeos-from", type=Path, default=None, metavar="DIR",
                         help="an image catalogue holding the JEOS already (skips its build)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary state directory (logs, images) afterwards")
     args = parser.parse_args(argv)
-    temporary = args.state_dir is None
-    root = (args.state_dir or Path(tempfile.mkdtemp(prefix="pcloud-vm-demo-"))).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    demo = VmDemo(root, os.environ.get("PCLOUD_BROKER_URL") or None, args.jeos_from)
-    code = 0
-    try:
-        demo.run()
-    except KeyboardInterrupt:
-        demo.n.say("\ninterrupted: cleaning up")
-        code = 130
-    except (DemoError, BusError, MethodError, GuestExecError, broker.BrokerError,
-            OSError) as exc:
-        demo.n.say(f"\nVM DEMO FAILED: {exc} (logs in {root})")
-        code = 1
-        temporary = False
-    finally:
-        demo.cleanup()
-        if temporary and not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+    demo, code = run_demo(lambda root: VmDemo(root, os.environ.get("PCLOUD_BROKER_URL") or None,
+                                              args.jeos_from),
+                          args, "pcloud-vm-demo-", errors=(GuestExecError,))
     if code == 0:
         f = demo.figures
         demo.n.say(f"\nDone in {time.monotonic() - demo.n.start:.0f} s. Inside a guest, "
