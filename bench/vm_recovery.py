@@ -5,8 +5,11 @@ heartbeats 1 s × 3) under a DPE, per driver: ``qemu`` (QEMU SIGKILLed) and ``li
 private real libvirtd (``virsh destroy``, virt-manager's Force Off). Timed from the power-off,
 on the DPE's event clock: assembly ``failed`` (detection), ``starting`` (restart begun),
 ``running`` (the new boot's first heartbeat) and the resource ``running``. Also the first
-boot, start to first heartbeat. Needs root, the cached JEOS (built on first use, ~3 min), and
-for libvirt the packages of ``scripts/setup-host --tests``. Run:
+boot, start to first heartbeat. With libvirt, each new boot's milestones on the guest's own
+clock (seconds since its kernel started: systemd started, the agent's unit started, the agent
+connected and ready), read through the QEMU guest agent. Needs root, the cached JEOS
+(built on first use, ~3 min; ``PCLOUD_TEST_CACHE`` moves the cache), and for libvirt the
+packages of ``scripts/setup-host --tests``. Run:
 ``.venv/bin/python bench/vm_recovery.py [--kills N] [--drivers qemu,libvirt]``.
 Target (issue 16): a VM forced off serves again in ≤ 15 s.
 """
@@ -37,6 +40,7 @@ from pcloudsh import images  # noqa: E402
 
 CACHE = Path(os.environ.get("PCLOUD_TEST_CACHE", "/var/tmp/pcloud-test-cache"))
 UPTIME = 6.0
+AGENT_UNIT = "pcloud-guest-agent.service"
 BOOT = 600.0
 
 
@@ -50,7 +54,8 @@ def document(name: str, infrastructure: str, image: str) -> str:
 
 
 def run(label: str, infrastructure: str, driver, kill: Callable[[AssemblySpec], None],
-        image: str, workdir: Path, url: str, bus: Bus, kills: int) -> None:
+        image: str, workdir: Path, url: str, bus: Bus, kills: int,
+        inspect: Callable[[AssemblySpec], dict[str, float]] | None = None) -> None:
     name = f"vmr{uuid.uuid4().hex[:6]}"
     watch = Watcher(bus, name)
     dpe = Dpe(Deployable.from_xml(document(name, infrastructure, image)), workdir,
@@ -80,8 +85,11 @@ def run(label: str, infrastructure: str, driver, kill: Callable[[AssemblySpec], 
                                                      "state": "running"})):
                 _, event = watch.wait(killed, timeout=BOOT, assembly="web", **match)
                 rows[key].append(event.time.timestamp() - killed)
+            for key, seconds in (inspect(spec) if inspect else {}).items():
+                rows.setdefault(key, []).append(seconds)
         for key, values in rows.items():
-            print(figures(f"{label}: power-off -> {key}", values), flush=True)
+            where = "guest clock:" if key.startswith("guest") else "power-off ->"
+            print(figures(f"{label}: {where} {key}", values), flush=True)
     finally:
         try:
             bus.call(f"pcloud.dpe.{name}", "deployable_stop", f'<deployable name="{name}"/>',
@@ -98,13 +106,36 @@ def main() -> int:
     args = parser.parse_args()
     drivers = args.drivers.split(",")
     workdir = Path(tempfile.mkdtemp(prefix="pcloud-vmr-"))
-    with bench_bus(workdir, "bench-vm-recovery") as (url, bus):
-        try:
+    try:
+        with bench_bus(workdir, "bench-vm-recovery") as (url, bus):
             measure(drivers, args.kills, workdir, url, bus)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)   # after the broker stopped: its files
     print(json.dumps({"load": os.getloadavg()}))
     return 0
+
+
+def guest_boot_times(uri: str, domain: str) -> dict[str, float]:
+    """The boot's milestones in seconds since the guest's kernel started, from systemd."""
+    from pcloud.libvirtd import GuestExecError, guest_exec
+
+    script = ("systemctl show -p UserspaceTimestampMonotonic; systemctl show -p "
+              "InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic " + AGENT_UNIT)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _, output = guest_exec(uri, domain, ["/bin/sh", "-c", script])
+            break
+        except GuestExecError:
+            if time.monotonic() > deadline:
+                return {}
+            time.sleep(1)
+    values = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+    names = {"UserspaceTimestampMonotonic": "guest: systemd started (kernel + initrd)",
+             "InactiveExitTimestampMonotonic": "guest: agent started",
+             "ActiveEnterTimestampMonotonic": "guest: agent connected (READY=1)"}
+    return {name: int(values[key]) / 1e6 for key, name in names.items()
+            if values.get(key, "0").isdigit() and int(values[key])}
 
 
 def measure(drivers: list[str], kills: int, workdir: Path, url: str, bus: Bus) -> None:
@@ -130,7 +161,8 @@ def measure(drivers: list[str], kills: int, workdir: Path, url: str, bus: Bus) -
         try:
             run("libvirt", "libvirt", LibvirtDriver(uri=daemon.uri),
                 lambda spec: daemon.virsh("destroy", domain_name(spec)),
-                image, workdir, url, bus, kills)
+                image, workdir, url, bus, kills,
+                inspect=lambda spec: guest_boot_times(daemon.uri, domain_name(spec)))
         finally:
             daemon.stop()
 
