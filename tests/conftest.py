@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from support import waiting
+from support.dpe import harness  # noqa: F401  (the DPE harness fixture, for every module)
 from support.waiting import measured_slowness, set_slowness, slowness
 
 from guest_agent.reaper import Reaper, become_subreaper, shared, stop_shared

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
-from support.dpe import assembly, deployable, process_service, tag, unique
+from support.dpe import assembly, deployable, dpe_running, process_service, tag, unique
 from support.events import Events
 
-from dpe_agent.daemon import Dpe, run_in_thread
+from dpe_agent.daemon import Dpe
 from dpe_agent.drivers.process import ProcessDriver
 from pcloud.bus import Bus
 from pcloud.deployable import Deployable
@@ -47,26 +48,16 @@ def test_a_lively_boot_is_waited_for_and_a_silent_one_is_not(broker, tmp_path, m
     name, t = unique(), tag()
     xml = deployable(name, assembly("busy", process_service("svc", f"sleep {t}1"))
                      + assembly("silent", process_service("svc", f"sleep {t}2")))
-    bus = Bus(url=broker.url, name=f"test-{name}").start()
-    events = Events(bus, name)
     dpe = Dpe(Deployable.from_xml(xml), tmp_path, broker_url=broker.url,
               driver=LateStarts(agent_argv=[str(late_agent)], use_mount_namespace=False))
-    thread = run_in_thread(dpe)
-    try:
+    with (Bus(url=broker.url, name=f"test-{name}") as bus, closing(Events(bus, name)) as events,
+          dpe_running(dpe, bus)):
         lost = events.wait(30, type="assembly_state_change", assembly="silent", state="failed")
         assert "heartbeat" in lost.reason or "boot" in lost.reason, lost.reason
         events.wait(60, type="resource_state_change", assembly="busy", resource="svc",
                     state="running")
         assert not events.find(type="assembly_state_change", assembly="busy", state="failed")
         assert not events.find(type="fencing", assembly="busy"), events.snapshot()
-    finally:
-        try:
-            bus.call(f"pcloud.dpe.{name}", "deployable_stop", f'<deployable name="{name}"/>',
-                     timeout=60)
-        finally:
-            thread.join(60)
-            events.sub.cancel()
-            bus.close()
 
 
 def test_a_dpe_whose_bus_thread_is_stuck_judges_no_silence(broker, tmp_path, monkeypatch):
@@ -76,11 +67,9 @@ def test_a_dpe_whose_bus_thread_is_stuck_judges_no_silence(broker, tmp_path, mon
     monkeypatch.setattr("dpe_agent.detection.host_overloaded", lambda: False)
     name, t = unique(), tag()
     xml = deployable(name, assembly("a", process_service("svc", f"sleep {t}1")))
-    bus = Bus(url=broker.url, name=f"test-{name}").start()
-    events = Events(bus, name)
     dpe = Dpe(Deployable.from_xml(xml), tmp_path, broker_url=broker.url)
-    thread = run_in_thread(dpe)
-    try:
+    with (Bus(url=broker.url, name=f"test-{name}") as bus, closing(Events(bus, name)) as events,
+          dpe_running(dpe, bus)):
         events.wait(60, type="resource_state_change", assembly="a", state="running")
         mark = events.last_seq()
         dpe.bus._running().submit(time.sleep, 6.0).result(30)     # the bus thread, stuck
@@ -89,11 +78,3 @@ def test_a_dpe_whose_bus_thread_is_stuck_judges_no_silence(broker, tmp_path, mon
                                after=mark), events.snapshot()
         assert not events.find(type="fencing", after=mark)
         assert dpe.state("a") == "running"
-    finally:
-        try:
-            bus.call(f"pcloud.dpe.{name}", "deployable_stop", f'<deployable name="{name}"/>',
-                     timeout=60)
-        finally:
-            thread.join(60)
-            events.sub.cancel()
-            bus.close()

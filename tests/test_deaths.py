@@ -9,10 +9,21 @@ import os
 import signal
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from lxml import etree
+from support.dpe import (
+    assembly,
+    deployable,
+    dpe_running,
+    process_service,
+    tag,
+    unique,
+)
+from support.events import Events
+from support.waiting import wait_until
 
 from dpe_agent.daemon import Dpe, run_in_thread
 from dpe_agent.deaths import act_on_death
@@ -22,16 +33,6 @@ from dpe_agent.drivers.process import ProcessDriver
 from dpe_agent.heartbeats import Liveness
 from pcloud.bus import Bus
 from pcloud.deployable import Deployable
-from tests.test_dpe_daemon import (  # noqa: F401  (harness is a fixture)
-    Events,
-    assembly,
-    deployable,
-    harness,
-    process_service,
-    tag,
-    unique,
-    wait_for,
-)
 
 ALIVE, OFF = Liveness.ALIVE, PowerState.STOPPED
 
@@ -76,7 +77,7 @@ def _kill_and_see_restart(h, asm: str) -> int:
     return mark
 
 
-def test_killed_sandbox_is_restarted_without_waiting_for_heartbeats(harness):  # noqa: F811
+def test_killed_sandbox_is_restarted_without_waiting_for_heartbeats(harness):
     name, t = unique(), tag()
     hb = f'heartbeat_interval="{INTERVAL}" heartbeat_misses="{MISSES}"'
     xml = deployable(name, assembly("a", process_service("svc", f"sleep {t}1"))
@@ -88,7 +89,7 @@ def test_killed_sandbox_is_restarted_without_waiting_for_heartbeats(harness):  #
 
     h.kill_dpe()                                   # a new dped adopts the running sandboxes
     h.start()
-    wait_for(lambda: _answers(h), timeout=60, what="the new dped to answer")
+    wait_until(lambda: _answers(h), timeout=60, what="the new dped to answer")
     mark = _kill_and_see_restart(h, "b")
     h.wait_running(timeout=90, after=mark)
     assert not h.events.find(type="assembly_state_change", assembly="a", state="failed",
@@ -112,14 +113,12 @@ def test_failed_boots_back_off_escalate_and_fail_the_deployable_with_the_cause(b
     xml = deployable(name, assembly("a", process_service("svc", "sleep 1"),
                                     extra='escalation_failures="2" escalation_period="600"'),
                      extra='escalation_failures="1" escalation_period="600"')
-    bus = Bus(url=broker.url, name=f"test-{name}").start()
-    events = Events(bus, name)
     # no unshare in between: the driver's start itself fails (exec of a missing program)
     driver = ProcessDriver(agent_argv=[str(tmp_path / "no-such-agent")],
                            use_pid_namespace=False, use_mount_namespace=False)
     dpe = Dpe(Deployable.from_xml(xml), tmp_path, broker_url=broker.url, driver=driver)
-    thread = run_in_thread(dpe)
-    try:
+    with (Bus(url=broker.url, name=f"test-{name}") as bus, closing(Events(bus, name)) as events,
+          dpe_running(dpe, bus)):
         failed = events.wait(60, type="deployable_state_change", state="failed")
         assert "start failed" in failed.reason and "no-such-agent" in failed.reason, \
             failed.reason
@@ -130,13 +129,6 @@ def test_failed_boots_back_off_escalate_and_fail_the_deployable_with_the_cause(b
         assert len(boots) == 2, [(e.state, e.reason) for e in events.snapshot()]
         assert events.find(type="escalation", assembly="a")
         assert not dpe.violations, dpe.violations
-    finally:
-        try:
-            bus.call(f"pcloud.dpe.{name}", "deployable_stop", f'<deployable name="{name}"/>')
-        finally:
-            thread.join(60)
-            events.sub.cancel()
-            bus.close()
 
 
 def test_a_late_failure_from_before_a_loss_is_not_charged_to_the_next_boot(broker, tmp_path):
@@ -185,35 +177,25 @@ def test_an_assembly_adopted_while_still_booting_is_given_its_boot_timeout(broke
     slow_agent.chmod(0o755)
     name = unique()
     xml = deployable(name, assembly("a", process_service("svc", f"sleep {tag()}1")))
-    bus = Bus(url=broker.url, name=f"test-{name}").start()
-    events = Events(bus, name)
 
     def dpe() -> Dpe:
         return Dpe(Deployable.from_xml(xml), tmp_path, broker_url=broker.url,
                    driver=ProcessDriver(agent_argv=[str(slow_agent)]))
 
     first = dpe()
-    thread = run_in_thread(first)
-    second = None
-    try:
-        events.wait(30, type="assembly_state_change", assembly="a", state="starting")
-        sandbox = AssemblySpec(name, "a", "u", broker.url,
-                               tmp_path / "dpe" / name / "assemblies" / "a")
-        wait_for(lambda: ProcessDriver().sandbox_pid(sandbox), timeout=30,
-                 what="the sandbox to be up")
-        first.queue.put(("signal", signal.SIGTERM))     # exits, leaving the boot running
-        thread.join(30)
-        assert not thread.is_alive()
-        second = dpe()
-        thread = run_in_thread(second)
-        events.wait(60, type="resource_state_change", resource="svc", state="running")
-        assert not events.find(type="fencing", assembly="a"), events.snapshot()
-        assert not events.find(type="assembly_state_change", assembly="a", state="failed")
-    finally:
+    with Bus(url=broker.url, name=f"test-{name}") as bus, closing(Events(bus, name)) as events:
+        thread = run_in_thread(first)
         try:
-            bus.call(f"pcloud.dpe.{name}", "deployable_stop", f'<deployable name="{name}"/>',
-                     timeout=60)
+            events.wait(30, type="assembly_state_change", assembly="a", state="starting")
+            sandbox = AssemblySpec(name, "a", "u", broker.url,
+                                   tmp_path / "dpe" / name / "assemblies" / "a")
+            wait_until(lambda: ProcessDriver().sandbox_pid(sandbox), timeout=30,
+                       what="the sandbox to be up")
         finally:
-            thread.join(60)
-            events.sub.cancel()
-            bus.close()
+            first.queue.put(("signal", signal.SIGTERM))     # exits, leaving the boot running
+            thread.join(30)
+        assert not thread.is_alive()
+        with dpe_running(dpe(), bus):                       # adopts the boot under way
+            events.wait(60, type="resource_state_change", resource="svc", state="running")
+            assert not events.find(type="fencing", assembly="a"), events.snapshot()
+            assert not events.find(type="assembly_state_change", assembly="a", state="failed")

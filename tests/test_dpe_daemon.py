@@ -21,7 +21,6 @@ from support.dpe import (
     assembly,
     broker_url,
     deployable,
-    harness,
     pgrep,
     process_service,
     tag,
@@ -34,13 +33,6 @@ from dpe_agent.drivers.process import ProcessDriver
 from pcloud.bus import Bus, Message, MethodError
 from pcloud.credentials import read_credentials_file, with_credentials
 from pcloud.events import Event
-
-# test_deaths.py and test_vm_libvirtd.py still import these from here (support.dpe,
-# support.events and support.waiting are their homes); ``harness`` is conftest's fixture.
-wait_for = wait_until
-__all__ = ["Events", "assembly", "deployable", "harness", "process_service", "tag", "unique",
-           "wait_for"]
-
 
 # ---- tests -----------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_vm_e2e import CACHE, missing
+from support.vm import CACHE, missing
 
 from pcloud.libvirtd import libvirt_missing
 from pcloudsh import images

@@ -24,9 +24,6 @@ from pcloudsh import images
 
 pytestmark = pytest.mark.slow
 
-# test_vm_libvirtd.py and test_vm_acceptance.py still import CACHE, Heartbeats and missing
-# from here: support.vm is their home.
-__all__ = ["CACHE", "Heartbeats", "missing"]
 
 
 @pytest.fixture(scope="module")

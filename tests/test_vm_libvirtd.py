@@ -15,11 +15,15 @@ import os
 import shlex
 import time
 import uuid
+from contextlib import closing
 from urllib.parse import urlsplit
 from xml.sax.saxutils import quoteattr
 
 import pytest
-from test_vm_e2e import CACHE, Heartbeats, missing
+from support.dpe import dpe_running
+from support.events import Events, Heartbeats
+from support.vm import CACHE, missing
+from support.waiting import wait_until
 
 from dpe_agent.drivers.base import AssemblySpec, PowerState
 from pcloud import broker as private_broker
@@ -27,7 +31,6 @@ from pcloud.broker_admin import admin_for
 from pcloud.credentials import LocalIssuer
 from pcloud.libvirtd import PrivateLibvirtd, libvirt_missing
 from pcloudsh import images
-from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +98,7 @@ def test_real_domain_boot_adopt_acpi_force_off_fence_undefine(libvirtd, bus, bro
         adopter.stop(spec, timeout=120)                            # ACPI, destroy after 120 s
         assert adopter.status(spec) is PowerState.STOPPED
         print(f"ACPI shutdown: {time.monotonic() - stopping:.1f} s")
-        wait_for(lambda: deaths, timeout=30)
+        wait_until(lambda: deaths, timeout=30)
         # the guest powered off (not destroyed), as the driver that did not ask for it saw it
         assert deaths == [("web", f"domain {name} shut down from inside the guest")], deaths
         assert not adopted, adopted                    # its own stop is no death
@@ -103,7 +106,7 @@ def test_real_domain_boot_adopt_acpi_force_off_fence_undefine(libvirtd, bus, bro
         driver.start(spec)
         forced = time.monotonic()
         assert libvirtd.virsh("destroy", name).returncode == 0      # virt-manager's Force Off
-        wait_for(lambda: len(deaths) == 2, timeout=30)
+        wait_until(lambda: len(deaths) == 2, timeout=30)
         print(f"Force Off reported after {time.monotonic() - forced:.3f} s")
         assert deaths[1] == ("web", f"domain {name} destroyed (forced off)")
         assert driver.status(spec) is PowerState.STOPPED
@@ -185,10 +188,9 @@ def test_dpe_restarts_a_forced_off_domain_at_once(libvirtd, bus, broker_url, tmp
     guest first proven isolated from inside): ``virsh destroy`` of the running domain; the
     DPE learns it from libvirt (not heartbeats later), fences, boots the domain again, and
     the resource runs in it again."""
-    from dpe_agent.daemon import Dpe, run_in_thread
+    from dpe_agent.daemon import Dpe
     from dpe_agent.drivers.libvirt import LibvirtDriver, domain_name
     from pcloud.deployable import Deployable
-    from tests.test_dpe_daemon import Events
 
     catalogue = tmp_path / "catalogue"
     jeos = images.jeos_ensure("debian-12", "x86_64", CACHE / "catalogue", replace_stale=True)
@@ -202,12 +204,10 @@ def test_dpe_restarts_a_forced_off_domain_at_once(libvirtd, bus, broker_url, tmp
            f'monitor_interval="5"><parameters><parameter name="command" '
            f'value="sleep infinity"/></parameters></service>{isolation_probe(broker_url)}'
            f'</services></assembly></assemblies></deployable>')
-    events = Events(bus, name)
     dpe = Dpe(Deployable.from_xml(xml), tmp_path / "state", broker_url=broker_url,
               driver=LibvirtDriver(uri=libvirtd.uri))
-    thread = run_in_thread(dpe)
     spec = AssemblySpec(name, "web", "u", broker_url, tmp_path / "state")
-    try:
+    with closing(Events(bus, name)) as events, dpe_running(dpe, bus, timeout=180):
         try:
             events.wait(BOOT_TIMEOUT, type="resource_state_change", resource="sleeper",
                         state="running")
@@ -233,10 +233,3 @@ def test_dpe_restarts_a_forced_off_domain_at_once(libvirtd, bus, broker_url, tmp
               f"{booting.time.timestamp() - forced:.3f} s, resource running "
               f"{back.time.timestamp() - forced:.1f} s")
         assert not dpe.violations, dpe.violations
-    finally:
-        try:
-            bus.call(f"pcloud.dpe.{name}", "deployable_stop", f'<deployable name="{name}"/>',
-                     timeout=60)
-        finally:
-            thread.join(180)
-            events.sub.cancel()

@@ -2,6 +2,7 @@
 session broker, with its events collected from before it starts, and the builders of small
 ``process`` deployables (``deployable``/``assembly``/``process_service``, ``tag``).
 
+``dpe_running`` runs a DPE a test made itself and stops its deployable afterwards.
 ``harness`` (a fixture: import it into the test module) makes harnesses and closes them
 after the test: the deployable is stopped, any sandbox left fenced, and no process of it may
 survive.
@@ -9,12 +10,14 @@ survive.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -134,6 +137,21 @@ class DpeHarness:
             assert not self.dpe.violations, self.dpe.violations
         leftovers = pgrep(str(self.state_dir / "dpe" / self.name))
         assert not leftovers, f"processes left behind: {leftovers}"
+
+
+@contextlib.contextmanager
+def dpe_running(dpe: Dpe, bus: Bus, timeout: float = 60.0) -> Iterator[threading.Thread]:
+    """Run ``dpe`` (made by the test, e.g. with a driver of its own) on a thread; afterwards
+    stop its deployable through ``bus``, as an operator would, and wait for the thread."""
+    thread = run_in_thread(dpe)
+    try:
+        yield thread
+    finally:
+        try:
+            bus.call(f"pcloud.dpe.{dpe.name}", "deployable_stop",
+                     f'<deployable name="{dpe.name}"/>', timeout=timeout)
+        finally:
+            thread.join(timeout)
 
 
 # ---- deployables ---------------------------------------------------------------------------
