@@ -43,6 +43,7 @@ CA_DAYS = 2 * CERT_DAYS
 USER = "pcloud"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+HANDSHAKE_TIMEOUT_MS = 120_000    # a booting VM's forward may wait this long for its agent
 REPLY_POLICY = {"vhost": "/", "name": "pcloud-reply-expiry", "pattern": r"^pcloud\.reply\.",
                 "apply-to": "queues", "definition": {"expires": 5000}, "priority": 0}
 
@@ -271,6 +272,10 @@ def _prepare(state_dir, port: int | None, dist_port: int | None,
         f"load_definitions = {root / 'definitions.json'}",
         "log.file.level = info",
         "log.console = false",
+        # a VM's broker forward is a connection QEMU opens when it starts, tens of seconds
+        # before the guest's agent speaks on it (10 s by default closed it first, and the
+        # agent's first handshake was lost on the connection being replaced)
+        f"handshake_timeout = {HANDSHAKE_TIMEOUT_MS}",
         *_tls_lines(settings),
         *_management_lines(settings),
         "",

@@ -98,7 +98,9 @@ class PrivateLibvirtd:
             Path(target).mkdir(parents=True, exist_ok=True)
         binds = "; ".join(f"mount --bind {self.root / name} {target}"
                           for name, target in BOUND.items())
-        script = (f"set -e; {binds}; virtlogd & "
+        # its own pid file: a second private virtlogd (another test's, a bench's) would find
+        # /run/virtlogd.pid taken and exit, and its libvirtd could log no domain
+        script = (f"set -e; {binds}; virtlogd --pid-file {self.root / 'virtlogd.pid'} & "
                   f"exec libvirtd --config {self.root / 'etc' / 'libvirtd.conf'} "
                   f"--pid-file {self.root / 'libvirtd.pid'}")
         out = open(self.root / "daemons.log", "ab")

@@ -2,7 +2,7 @@
 
 Layout under a catalogue directory::
 
-    jeos/<name>/disk.qcow2  vmlinuz  initrd.img  jeos.json
+    jeos/<name>/disk.qcow2  vmlinux (or vmlinuz)  initrd.img  jeos.json
     assemblies/<name>/disk.qcow2 (qcow2 overlay on its JEOS)  assembly.json
 
 Every build happens in a hidden folder beside its destination (:func:`build_dir`) and is

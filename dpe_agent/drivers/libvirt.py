@@ -144,6 +144,8 @@ def domain_xml(spec: AssemblySpec, image: VmImage | None = None) -> str:
     _sub(serial, "target", port="0")
     channel = _sub(devices, "channel", type="unix")     # the host's way in: the guest agent
     _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
+    _sub(devices, "controller", type="usb", model="none")      # as the qemu driver's
+    _sub(devices, "memballoon", model="none")                  # -nodefaults: nothing to emulate
     commandline = _sub(domain, f"{{{QEMU_NS}}}commandline")
     for arg in ("-netdev", netdev_option(image, spec.broker_url),
                 "-device", nic_option(image),
