@@ -16,11 +16,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_until
 
 from dpe_agent.drivers.base import AssemblySpec, DriverError, PowerState
 from dpe_agent.drivers.qemu import PIDFILE, QemuDriver
 from pcloud.identity import Credentials
-from tests.helpers import wait_for
 
 HOST_KERNELS = sorted(Path("/boot").glob("vmlinuz-*"))
 
@@ -130,7 +130,7 @@ def test_qemu_exit_is_reported_at_once_fences_and_stops_are_not(spec):
         driver.fence(spec)
         driver.start(spec)
         os.kill(int((spec.state_dir / PIDFILE).read_text()), signal.SIGKILL)
-        wait_for(lambda: deaths)
+        wait_until(lambda: deaths, what="the death report")
         assert deaths == [("web", "qemu killed by signal 9")]
         driver.start(spec)
         adopter = QemuDriver()
@@ -138,7 +138,7 @@ def test_qemu_exit_is_reported_at_once_fences_and_stops_are_not(spec):
         assert adopter.status(spec) is PowerState.RUNNING
         pid = int((spec.state_dir / PIDFILE).read_text())
         os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: len(deaths) >= 3)          # both drivers watch it
+        wait_until(lambda: len(deaths) >= 3, what="both reports")   # both drivers watch it
         adopted, own = sorted(reason for _, reason in deaths[1:])
         assert adopted.startswith(f"qemu (pid {pid}) exited"), deaths
         # QEMU ends on SIGTERM by itself, with a line in its log
