@@ -29,8 +29,10 @@ from typing import Any
 from dpe_agent.drivers.base import AssemblySpec, DeathReport, DriverError, PowerState
 from dpe_agent.drivers.vmboot import (
     BOOT_TIMEOUT,
+    CONSOLE_LOG,
     VmImage,
     boot_disk,
+    console_progress,
     credentials_option,
     kernel_cmdline,
     last_log_line,
@@ -41,7 +43,6 @@ from dpe_agent.drivers.vmboot import (
 from pcloud.acl import allow_search_to
 
 DEFAULT_URI = "qemu:///system"
-CONSOLE_LOG = "console.log"       # the guest's serial console, in the assembly's state dir
 URI_VAR = "PCLOUD_LIBVIRT_URI"      # the URI when neither the caller nor the spec names one
 QEMU_USER = "libvirt-qemu"   # whom qemu:///system runs QEMU as (Debian)
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -271,12 +272,7 @@ class LibvirtDriver:
             raise
 
     def boot_progress(self, spec: AssemblySpec) -> int | None:
-        """Bytes the guest wrote to its serial console: they grow while it boots (kernel,
-        systemd), not while it hangs. None: no console yet."""
-        try:
-            return (Path(spec.state_dir) / CONSOLE_LOG).stat().st_size
-        except OSError:
-            return None
+        return console_progress(spec)
 
     def _qemu_uid(self, spec: AssemblySpec) -> int | None:
         """Whom this libvirtd runs QEMU as (its DAC base label), None if it does not say."""

@@ -25,6 +25,7 @@ from dpe_agent.drivers.base import AssemblySpec, DeathReport, DriverError, Power
 from dpe_agent.drivers.pidwatch import PidWatch
 from dpe_agent.drivers.vmboot import (
     BOOT_TIMEOUT,
+    CONSOLE_LOG,
     VmImage,
     boot_disk,
     credentials_option,
@@ -37,7 +38,6 @@ from dpe_agent.drivers.vmboot import (
 
 PIDFILE = "qemu.pid"
 QMP_SOCKET = "qmp.sock"
-CONSOLE_LOG = "console.log"
 QEMU_LOG = "qemu.log"
 POLL_INTERVAL = 0.05
 START_TIMEOUT = 15.0

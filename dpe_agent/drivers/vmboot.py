@@ -51,6 +51,8 @@ NIC_PCI_ADDR = "0x10"
 FORWARD_RECONNECT = 1
 #: this boot's disk: a copy-on-write overlay on the assembly image, in the assembly's state dir
 BOOT_DISK = "boot.qcow2"
+#: the guest's serial console, in the assembly's state dir
+CONSOLE_LOG = "console.log"
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,15 @@ def kernel_cmdline(spec: AssemblySpec) -> str:
             raise DriverError(f"assembly {spec.deployable}/{spec.name}: {key} value {value!r} "
                               "cannot go on a kernel command line")
     return " ".join([KERNEL_CMDLINE, *(f"{k}={v}" for k, v in identity.items())])
+
+
+def console_progress(spec: AssemblySpec) -> int | None:
+    """A VM's ``boot_progress``: bytes the guest wrote to its serial console, which grow while
+    it boots (kernel, systemd), not while it hangs. None: no console yet."""
+    try:
+        return (Path(spec.state_dir) / CONSOLE_LOG).stat().st_size
+    except OSError:
+        return None
 
 
 def last_log_line(path: str | Path) -> str:
