@@ -33,6 +33,7 @@ from pcloud.deployable import Deployable, DeployableError, diff
 from pcloud.events import MAX_SEQ, Event, format_time
 from pcloud.infrastructures import problem as infrastructure_problem
 from pcloud.wire import NAME
+from pcloud.wire.heartbeat import Heartbeat, HeartbeatError
 
 log = logging.getLogger("pcloud.cpe")
 
@@ -610,24 +611,21 @@ class CpeService:
         try:
             root = xmlsafe.parse(msg.body, source="heartbeat")
             schemas.validate(root, "heartbeat")
-        except xmlsafe.XMLError as exc:
+            beat = Heartbeat.from_xml(root)
+        except (xmlsafe.XMLError, HeartbeatError) as exc:
             log.warning("dropped an invalid DPE heartbeat: %s", exc)
             return
         if msg.opcode != "heartbeat":
             log.warning("dropped a DPE heartbeat with opcode %r", msg.opcode)
             return
-        name = root.get("deployable", "")
-        if root.tag != "heartbeat" or root.get("assembly") != "-" or not _NAME.match(name):
+        name = beat.deployable
+        if beat.assembly != "-":
             return
         if not self._from_dpe_of(msg, name, "DPE heartbeat"):
             return
-        try:
-            interval = float(root.get("interval", "1"))
-        except ValueError:
-            interval = 1.0
-        first = self.supervisor.heartbeat(name, interval, root.get("started"))
+        first = self.supervisor.heartbeat(name, beat.interval, beat.started)
         stored = self.store.get(name)
-        state = root.get("state")
+        state = beat.state
         if stored is not None and state and stored.desired == DESIRED_RUNNING:
             self.store.set_state(name, state)
         if first:

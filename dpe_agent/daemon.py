@@ -36,8 +36,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from lxml import etree
-
 from dpe_agent.assemblies import AssemblyOps
 from dpe_agent.convergence import Convergence, load_engine
 from dpe_agent.deaths import Deaths
@@ -71,6 +69,7 @@ from pcloud.events import EventType
 from pcloud.fsutil import private_dir
 from pcloud.states import AssemblyState as A
 from pcloud.states import DeployableState as D
+from pcloud.wire.heartbeat import Heartbeat
 
 log = logging.getLogger("dped")
 
@@ -375,11 +374,9 @@ class Dpe(Lifecycle, Detection, Deaths, Recovery, Convergence, AssemblyOps, Stop
 
     def _publish_heartbeat(self) -> None:
         self.beat_seq += 1
-        elem = etree.Element("heartbeat", deployable=self.name, assembly="-",
-                             seq=str(self.beat_seq), started=self.started,
-                             interval=f"{DPE_HEARTBEAT_INTERVAL:g}",
-                             state=self.state() or D.STARTING, time=iso(time.time()),
-                             pid=str(os.getpid()))
+        elem = Heartbeat(self.name, self.beat_seq, self.started, DPE_HEARTBEAT_INTERVAL,
+                         iso(time.time()), assembly="-", pid=os.getpid(),
+                         state=str(self.state() or D.STARTING)).to_xml()
         try:
             self.bus.publish(f"pcloud.heartbeat.{self.name}.-",
                              Message(body=elem, subject="heartbeat", opcode="heartbeat"))

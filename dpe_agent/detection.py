@@ -6,11 +6,11 @@ A mixin of :class:`dpe_agent.daemon.Dpe`.
 
 Heartbeats are the exception, as they are most of the traffic (issue 13: 5,000 a second at
 5,000 assemblies). The bus thread reads each with a strict check of its attributes
-(:mod:`dpe_agent.heartbeat_doc`, no RelaxNG run), checks its sender and uuid, and records it
-in the heartbeat tracker (thread-safe). Only a beat that says something new (an assembly
-online or restarted, changed addresses, a beat awaited after a reconnect or during a mass
-loss) goes to the main loop; a beat the check refuses, or from a wrong sender, goes there
-too, for the full schema and the reporting below.
+(:meth:`pcloud.wire.heartbeat.Heartbeat.from_xml`, no RelaxNG run), checks its sender and
+uuid, and records it in the heartbeat tracker (thread-safe). Only a beat that says
+something new (an assembly online or restarted, changed addresses, a beat awaited after a
+reconnect or during a mass loss) goes to the main loop; a beat the check refuses, or from
+a wrong sender, goes there too, for the full schema and the reporting below.
 
 Heartbeats and reports are untrusted input (anyone with write access to the topic can
 publish): each must have the right opcode, pass its schema and carry the uuid of the
@@ -31,7 +31,6 @@ from functools import cached_property
 
 from lxml import etree
 
-from dpe_agent import heartbeat_doc
 from dpe_agent.cib import rsc_id
 from dpe_agent.drivers import DriverError, PowerState
 from dpe_agent.heartbeats import Beat, BeatKind
@@ -42,6 +41,7 @@ from pcloud.bus import BusError, Message
 from pcloud.events import EventType
 from pcloud.states import AssemblyState as A
 from pcloud.states import DeployableState as D
+from pcloud.wire.heartbeat import Heartbeat, HeartbeatError
 
 RECONNECT_GRACE = 5.0
 IMPOSTOR_EVENT_INTERVAL = 60.0
@@ -85,14 +85,14 @@ class Detection:
                 or beat.addresses is not None):
             self.queue.put(("heartbeat_news", beat, seen))
 
-    def _sound_heartbeat(self, msg: Message) -> heartbeat_doc.Heartbeat | None:
+    def _sound_heartbeat(self, msg: Message) -> Heartbeat | None:
         """The heartbeat in ``msg`` if it passes the cheap check and comes from its assembly's
         current agent; None for the main loop to look at closely (bus thread)."""
         if msg.opcode != "heartbeat":
             return None
         try:
-            beat = heartbeat_doc.read(xmlsafe.parse(msg.body, source="heartbeat"))
-        except (xmlsafe.XMLError, heartbeat_doc.HeartbeatError):
+            beat = Heartbeat.from_xml(xmlsafe.parse(msg.body, source="heartbeat"))
+        except (xmlsafe.XMLError, HeartbeatError):
             return None
         asm = beat.assembly
         if (beat.deployable != self.name or asm is None or asm == "-"
@@ -117,15 +117,15 @@ class Detection:
         if root is None:
             return
         try:
-            beat = heartbeat_doc.read(root)
-        except heartbeat_doc.HeartbeatError as exc:     # the schema let it through
+            beat = Heartbeat.from_xml(root)
+        except HeartbeatError as exc:     # the schema let it through
             log.warning("dropped a heartbeat of %s: %s", root.get("assembly"), exc)
             return
         seen = self.tracker.beat(beat.assembly, beat.seq, beat.started, received, beat.digest)
         if seen is not None:
             self._handle_heartbeat_news(beat, seen)
 
-    def _handle_heartbeat_news(self, beat: heartbeat_doc.Heartbeat, seen: Beat) -> None:
+    def _handle_heartbeat_news(self, beat: Heartbeat, seen: Beat) -> None:
         """A recorded beat that says something new: act on it (main loop)."""
         if self.stopping:
             return

@@ -6,10 +6,9 @@ import logging
 import threading
 from collections.abc import Callable
 
-from lxml import etree
-
 from guest_agent.monitors import Job, Scheduler
 from pcloud.bus import BusError, Message
+from pcloud.wire.heartbeat import HeartbeatText
 
 try:        # CPython's own md5: hashlib would load OpenSSL (2.4 MiB of RSS) for one digest
     from _md5 import md5
@@ -51,9 +50,7 @@ class Heartbeater:
         self._addresses = addresses
         self._seq = 0
         self._lock = threading.Lock()
-        # the fixed attributes, escaped once; each beat appends its few safe values
-        head = etree.tostring(etree.Element("heartbeat", attrs), encoding="unicode")
-        self._head = head.removesuffix("/>").rstrip()
+        self._text = HeartbeatText.fixed(attrs)
         self._digested: dict[str, str] | None = None
         self._digest = ""
         self._own_scheduler = scheduler is None
@@ -83,9 +80,8 @@ class Heartbeater:
                 self._digested = dict(states)
                 self._digest = state_digest(states)
             addresses = self._addresses() if self._addresses is not None else None
-            body = (f'{self._head} seq="{self._seq}" interval="{self._interval:g}" '
-                    f'digest="{self._digest}" time="{self._now()}"'
-                    + ("" if addresses is None else f' addresses="{addresses}"') + "/>")
+            body = self._text.beat(self._seq, self._interval, self._digest, self._now(),
+                                   addresses)
         try:
             self._publish(self._topic, Message(body=body, subject="heartbeat", opcode="heartbeat"))
         except BusError as exc:

@@ -4,6 +4,11 @@ Names of deployables, assemblies and services become topic keys, CIB ids, broker
 and file names, so one rule holds everywhere: 1-64 letters, digits, ``_`` or ``-``, not
 starting with ``-`` (a lone ``-`` stands for "no such level" in topic keys, e.g. the DPE's
 heartbeat ``pcloud.heartbeat.<dep>.-``).
+
+The internal messages (heartbeats, resource operations and their results, reports, agent
+info) are dataclasses in this package's modules, each with ``to_xml`` and a strict
+``from_xml`` (:mod:`pcloud.wire.check`): no party writes or reads their XML by hand. This
+module stays light (standard library only) for the many that need a name or a time.
 """
 
 from __future__ import annotations
