@@ -48,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -99,14 +100,18 @@ class Agent:
     failed: dict = field(default_factory=dict)     # resource -> when it "failed"
     starts: dict = field(default_factory=dict)     # resource -> starts this boot
     address: str = ""
+    _digest: tuple[frozenset, str] = (frozenset(), "")
 
     @property
     def key(self) -> tuple[str, str]:
         return self.deployable, self.name
 
     def digest(self) -> str:
-        lines = "\n".join(f"{r}=running" for r in sorted(self.running))
-        return hashlib.md5(lines.encode()).hexdigest()
+        """The digest of the resources' states, as a real agent's heartbeat carries it."""
+        if self._digest[0] != self.running or not self._digest[1]:
+            lines = "\n".join(f"{r}=running" for r in sorted(self.running))
+            self._digest = (frozenset(self.running), hashlib.md5(lines.encode()).hexdigest())
+        return self._digest[1]
 
 
 class Farm(MessagingHandler):
@@ -129,6 +134,7 @@ class Farm(MessagingHandler):
         self.measuring = False
         self.errors = 0
         self.container: Container | None = None
+        self.rng = random.Random()
 
     # ---- proton thread -------------------------------------------------------------
     def on_start(self, event) -> None:
@@ -287,20 +293,132 @@ class Farm(MessagingHandler):
                    Message(body=body, subject="monitor", opcode="report"))
         return {"ok": True}
 
+    def _alive(self) -> list[tuple[str, str]]:
+        return [a.key for a in self.agents.values() if a.seq and not a.dead]
+
+    def _do_kill_any(self, seed: int) -> dict:
+        keys = self._alive()
+        return self._do_kill(random.Random(seed).choice(keys)) if keys else {"ok": False}
+
+    def _do_fail_any(self, seed: int) -> dict:
+        keys = self._alive()
+        return self._do_fail(random.Random(seed).choice(keys)) if keys else {"ok": False}
+
     def _do_snapshot(self) -> dict:
         return {"ok": True, "beats": dict(self.beats), "late": self.late_beats,
-                "running": sum(1 for a in self.agents.values() if a.seq and not a.dead),
-                "keys": [a.key for a in self.agents.values() if a.seq and not a.dead]}
+                "running": len(self._alive())}
+
+    def _do_results(self) -> dict:
+        return {"ok": True, "false": list(self.false), "detect": list(self.detections),
+                "mttr": list(self.mttr)}
 
     def _do_measure(self, on: bool) -> dict:
         self.measuring = on
         return {"ok": True}
 
-    # ---- any thread ---------------------------------------------------------------------
-    def ask(self, command: str, *args) -> dict:
+
+class _Reply:
+    """Where a shard's farm puts one command's answer: a JSON line on the shard's stdout."""
+
+    lock = threading.Lock()
+
+    def __init__(self, ident: int) -> None:
+        self.ident = ident
+
+    def put(self, reply: dict) -> None:
+        line = json.dumps({"id": self.ident, "reply": reply}) + "\n"
+        with self.lock:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+
+def shard_main(host: str) -> int:
+    """A shard process: one Farm, commands as JSON lines on stdin, answers on stdout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent ends it by closing stdin
+    farm = Farm(host)
+    threading.Thread(target=Container(farm).run, daemon=True, name="farm").start()
+    for line in sys.stdin:
+        request = json.loads(line)
+        farm.commands.put((request["op"], request["args"], _Reply(request["id"])))
+    return 0
+
+
+class Shards:
+    """The simulated agents, spread over shard processes of at most ``size`` agents each.
+
+    One proton container does not carry thousands of connections: its Python reactor
+    selects with select(2), which ends at descriptor 1024, and rescans every connection's
+    deadline on each I/O update, so its cost grows with the square of the connections (at
+    1,000 agents in one process, half the simulator's CPU went to that rescan and beats were
+    late). An assembly always lives in the shard its name hashes to.
+    """
+
+    def __init__(self, host: str, count: int) -> None:
+        self.procs = [subprocess.Popen([sys.executable, __file__, "--shard", host],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       text=True, bufsize=1) for _ in range(count)]
+        self._lock = threading.Lock()
+        self._next = 0
+        self._waiting: dict[int, queue.SimpleQueue] = {}
+        for proc in self.procs:
+            threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            answer = json.loads(line)
+            with self._lock:
+                waiter = self._waiting.pop(answer["id"], None)
+            if waiter is not None:
+                waiter.put(answer["reply"])
+
+    def ask(self, index: int, command: str, *args) -> dict:
         done: queue.SimpleQueue = queue.SimpleQueue()
-        self.commands.put((command, args, done))
+        with self._lock:
+            self._next += 1
+            ident = self._next
+            self._waiting[ident] = done
+            self.procs[index].stdin.write(
+                json.dumps({"id": ident, "op": command, "args": args}) + "\n")
         return done.get(timeout=120)
+
+    def owner(self, deployable: str, name: str) -> int:
+        return zlib.crc32(f"{deployable}/{name}".encode()) % len(self.procs)
+
+    def ask_owner(self, command: str, req: dict) -> dict:
+        return self.ask(self.owner(req["deployable"], req["name"]), command, req)
+
+    def ask_all(self, command: str, *args) -> list[dict]:
+        return [self.ask(i, command, *args) for i in range(len(self.procs))]
+
+    def snapshot(self) -> dict:
+        beats: dict[str, int] = {}
+        late = running = 0
+        for part in self.ask_all("snapshot"):
+            for name, count in part["beats"].items():
+                beats[name] = beats.get(name, 0) + count
+            late += part["late"]
+            running += part["running"]
+        return {"beats": beats, "late": late, "running": running}
+
+    def results(self) -> dict:
+        merged: dict[str, list] = {"false": [], "detect": [], "mttr": []}
+        for part in self.ask_all("results"):
+            for key in merged:
+                merged[key].extend(part[key])
+        return merged
+
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs]
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.stdin.close()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 class Control(socketserver.ThreadingUnixStreamServer):
@@ -309,8 +427,8 @@ class Control(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     request_queue_size = 256        # every dped's pool (16 threads each) may call at once
 
-    def __init__(self, path: str, farm: Farm) -> None:
-        self.farm = farm
+    def __init__(self, path: str, shards: Shards) -> None:
+        self.shards = shards
         super().__init__(path, _ControlHandler)
 
 
@@ -318,10 +436,7 @@ class _ControlHandler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         try:
             req = json.loads(self.rfile.readline())
-            if req["op"] == "status":            # read-only: no turn of the proton thread
-                reply = self.server.farm._do_status(req)
-            else:
-                reply = self.server.farm.ask(req["op"], req)
+            reply = self.server.shards.ask_owner(req["op"], req)
         except Exception as exc:
             reply = {"ok": False, "error": str(exc)}
         self.wfile.write(json.dumps(reply).encode() + b"\n")
@@ -360,7 +475,7 @@ class Run:
         self.sizes = [n // d + (1 if i < n % d else 0) for i in range(d)]
         self.cped: subprocess.Popen | None = None
         self.client: Bus | None = None
-        self.farm: Farm | None = None
+        self.shards: Shards | None = None
         self.control: Control | None = None
         self.url = ""
 
@@ -378,10 +493,9 @@ class Run:
         ports = (broker.free_port(), broker.free_port(), broker.free_port())
         self.url = broker.start(self.broker_dir, port=ports[0], dist_port=ports[1],
                                 epmd_port=ports[2])
-        self.farm = Farm(self.url.split("@", 1)[1].split("//")[-1])
-        threading.Thread(target=Container(self.farm).run, daemon=True,
-                         name="farm").start()
-        self.control = Control(self.sock, self.farm)
+        self.shards = Shards(self.url.split("@", 1)[1].split("//")[-1],
+                             max(1, -(-self.n // self.args.shard_size)))
+        self.control = Control(self.sock, self.shards)
         os.chmod(self.sock, 0o600)
         threading.Thread(target=self.control.serve_forever, daemon=True).start()
         self.state.mkdir(parents=True)
@@ -435,22 +549,23 @@ class Run:
 
     def pids(self) -> dict[str, list[int]]:
         return {"dped": list(self.dped_pids().values()), "cped": [self.cped.pid],
-                "broker": broker.node_pids(self.broker_dir), "sim": [os.getpid()]}
+                "broker": broker.node_pids(self.broker_dir),
+                "sim": [os.getpid(), *self.shards.pids()]}
 
     def measure(self) -> dict:
         """A quiet window for the CPU per heartbeat (beats only: the steady state), then a
         window of simulated deaths and failures; false failures are counted in both."""
-        farm = self.farm
+        shards = self.shards
         dpeds = self.dped_pids()
         pids = self.pids()
         cpu0 = {k: {p: cpu_seconds(p) for p in v} for k, v in pids.items()}
         dcpu0 = {n: cpu_seconds(p) for n, p in dpeds.items()}
-        snap0 = farm.ask("snapshot")
-        farm.ask("measure", True)
+        snap0 = shards.snapshot()
+        shards.ask_all("measure", True)
         began = time.monotonic()
         time.sleep(self.args.window)
         quiet = time.monotonic() - began
-        snap1 = farm.ask("snapshot")
+        snap1 = shards.snapshot()
         cpu1 = {k: {p: cpu_seconds(p) for p in v} for k, v in pids.items()}
         dcpu1 = {n: cpu_seconds(p) for n, p in dpeds.items()}
         rss = {k: [rss_mib(p) for p in v] for k, v in pids.items()}
@@ -459,19 +574,20 @@ class Run:
         deaths = fails = 0
         next_death = began + self.args.death_every / 2
         next_fail = began + self.args.fail_every / 2
+        count = len(shards.procs)
         while time.monotonic() < began + self.args.fault_window:
             now = time.monotonic()
-            keys = farm.ask("snapshot")["keys"]
-            if now >= next_death and keys:
-                deaths += farm.ask("kill", tuple(rng.choice(keys)))["ok"]
+            if now >= next_death:
+                deaths += shards.ask(rng.randrange(count), "kill_any", rng.random())["ok"]
                 next_death += self.args.death_every
-            if now >= next_fail and keys:
-                fails += farm.ask("fail", tuple(rng.choice(keys)))["ok"]
+            if now >= next_fail:
+                fails += shards.ask(rng.randrange(count), "fail_any", rng.random())["ok"]
                 next_fail += self.args.fail_every
             time.sleep(0.2)
         time.sleep(MISSES * INTERVAL + 2)           # the last deaths are found and fenced
-        snap2 = farm.ask("snapshot")
-        farm.ask("measure", False)
+        snap2 = shards.snapshot()
+        shards.ask_all("measure", False)
+        found = shards.results()
         beats = {d: snap1["beats"].get(d, 0) - snap0["beats"].get(d, 0) for d in self.names}
         total = sum(beats.values()) or 1
         per_dped = [(dcpu1[n] - dcpu0[n]) / beats[n] * 1e3 for n in dcpu1 if beats.get(n)]
@@ -489,8 +605,8 @@ class Run:
             "dped_cores": (sum(dcpu1.values()) - sum(dcpu0.values())) / quiet,
             "cped_ms": used("cped") / total * 1e3, "broker_ms": used("broker") / total * 1e3,
             "broker_cores": used("broker") / quiet, "sim_cores": used("sim") / quiet,
-            "false": list(farm.false), "deaths": deaths, "fails": fails,
-            "detect": list(farm.detections), "mttr": list(farm.mttr),
+            "false": found["false"], "deaths": deaths, "fails": fails,
+            "detect": found["detect"], "mttr": found["mttr"],
             "late": snap2["late"] - snap0["late"],
             "rss_dped_sum": sum(rss["dped"]), "rss_dped_max": max(rss["dped"], default=0),
             "rss_cped": sum(rss["cped"]), "rss_broker": sum(rss["broker"]),
@@ -518,6 +634,8 @@ class Run:
         if self.control is not None:
             self.control.shutdown()
             self.control.server_close()
+        if self.shards is not None:
+            self.shards.close()
         if not self.args.keep:
             shutil.rmtree(self.work, ignore_errors=True)
 
@@ -543,6 +661,14 @@ HEADER = ("| N | D | boot s | beats/s | dped ms/beat (mean / max) | cped ms/beat
           "--- | --- |")
 
 
+def _terminate(*_) -> None:
+    """The first SIGTERM ends the run through its clean-up; a second one (``timeout`` and a
+    ``pkill`` both send one) must not cut that clean-up short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(1)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="100x1,1000x10,5000x50",
@@ -557,11 +683,16 @@ def main() -> int:
                    help="seconds between simulated resource failures")
     p.add_argument("--boot-timeout", type=float, default=900.0,
                    help="seconds for every deployable to reach running")
+    p.add_argument("--shard-size", type=int, default=250,
+                   help="simulated agents per simulator process")
     p.add_argument("--keep", action="store_true", help="keep the work dirs")
+    p.add_argument("--shard", metavar="HOST", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.shard:
+        return shard_main(args.shard)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))     # clean up as on Ctrl-C
+    signal.signal(signal.SIGTERM, _terminate)                  # clean up as on Ctrl-C
     print(f"uptime: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
           f"{os.getloadavg()[2]:.2f}; interval {INTERVAL:g} s x {MISSES} misses", flush=True)
     print(HEADER, flush=True)
