@@ -25,6 +25,7 @@ from dpe_agent.cib import split_rsc_id
 from dpe_agent.drivers.base import AssemblySpec, DriverError
 from dpe_agent.graph import Action, TransitionGraph
 from pcloud.bus import BusError, BusTimeout, MethodError
+from pcloud.wire.resource_op import ResourceDef, ResourceOp
 
 log = logging.getLogger(__name__)
 
@@ -141,26 +142,6 @@ class GraphRun:
         return not self.aborted and len(self.done) == len(self.graph)
 
 
-def resource_op_body(operation: str, interval_ms: int, timeout_ms: int, name: str,
-                     rsc_class: str, provider: str | None, rsc_type: str | None,
-                     params: dict[str, str], extra: list[etree._Element] = ()) -> str:
-    """The ``<resource_op>`` document of a guest agent method call."""
-    root = etree.Element("resource_op", operation=operation, interval=str(interval_ms),
-                         timeout=str(max(1, timeout_ms)))
-    attrs = {"name": name, "class": rsc_class}
-    if provider:
-        attrs["provider"] = provider
-    if rsc_type:
-        attrs["type"] = rsc_type
-    rsc = etree.SubElement(root, "resource", attrs)
-    if params:
-        plist = etree.SubElement(rsc, "parameters")
-        for key in sorted(params):
-            etree.SubElement(plist, "parameter", name=key, value=params[key])
-    rsc.extend(extra)
-    return etree.tostring(root, encoding="unicode")
-
-
 def agent_class(rsc_class: str | None, provider: str | None, rsc_type: str | None
                 ) -> tuple[str, str | None, str | None]:
     """CIB class back to the agent's: ``ocf:pcloud:process`` is the ``process`` class."""
@@ -205,16 +186,17 @@ class ActionRunner:
         assembly, service = split_rsc_id(action.resource or "")
         rsc_class, provider, rsc_type = agent_class(action.rsc_class, action.provider,
                                                     action.rsc_type)
-        timeout_ms, extra = action.timeout_ms, []
+        timeout_ms, probe = action.timeout_ms, None
         model = self.service_of(assembly, service)
         if model is not None:
             seconds = {"start": model.start_timeout, "stop": model.stop_timeout}.get(
                 action.operation)
             timeout_ms = int(seconds * 1000) if seconds else timeout_ms
             if model.probe is not None:
-                extra.append(model.probe.to_element())
-        body = resource_op_body(action.operation, action.interval_ms, timeout_ms, service,
-                                rsc_class, provider, rsc_type, action.parameters, extra)
+                probe = dict(model.probe.to_element().attrib)
+        resource = ResourceDef(service, rsc_class, provider, rsc_type, action.parameters, probe)
+        op = ResourceOp(action.operation, resource, action.interval_ms, max(1, timeout_ms))
+        body = etree.tostring(op.to_xml(), encoding="unicode")
         node = action.node or assembly
         queue = f"pcloud.agent.{self.deployable}.{node}"
         timeout = timeout_ms / 1000.0 + BUS_SLACK

@@ -15,6 +15,7 @@ from lxml import etree
 
 from pcloud.bus import Bus, Message, Subscription
 from pcloud.bus.addressing import REPLY_PREFIX
+from pcloud.wire.resource_op import resource_name
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +27,7 @@ WORKERS = 8
 
 def resource_key(method: str, body: etree._Element, msg: Message) -> str | None:
     """The resource a request operates on; requests naming none are not serialised."""
-    if body.tag != "resource_op":
-        return None
-    resource = body.find("resource")
-    if resource is None:
-        return None
-    return resource.get("name") or None
+    return resource_name(body)
 
 
 class AgentServer:

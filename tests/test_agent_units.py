@@ -175,7 +175,8 @@ def _op_variants() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("what,xml", _op_variants())
 def test_the_agents_check_of_resource_op_agrees_with_the_schema(what, xml):
-    from guest_agent.requests import check_resource_op
+    from pcloud.wire.check import WireError
+    from pcloud.wire.resource_op import ResourceOp
     from pcloud.xmlsafe import XMLError
 
     root = etree.fromstring(xml)
@@ -185,23 +186,32 @@ def test_the_agents_check_of_resource_op_agrees_with_the_schema(what, xml):
     except XMLError:
         schema_ok = False
     try:
-        check_resource_op(root)
+        ResourceOp.from_xml(root)
         check_ok = True
-    except MethodError as exc:
-        assert exc.code == "invalid_request" and str(exc)
+    except WireError as exc:
+        assert str(exc)
         check_ok = False
     assert check_ok == schema_ok, f"{what}: check {check_ok}, schema {schema_ok}"
+    if not check_ok:
+        with pytest.raises(MethodError) as err:
+            parse_op(root, "monitor")
+        assert err.value.code == "invalid_request"
 
 
 def test_the_dpes_resource_op_passes_the_agents_check():
-    from dpe_agent.executor import resource_op_body
-    from guest_agent.requests import check_resource_op
     from pcloud.deployable import Probe
+    from pcloud.wire.resource_op import ResourceDef, ResourceOp
 
-    for extra in ([], [Probe("http", url="http://127.0.0.1:80/", interval=0.25, timeout=1.0,
-                             failures=3, expect_status=204).to_element()]):
-        body = resource_op_body("monitor", 2000, 20000, "web", "ocf", "heartbeat", "apache",
-                                {"configfile": "/etc/apache2/apache2.conf"}, extra)
-        root = etree.fromstring(body)
+    for probe in (None, Probe("http", url="http://127.0.0.1:80/", interval=0.25, timeout=1.0,
+                              failures=3, expect_status=204)):
+        attrs = None if probe is None else dict(probe.to_element().attrib)
+        op = ResourceOp("monitor", ResourceDef("web", "ocf", "heartbeat", "apache",
+                                               {"configfile": "/etc/apache2/apache2.conf"},
+                                               attrs), 2000, 20000)
+        root = etree.fromstring(etree.tostring(op.to_xml()))
         schemas.validate(root, "resource_op")
-        check_resource_op(root)
+        assert ResourceOp.from_xml(root) == op
+        spec, interval, timeout = parse_op(root, "monitor")
+        assert (spec.name, spec.provider, spec.type, interval, timeout) == (
+            "web", "heartbeat", "apache", 2000, 20.0)
+        assert len(spec.probes) == (probe is not None)

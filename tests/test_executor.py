@@ -3,12 +3,13 @@
 from dpe_agent.executor import (
     OP_TIMEOUT,
     ActionResult,
+    ActionRunner,
     GraphRun,
     agent_class,
-    resource_op_body,
 )
 from dpe_agent.graph import Action, Synapse, TransitionGraph
-from pcloud import xmlsafe
+from pcloud import schemas, xmlsafe
+from pcloud.wire.resource_op import ResourceDef, ResourceOp
 
 
 def op(aid, operation, rsc="web.httpd", node="web", interval=0, kind="rsc_op", target=None):
@@ -105,14 +106,33 @@ def test_probe_finding_resource_running_succeeds_but_is_unexpected():
     assert not ActionResult(0, OP_TIMEOUT).succeeded(op(1, "start"))
 
 
-def test_resource_op_body_names_the_whole_resource():
-    body = resource_op_body("start", 0, 20000, "httpd", "process", None, None,
-                            {"command": "sleep 100"})
+class AnsweringBus:
+    """Records the agent calls; answers each with ``answer``."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, str, str]] = []
+
+    def call(self, queue, method, body, timeout, senders=None):
+        self.calls.append((queue, method, body))
+        return xmlsafe.parse(self.answer)
+
+
+def run_op(answer: str, action: Action):
+    bus = AnsweringBus(answer)
+    runner = ActionRunner(bus, "dep", None, lambda node: None, lambda uuid: None)
+    return runner.run(action), bus.calls
+
+
+def test_a_resource_operation_names_the_whole_resource():
+    _, [(queue, method, body)] = run_op(
+        '<op_result resource="httpd" operation="start" interval="0" rc="0" status="done" '
+        'time="2026-12-07T10:00:00.000Z"/>', op(1, "start"))
+    assert (queue, method) == ("pcloud.agent.dep.web", "resource_start")
     root = xmlsafe.parse(body)
-    assert root.get("operation") == "start" and root.get("timeout") == "20000"
-    rsc = root.find("resource")
-    assert rsc.get("name") == "httpd" and rsc.get("class") == "process"
-    assert rsc.find("parameters/parameter").get("value") == "sleep 100"
+    schemas.validate(root, "resource_op")
+    assert ResourceOp.from_xml(root) == ResourceOp(
+        "start", ResourceDef("httpd", "process", params={"port": "80"}), 0, 20000)
 
 
 def test_agent_class_maps_pcloud_process_back():
