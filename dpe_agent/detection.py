@@ -41,7 +41,9 @@ from pcloud.bus import BusError, Message
 from pcloud.events import EventType
 from pcloud.states import AssemblyState as A
 from pcloud.states import DeployableState as D
+from pcloud.wire.check import WireError
 from pcloud.wire.heartbeat import Heartbeat, HeartbeatError
+from pcloud.wire.results import Report
 
 RECONNECT_GRACE = 5.0
 IMPOSTOR_EVENT_INTERVAL = 60.0
@@ -304,15 +306,19 @@ class Detection:
         root = self._agent_document(msg, "report")
         if root is None:
             return
-        asm, svc = root.get("assembly"), root.get("resource")
+        try:
+            report = Report.from_xml(root)
+        except WireError as exc:                # the schema let it through
+            log.warning("dropped a report of %s: %s", root.get("assembly"), exc)
+            return
+        asm, svc, rc = report.assembly, report.resource, report.rc
         if (self.stopping or self._service(asm, svc) is None
                 or self.observed.status(asm) is not AssemblyStatus.ONLINE):
             return
-        rc = int(root.get("rc", "1"))
         hist = self.observed.resource(asm, rsc_id(asm, svc))
         if hist is None or not hist.monitors:
             return
-        interval = int(root.get("interval", "0"))
+        interval = report.interval or 0
         if interval not in hist.monitors:
             interval = next(iter(hist.monitors))
         previous = hist.monitors[interval]
@@ -321,8 +327,8 @@ class Detection:
         self.observed.report_monitor(asm, rsc_id(asm, svc), interval, rc, now=received)
         if rc == previous.expected_rc:
             return
-        reason = root.get("reason") or f"monitor returned rc {rc}"
-        self._resource_failed(asm, svc, reason, _report_time(root, received))
+        reason = report.reason or f"monitor returned rc {rc}"
+        self._resource_failed(asm, svc, reason, _report_time(report.time, received))
 
     def _agent_document(self, msg: Message, kind: str) -> etree._Element | None:
         """The heartbeat or report in ``msg`` if it is fit to act on, else None (logged)."""
@@ -375,9 +381,8 @@ class Detection:
         self.emit(EventType.CONFIG_ERROR, asm, reason=reason)
 
 
-def _report_time(root: etree._Element, received: float) -> float:
+def _report_time(text: str, received: float) -> float:
     """The agent's own detection time when plausible (same host clock), else receipt."""
-    text = root.get("time")
     if text:
         try:
             when = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

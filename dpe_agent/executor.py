@@ -25,7 +25,9 @@ from dpe_agent.cib import split_rsc_id
 from dpe_agent.drivers.base import AssemblySpec, DriverError
 from dpe_agent.graph import Action, TransitionGraph
 from pcloud.bus import BusError, BusTimeout, MethodError
+from pcloud.wire.check import WireError
 from pcloud.wire.resource_op import ResourceDef, ResourceOp
+from pcloud.wire.results import OpResult
 
 log = logging.getLogger(__name__)
 
@@ -215,14 +217,13 @@ class ActionRunner:
             return ActionResult(RC_ERROR, OP_ERROR, reason=str(exc), no_answer=True)
         if result is None or result.tag != "op_result":
             return ActionResult(RC_ERROR, OP_ERROR, reason="agent answered without op_result")
-        status = {"done": OP_DONE, "timeout": OP_TIMEOUT}.get(result.get("status", "done"),
-                                                              OP_ERROR)
-        output = result.findtext("output")
         try:
-            rc = int(result.get("rc", "1"))
-        except ValueError:
-            rc = RC_ERROR
-        return ActionResult(rc, status, reason=result.get("reason"), output=output)
+            answer = OpResult.from_xml(result)
+        except WireError as exc:
+            return ActionResult(RC_ERROR, OP_ERROR, reason=f"agent answered an invalid "
+                                                           f"op_result: {exc}")
+        status = {"done": OP_DONE, "timeout": OP_TIMEOUT}.get(answer.status, OP_ERROR)
+        return ActionResult(answer.rc, status, reason=answer.reason, output=answer.output)
 
     def _fence(self, action: Action) -> ActionResult:
         nodes = [self.node_of_uuid(uuid) for uuid in action.downed] or [action.node]

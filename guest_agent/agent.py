@@ -175,7 +175,7 @@ class Agent:
             entries = list(self._entries.values())
         for entry in entries:
             if entry.state != "pending":
-                self._report(entry, entry.rc, entry.reason, "")
+                self._report(entry, OpResult(entry.rc, reason=entry.reason))
 
     def _process_failed(self, entry: Entry, reason: str, output: str) -> None:
         """A process resource died on its own: runs on the reaper thread, reports at once."""
@@ -284,8 +284,7 @@ class Agent:
                     probe.reset()
             self._set_state_locked(entry, state)
         if report and old_rc != result.rc:
-            self._report(entry, result.rc, result.reason, result.output,
-                         entry.report_interval() if interval is None else interval)
+            self._report(entry, result, interval)
         if changed:
             self._save(entry)
 
@@ -299,13 +298,11 @@ class Agent:
             entry.state = state
             entry.last_change = iso_now()
 
-    def _report(self, entry: Entry, rc: int, reason: str, output: str,
-                interval: int | None = None) -> None:
+    def _report(self, entry: Entry, result: OpResult, interval: int | None = None) -> None:
         c = self.config
-        body = report(c.deployable, c.assembly, c.uuid, entry.name,
-                      entry.report_interval() if interval is None else interval, rc, reason,
-                      output)
-        log.info("report %s rc=%d %s", entry.name, rc, reason)
+        body = report(c, entry.name, entry.report_interval() if interval is None else interval,
+                      result)
+        log.info("report %s rc=%d %s", entry.name, result.rc, result.reason)
         if self.publish_fn is None:
             return
         try:

@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 
 from lxml import etree
 
+from guest_agent.config import AgentConfig
 from guest_agent.resources.base import OpResult, ProbeSpec, ResourceSpec, xml_text
 from pcloud.bus import MethodError
+from pcloud.wire import results
 from pcloud.wire.check import WireError
 from pcloud.wire.resource_op import ResourceDef, ResourceOp
 
@@ -77,25 +79,15 @@ def parse_probe(attrs: Mapping[str, str]) -> ProbeSpec:
 
 
 def op_result(name: str, operation: str, interval: int, result: OpResult) -> etree._Element:
-    """``<op_result>`` as protocol.md describes it."""
-    elem = etree.Element("op_result", resource=name, operation=operation,
-                         interval=str(interval), rc=str(result.rc), status=result.status,
-                         time=iso_now(), duration_ms=str(max(0, result.duration_ms)))
-    if result.reason:
-        elem.set("reason", xml_text(result.reason[:4096]))
-    if result.output:
-        etree.SubElement(elem, "output").text = xml_text(result.output)
-    return elem
+    """``<op_result>``: the answer to a resource operation."""
+    return results.OpResult(name, operation, result.rc, iso_now(), result.status, interval,
+                            max(0, result.duration_ms), xml_text(result.reason) or None,
+                            xml_text(result.output) or None).to_xml()
 
 
-def report(deployable: str, assembly: str, uuid: str, name: str, interval: int, rc: int,
-           reason: str, output: str, operation: str = "monitor") -> etree._Element:
+def report(config: AgentConfig, name: str, interval: int, result: OpResult,
+           operation: str = "monitor") -> etree._Element:
     """``<report>``: a resource's state changed without anyone asking."""
-    elem = etree.Element("report", deployable=deployable, assembly=assembly, resource=name,
-                         operation=operation, interval=str(interval), rc=str(rc),
-                         time=iso_now(), uuid=uuid)
-    if reason:
-        elem.set("reason", xml_text(reason[:4096]))
-    if output:
-        etree.SubElement(elem, "output").text = xml_text(output)
-    return elem
+    return results.Report(config.deployable, config.assembly, name, result.rc, iso_now(),
+                          operation, interval, config.uuid, xml_text(result.reason) or None,
+                          xml_text(result.output) or None).to_xml()

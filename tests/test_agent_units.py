@@ -48,9 +48,19 @@ def test_parse_op_refuses(xml):
 
 
 def test_result_documents_are_schema_valid():
+    from types import SimpleNamespace
+
+    from pcloud.wire import results
+
     result = OpResult(7, "done", "process exited with signal 9", "out\x00put", 3)
-    schemas.validate(op_result("web", "monitor", 1000, result), "op_result")
-    schemas.validate(report("d", "a", "u-1", "web", 1000, 7, "gone", "tail"), "report")
+    root = op_result("web", "monitor", 1000, result)
+    schemas.validate(root, "op_result")
+    assert results.OpResult.from_xml(root).output == "out\ufffdput"
+    config = SimpleNamespace(deployable="d", assembly="a", uuid="u-1")
+    root = report(config, "web", 1000, OpResult(7, reason="gone\x01", output="tail"))
+    schemas.validate(root, "report")
+    read = results.Report.from_xml(root)
+    assert (read.uuid, read.rc, read.interval, read.reason) == ("u-1", 7, 1000, "gone\ufffd")
 
 
 def test_probe_failures_count_after_first_success():

@@ -1,6 +1,7 @@
 """Graph execution bookkeeping: ordering, parallelism, pseudo events, abort, holds."""
 
 from dpe_agent.executor import (
+    OP_ERROR,
     OP_TIMEOUT,
     ActionResult,
     ActionRunner,
@@ -133,6 +134,21 @@ def test_a_resource_operation_names_the_whole_resource():
     schemas.validate(root, "resource_op")
     assert ResourceOp.from_xml(root) == ResourceOp(
         "start", ResourceDef("httpd", "process", params={"port": "80"}), 0, 20000)
+
+
+def test_the_agents_answer_is_read_strictly():
+    result, _ = run_op('<op_result resource="httpd" operation="start" rc="7" status="timeout" '
+                       'time="2026-12-07T10:00:00Z" reason="slow"><output>o</output></op_result>',
+                       op(1, "start"))
+    assert (result.rc, result.op_status, result.reason, result.output) == (
+        7, OP_TIMEOUT, "slow", "o")
+    for answer in ('<op_result rc="0"/>', '<op_result resource="httpd" operation="start" '
+                   'rc="zero" status="done" time="2026-12-07T10:00:00Z"/>'):
+        result, _ = run_op(answer, op(1, "start"))
+        assert (result.rc, result.op_status) == (1, OP_ERROR)
+        assert "invalid op_result" in result.reason
+    result, _ = run_op('<response/>', op(1, "start"))
+    assert result.reason == "agent answered without op_result"
 
 
 def test_agent_class_maps_pcloud_process_back():
