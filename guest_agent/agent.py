@@ -37,6 +37,7 @@ from guest_agent.resources.base import (
 )
 from guest_agent.resources.ocf import clear_rsctmp_after_reboot
 from pcloud.bus import BusError, Message, MethodError
+from pcloud.wire.agent_info import AgentInfo
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,8 @@ class Agent:
         if root.tag != "agent":
             raise MethodError("invalid_request", f"agent_info expects <agent/>, got <{root.tag}>")
         c = self.config
-        return etree.Element("agent", deployable=c.deployable, assembly=c.assembly, uuid=c.uuid,
-                             pid=str(os.getpid()), started=self.started, version=__version__)
+        return AgentInfo(c.deployable, c.assembly, os.getpid(), self.started, __version__,
+                         c.uuid).to_xml()
 
     def resource_status(self, root: etree._Element) -> etree._Element:
         if root.tag != "resources":
