@@ -66,6 +66,7 @@ class AssemblyOps:
             interval, misses = self.dep.assembly(asm).heartbeat()
             self.tracker.expect(asm, interval, misses, now, self._boot_timeout(interval, misses))
             self._submit_driver(asm, "start")
+        self.logins.hold_refills(bool(self.boot_gate.waiting or self.boot_gate.booting))
 
     def _needs_boot(self, asm: str) -> bool:
         """Should be up, is known down, and nothing is under way for it."""

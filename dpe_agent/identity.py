@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ log = logging.getLogger("dped")
 READ_ONLY = frozenset({"deployable_status", "events_query"})
 SPARE_WAIT = 30.0
 ADMIN_DELAY = 5.0
+REFILL_HOLD_MAX = 120.0
 
 
 @dataclass
@@ -100,8 +102,10 @@ class AgentLogins:
 
     STORE_KEY = "agent_users"
 
-    def __init__(self, issuer: Issuer, store: DpeStore, pool: Executor) -> None:
+    def __init__(self, issuer: Issuer, store: DpeStore, pool: Executor,
+                 admin_delay: float = ADMIN_DELAY) -> None:
         self.issuer = issuer
+        self.admin_delay = admin_delay
         self.store = store
         self.pool = pool
         self._lock = threading.Lock()
@@ -115,6 +119,7 @@ class AgentLogins:
         self._to_refill: set[str] = set()
         self._to_revoke: list[str] = []
         self._batch_timer: threading.Timer | None = None
+        self._held_since: float | None = None      # refills held while boots take turns
 
     def expected(self, assembly: str) -> str | None:
         return self._current.get(assembly)
@@ -164,6 +169,23 @@ class AgentLogins:
             self.store.save_json(self.STORE_KEY, self._current)
         self._guarded("prune", lambda: self.issuer.prune([]))
 
+    def hold_refills(self, hold: bool) -> None:
+        """While boots are queued or in flight (the main loop says so each tick), spares are
+        not refilled, for at most ``REFILL_HOLD_MAX`` s: every refill is a CPU-heavy broker
+        administration run, and a storm cannot afford them (issue 13: ten DPEs booting 100
+        assemblies each ran about two ``rabbitmqctl`` a second, and their agents' beats came
+        late). A spare is only needed for an assembly's next boot, which mints its own login
+        if none is ready. Revocations are never held: they lock out fenced copies."""
+        with self._lock:
+            if not hold:
+                self._held_since = None
+            elif self._held_since is None:
+                self._held_since = time.monotonic()
+
+    def _holding(self) -> bool:
+        return (self._held_since is not None
+                and time.monotonic() - self._held_since < REFILL_HOLD_MAX)
+
     def _refill(self, assemblies: list[str]) -> None:
         with self._lock:
             wanted = [a for a in assemblies
@@ -195,19 +217,24 @@ class AgentLogins:
                 self._to_revoke.append(revoke)
             if self._batch_timer is not None:
                 return
-            self._batch_timer = threading.Timer(ADMIN_DELAY, self._flush)
+            self._batch_timer = threading.Timer(self.admin_delay, self._flush)
             self._batch_timer.daemon = True
         self._batch_timer.start()
 
     def _flush(self) -> None:
         with self._lock:
-            refill, self._to_refill = sorted(self._to_refill), set()
+            held = self._holding()
+            refill = [] if held else sorted(self._to_refill)
+            self._to_refill -= set(refill)
             revoke, self._to_revoke = self._to_revoke, []
             self._batch_timer = None
+            again = bool(self._to_refill)
         if revoke:
             self._submit("revoke", lambda: self.issuer.revoke(revoke))
         if refill:
             self._submit("mint spares", lambda: self._refill(refill))
+        if again:
+            self._later()           # the held refills: looked at again after the delay
 
     def _submit(self, what: str, action: Callable[[], object]) -> None:
         try:
