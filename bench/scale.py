@@ -614,13 +614,14 @@ class Run:
         }
 
     def close(self) -> None:
-        for pid in [*self.dped_pids().values()] + ([self.cped.pid] if self.cped else []):
+        if self.cped is not None:             # first, or it restarts the dpeds killed below
+            self.cped.kill()
+            self.cped.wait(30)
+        for pid in self.dped_pids().values():
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if self.cped is not None:
-            self.cped.wait(30)
         if self.client is not None:
             self.client.close()
         with_retry = 3
