@@ -380,6 +380,7 @@ class Dpe(Lifecycle, Detection, Deaths, Recovery, Convergence, AssemblyOps, Stop
         try:
             self.bus.publish(f"pcloud.heartbeat.{self.name}.-",
                              Message(body=elem, subject="heartbeat", opcode="heartbeat"))
+            self.echo.sent(time.monotonic())
         except Exception as exc:
             log.debug("DPE heartbeat not sent: %s", exc)
 

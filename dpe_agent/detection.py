@@ -33,6 +33,7 @@ from lxml import etree
 
 from dpe_agent.cib import rsc_id
 from dpe_agent.drivers import DriverError, PowerState
+from dpe_agent.echo import BrokerEcho
 from dpe_agent.heartbeats import Beat, BeatKind
 from dpe_agent.observed import AssemblyStatus
 from pcloud import schemas, xmlsafe
@@ -41,6 +42,7 @@ from pcloud.bus import BusError, Message
 from pcloud.events import EventType
 from pcloud.states import AssemblyState as A
 from pcloud.states import DeployableState as D
+from pcloud.wire import parse_time
 from pcloud.wire.check import WireError
 from pcloud.wire.heartbeat import Heartbeat, HeartbeatError
 from pcloud.wire.results import Report
@@ -69,11 +71,17 @@ class Detection:
     _bus_lag: float = 0.0                  # the last lag measured
     _boot_progress: dict[str, int] = {}    # booting assembly -> its driver's boot_progress
 
+    @cached_property
+    def echo(self) -> BrokerEcho:
+        """This DPE's own beats heard back: how far behind the broker is."""
+        return BrokerEcho()
+
     def _on_heartbeat(self, msg: Message) -> None:
         """Bus thread: record a sound beat; the main loop hears only of news and of faults."""
         received = time.monotonic()
-        if msg.user_id == self.bus.user:
-            return                          # this DPE's own heartbeat
+        if msg.user_id == self.bus.user:    # this DPE's own heartbeat, heard back
+            self.queue.put(("echo", msg.body, time.time(), received))
+            return
         beat = self._sound_heartbeat(msg)
         if beat is None:
             self.queue.put(("heartbeat", msg, received))
@@ -182,6 +190,19 @@ class Detection:
         self._assembly_state(asm, A.RUNNING)
         self._abort("assembly online")
 
+    def _handle_echo(self, body: str, received_wall: float, received: float) -> None:
+        """Our own beat came back through the broker: how late (:mod:`dpe_agent.echo`)."""
+        try:
+            sent = parse_time(Heartbeat.from_xml(xmlsafe.parse(body, source="heartbeat")).time)
+        except (xmlsafe.XMLError, HeartbeatError, ValueError):
+            return
+        delay = received_wall - sent.timestamp()
+        excused = self.echo.heard(delay, received)
+        if excused:
+            log.warning("own heartbeat came back %.1f s late: the broker is behind; heartbeat "
+                        "deadlines moved out by %.1f s", delay, excused)
+            self.tracker.pause(excused)
+
     def _bus_behind(self, now: float) -> bool:
         """Is our own bus thread too far behind to judge silence (a starved or backlogged
         DPE, the same rule as for our own main loop's pauses)?
@@ -242,6 +263,8 @@ class Detection:
             return
         if self._bus_behind(now):
             return            # beats may be waiting on our own bus thread: judge nothing yet
+        if self.echo.behind(now):
+            return            # ... or in the broker, with our own beat: the same
         last, self._last_check = self._last_check, now
         if last and host_overloaded():
             # A boot on a starved host is slow, not failed: its first beat is awaited longer.
@@ -295,6 +318,7 @@ class Detection:
         an unanswered probe would pass for a failed resource."""
         log.info("bus reconnected: grace period for agents, re-probing each on its next beat")
         self.tracker.grace(time.monotonic(), RECONNECT_GRACE)
+        self.echo.forget()
         self.reprobe_on_beat = {asm for asm in self._assemblies()
                                 if self.observed.status(asm) is AssemblyStatus.ONLINE}
         self._abort("bus reconnected")
