@@ -16,11 +16,10 @@ import queue
 import statistics
 import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from lxml import etree  # noqa: E402
 
 from dpe_agent.detection import Detection  # noqa: E402
 from dpe_agent.heartbeats import HeartbeatTracker  # noqa: E402
@@ -28,6 +27,7 @@ from dpe_agent.observed import ObservedState  # noqa: E402
 from pcloud.bus import Message  # noqa: E402
 from pcloud.bus.dedup import RecentIds  # noqa: E402
 from pcloud.deployable import Deployable  # noqa: E402
+from pcloud.wire.heartbeat import Heartbeat  # noqa: E402
 
 STARTED = "2026-12-07T10:00:00.000Z"
 
@@ -41,6 +41,18 @@ class _Bus:
     connected = True
     user = "dpe-dep"
 
+    def lag_probe(self) -> Future:
+        """No bus thread here: the probe is through at once (no lag)."""
+        probe: Future = Future()
+        probe.set_result(time.monotonic())
+        return probe
+
+
+class _Driver:
+    def boot_progress(self, spec: object) -> int | None:
+        """No machine shows signs of life (every assembly here beats from round one)."""
+        return None
+
 
 class Handler(Detection):
     """Just what the heartbeat path reads; a first beat only marks the assembly online."""
@@ -50,7 +62,7 @@ class Handler(Detection):
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.tracker = HeartbeatTracker()
         self.observed = ObservedState()
-        self.logins, self.bus = _Logins(), _Bus()
+        self.logins, self.bus, self.driver = _Logins(), _Bus(), _Driver()
         self.stopping = False
         self.reprobe_on_beat: set[str] = set()
         self.wrong_logins = RecentIds(4096)
@@ -81,10 +93,9 @@ def deployable(n: int) -> Deployable:
 
 
 def beat(i: int, seq: int) -> Message:
-    elem = etree.Element("heartbeat", deployable="dep", assembly=f"a{i}", uuid=f"u-{i}",
-                         seq=str(seq), started=STARTED, interval="1",
-                         digest="0123456789abcdef0123456789abcdef",
-                         time="2026-12-07T10:00:01.000Z", pid="42")
+    elem = Heartbeat(deployable="dep", seq=seq, started=STARTED, interval=1.0,
+                     time="2026-12-07T10:00:01.000Z", assembly=f"a{i}", uuid=f"u-{i}",
+                     digest="0123456789abcdef0123456789abcdef", pid=42).to_xml()
     msg = Message(body=elem, subject="heartbeat", opcode="heartbeat",
                   address=f"/topic/pcloud.heartbeat.dep.a{i}")
     msg.user_id = f"agent-a{i}"
