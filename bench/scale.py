@@ -63,6 +63,9 @@ from proton.reactor import Container  # noqa: E402
 from pcloud import broker, wire  # noqa: E402
 from pcloud.bus import Bus, BusError, Message  # noqa: E402
 from pcloud.infrastructures import SIMULATOR_SWITCH  # noqa: E402
+from pcloud.wire.heartbeat import HeartbeatText  # noqa: E402
+from pcloud.wire.resource_op import ResourceOp  # noqa: E402
+from pcloud.wire.results import OpResult, Report  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TICK = 0.02                 # the simulator's timer: beats due and commands
@@ -100,6 +103,7 @@ class Agent:
     failed: dict = field(default_factory=dict)     # resource -> when it "failed"
     starts: dict = field(default_factory=dict)     # resource -> starts this boot
     address: str = ""
+    text: HeartbeatText | None = None              # its beats' fixed part
     _digest: tuple[frozenset, str] = (frozenset(), "")
 
     @property
@@ -172,11 +176,12 @@ class Farm(MessagingHandler):
 
     def _beat(self, agent: Agent, now: float) -> None:
         agent.seq += 1
-        extra = f' addresses="{agent.address}"' if agent.seq == 1 else ""
-        body = (f'<heartbeat deployable="{agent.deployable}" assembly="{agent.name}" '
-                f'uuid="{agent.uuid}" started="{agent.started}" pid="{os.getpid()}" '
-                f'seq="{agent.seq}" interval="{agent.interval:g}" digest="{agent.digest()}" '
-                f'time="{wire.now()}"{extra}/>')
+        if agent.text is None:
+            agent.text = HeartbeatText.fixed({
+                "deployable": agent.deployable, "assembly": agent.name, "uuid": agent.uuid,
+                "started": agent.started, "pid": str(os.getpid())})
+        body = agent.text.beat(agent.seq, agent.interval, agent.digest(), wire.now(),
+                               agent.address if agent.seq == 1 else None)
         self._send(agent, f"/topic/pcloud.heartbeat.{agent.deployable}.{agent.name}",
                    Message(body=body, subject="heartbeat", opcode="heartbeat"))
         agent.last_beat = now
@@ -188,9 +193,8 @@ class Farm(MessagingHandler):
             return
         msg = Message.from_proton(event.message)
         try:
-            op = etree.fromstring(msg.body.encode())
-            rsc = op.find("resource").get("name")
-            operation, interval = op.get("operation"), op.get("interval", "0")
+            op = ResourceOp.from_xml(etree.fromstring(msg.body.encode()))
+            rsc, operation, interval = op.resource.name, op.operation, op.interval
         except Exception:
             self._answer(agent, msg, '<response rc="1"><error code="unknown_method" '
                                      'message="the simulator only runs resource operations"/>'
@@ -209,11 +213,12 @@ class Farm(MessagingHandler):
             agent.running.discard(rsc)
         elif operation == "monitor":
             rc = 0 if rsc in agent.running and rsc not in agent.failed else 7
-        result = (f'<op_result resource="{rsc}" operation="{operation}" interval="{interval}" '
-                  f'rc="{rc}" status="done" time="{wire.now()}" duration_ms="1"/>')
-        self._answer(agent, msg, f'<response rc="0">{result}</response>')
+        response = etree.Element("response", rc="0")
+        response.append(OpResult(rsc, operation, rc, wire.now(), interval=interval,
+                                 duration_ms=1).to_xml())
+        self._answer(agent, msg, response)
 
-    def _answer(self, agent: Agent, request: Message, body: str) -> None:
+    def _answer(self, agent: Agent, request: Message, body: str | etree._Element) -> None:
         if not request.reply_to:
             return
         self._send(agent, request.reply_to, Message(
@@ -286,11 +291,10 @@ class Farm(MessagingHandler):
             return {"ok": False}
         rsc = sorted(agent.running)[0]
         agent.failed[rsc] = time.monotonic()
-        body = (f'<report deployable="{key[0]}" assembly="{key[1]}" uuid="{agent.uuid}" '
-                f'resource="{rsc}" operation="monitor" interval="{MONITOR * 1000}" rc="7" '
-                f'time="{wire.now()}" reason="simulated failure"/>')
+        body = Report(key[0], key[1], rsc, 7, wire.now(), interval=MONITOR * 1000,
+                      uuid=agent.uuid, reason="simulated failure").to_xml()
         self._send(agent, f"/topic/pcloud.report.{key[0]}.{key[1]}",
-                   Message(body=body, subject="monitor", opcode="report"))
+                   Message(body=body, subject="resource_report", opcode="report"))
         return {"ok": True}
 
     def _alive(self) -> list[tuple[str, str]]:
