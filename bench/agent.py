@@ -37,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 from pcloud.bus import Bus  # noqa: E402
 from pcloud.bus.bus import login_of  # noqa: E402
 from pcloud.identity import reply_topic_key  # noqa: E402
+from pcloud.wire.resource_op import ResourceDef, ResourceOp  # noqa: E402
+from pcloud.wire.results import Report  # noqa: E402
 
 AGENT = str(Path(sys.executable).with_name("pcloud-agent"))
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -45,11 +47,10 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def op(name: str, operation: str, cls: str = "process", interval: int = 0,
        command: str = "sleep 600") -> str:
     if cls == "ocf":
-        res = f'<resource name="{name}" class="ocf" provider="heartbeat" type="Dummy"/>'
+        res = ResourceDef(name, "ocf", "heartbeat", "Dummy")
     else:
-        res = (f'<resource name="{name}" class="process"><parameters>'
-               f'<parameter name="command" value="{command}"/></parameters></resource>')
-    return f'<resource_op operation="{operation}" interval="{interval}">{res}</resource_op>'
+        res = ResourceDef(name, "process", params={"command": command})
+    return etree.tostring(ResourceOp(operation, res, interval).to_xml(), encoding="unicode")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -119,9 +120,9 @@ class RunningAgent:
             raise SystemExit("agent did not heartbeat")
 
     def _on_report(self, msg) -> None:
-        elem = etree.fromstring(msg.body.encode())
+        report = Report.from_xml(etree.fromstring(msg.body.encode()))
         with self.cond:
-            self.arrivals.setdefault(elem.get("resource"), []).append(time.monotonic())
+            self.arrivals.setdefault(report.resource, []).append(time.monotonic())
             self.cond.notify_all()
 
     def close(self) -> None:
