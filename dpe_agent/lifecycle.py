@@ -31,7 +31,10 @@ class Lifecycle:
 
     def change_state(self, key: tuple[str, ...], new: str, reason: str | None = None,
                      **extra: Any) -> bool:
-        """The one place states change: check the transition, store it, emit the event."""
+        """The one place states change: check the transition, store it, emit the event.
+        A transition the state machine (:mod:`pcloud.states`) does not allow is refused:
+        logged as an error and kept in ``violations``, which the tests' DPE harness asserts
+        empty."""
         kind = ("deployable", "assembly", "resource")[len(key)]
         old = self.states.get(key)
         if old == new:
@@ -40,7 +43,8 @@ class Lifecycle:
             check_transition(kind, old, new)
         except TransitionError as exc:
             self.violations.append(f"{'/'.join(key) or self.name}: {exc}")
-            log.warning("%s (%s): applied anyway", exc, "/".join(key) or self.name)
+            log.error("%s (%s): refused", exc, "/".join(key) or self.name)
+            return False
         self.states[key] = new
         if reason:
             self.reasons[key] = reason
