@@ -39,11 +39,18 @@ def xml_of(body: str | bytes | memoryview) -> etree._Element:
 
 
 class AmqpClient:
-    """Request/response on plain queues, the way DESIGN §3 describes it for RabbitMQ."""
+    """Request/response on plain queues, the way DESIGN §3 describes it for RabbitMQ, with
+    ``user_id`` = the URL's login on every request. A body goes as given (a str as an
+    amqp-value, bytes as a data section); each answer's envelope is checked (its subject is
+    the method, its opcode ``method_response``)."""
+
+    #: ``limit`` of ``events_query`` (None: the CPE's default)
+    EVENTS_LIMIT: int | None = None
 
     def __init__(self, url: str) -> None:
         self.conn = BlockingConnection(url, timeout=15, allowed_mechs="PLAIN")
-        self.user_id = (login_of(url) or "").encode()   # the broker checks it is ours
+        self.user = login_of(url) or ""
+        self.user_id = self.user.encode()   # the broker checks it is ours
         self.reply_to = f"pcloud.reply.{uuid.uuid4()}"
         self.receiver = self.conn.create_receiver(self.reply_to)
         self.senders: dict[str, object] = {}
@@ -71,13 +78,16 @@ class AmqpClient:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no response to {method} within {timeout} s")
+                raise AssertionError(f"no response to {method} on {queue} within {timeout} s")
             msg = self.receiver.receive(timeout=remaining)
             self.receiver.accept()
             if str(msg.correlation_id) == cid:
-                assert msg.subject == method
-                assert msg.properties["pcloud.opcode"] == "method_response"
+                self.check_envelope(msg, method)
                 return xml_of(msg.body)
+
+    def check_envelope(self, msg: Message, method: str | None) -> None:
+        assert msg.subject == method
+        assert msg.properties["pcloud.opcode"] == "method_response"
 
     def call(self, method: str, body: object, queue: str = "pcloud.cpe",
              timeout: float = 15.0) -> etree._Element:
@@ -104,7 +114,8 @@ class AmqpClient:
 
     def events(self, name: str | None = None, since: int = 0) -> list[etree._Element]:
         attrs = f' deployable="{name}"' if name else ""
-        return list(self.call("events_query", f'<events{attrs} since_seq="{since}"/>'))
+        limit = "" if self.EVENTS_LIMIT is None else f' limit="{self.EVENTS_LIMIT}"'
+        return list(self.call("events_query", f'<events{attrs} since_seq="{since}"{limit}/>'))
 
 
 class EventWatcher(Collector[etree._Element]):
