@@ -140,6 +140,7 @@ RESOURCE_TRANSITIONS: dict[ResourceState, frozenset[ResourceState]] = {
         _R.BLOCKED,      # a dependency failed, or its agent reports it cannot run
         _R.STOPPED,      # stopped before it ever started
         _R.RUNNING,      # the agent (re-adopted) reports it already running
+        _R.FAILED,       # its probe failed (e.g. OCF rc 2: an invalid parameter)
     }),
     _R.STARTING: frozenset({
         _R.RUNNING,      # start succeeded
