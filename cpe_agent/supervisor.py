@@ -34,6 +34,7 @@ from pathlib import Path
 from lxml import etree
 
 from cpe_agent.store import DESIRED_RUNNING, Store, StoredDeployable, StoredEvent, StoreError
+from pcloud import procstat
 from pcloud.broker_admin import BrokerAdminError
 from pcloud.bus.eventloop import HEARTBEAT
 from pcloud.credentials import format_credentials, scrubbed_environ, without_credentials
@@ -45,6 +46,7 @@ from pcloud.identity import dpe_spec
 log = logging.getLogger("pcloud.cpe.supervisor")
 
 FIRST_HEARTBEAT_GRACE = 20.0
+STARVED_SILENCE = 60.0  # seconds a silent DPE that still computes waits on a starved host
 HEARTBEAT_MISSES = 3
 # A frozen broker silences every DPE before our own connection notices (proton's idle
 # timeout): a DPE is never judged silent over a shorter span than that detection takes.
@@ -78,19 +80,9 @@ def backoff(failures: int) -> float:
     return min(BACKOFF_CAP, 2.0 ** (failures - 2))
 
 
-def _proc_alive(pid: int) -> bool:
-    """Whether ``pid`` runs and is not a zombie (works for processes we did not start)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return bool(fields) and fields[0] not in ("Z", "X")
-
-
 def _is_dped_of(pid: int, name: str) -> bool:
     """Whether ``pid`` is a live DPE managing deployable ``name`` (pids get reused)."""
-    if not _proc_alive(pid):
+    if not procstat.alive(pid):
         return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
@@ -120,13 +112,15 @@ class DpeProcess:
     log_offset: int = 0                # size of dped.log when this DPE was spawned
     gave_up: str | None = None         # why its configuration cannot start (EXIT_CONFIG)
     gave_up_document: str | None = None   # ... with this document: a new one is tried
+    cpu_ticks: int | None = None       # its process's CPU time at the last look
+    cpu_moved_at: float | None = None  # when that last changed
 
     def alive(self) -> bool:
         if self.pid is None:
             return False
         if self.popen is not None:
             return self.popen.poll() is None
-        return _proc_alive(self.pid)
+        return procstat.alive(self.pid)
 
 
 @dataclass(frozen=True)
@@ -162,6 +156,7 @@ class Supervisor:
         self._dpes: dict[str, DpeProcess] = {}
         self._heartbeat_watch_from = clock()
         self.bus_connected: Callable[[], bool] = lambda: True   # set by the daemon
+        self.host_overloaded: Callable[[], bool] = procstat.host_overloaded
         # (deployable, seconds a heartbeat came later than its interval): metrics
         self.on_heartbeat_gap: Callable[[str, float], None] | None = None
         self._bus_down = False       # the bus was seen down and the watch not yet restarted
@@ -337,6 +332,7 @@ class Supervisor:
                 del self._dpes[name]
 
     def _keep_running(self, dpe: DpeProcess, stored: StoredDeployable, now: float) -> None:
+        self._note_cpu(dpe, now)
         if dpe.pid is not None and not dpe.alive():
             code = dpe.popen.returncode if dpe.popen is not None else None
             if code == EXIT_CONFIG:
@@ -443,7 +439,23 @@ class Supervisor:
         limit = max(dpe.heartbeat_interval * HEARTBEAT_MISSES + 0.5, OUTAGE_DETECTION)
         if dpe.last_heartbeat is None:
             return now - max(dpe.since, self._heartbeat_watch_from) > FIRST_HEARTBEAT_GRACE
-        return now - dpe.last_heartbeat > limit and now - self._heartbeat_watch_from > limit
+        silent = now - dpe.last_heartbeat
+        if silent <= limit or now - self._heartbeat_watch_from <= limit:
+            return False
+        return not (silent <= STARVED_SILENCE and self._starved(dpe, now, limit))
+
+    def _starved(self, dpe: DpeProcess, now: float, limit: float) -> bool:
+        """Silent because starved, not hung: the host is overloaded and the DPE's process
+        computed within the heartbeat limit. Killing it would only add a DPE start to the
+        storm (issue 13: at 2,000 assemblies the CPE killed starved DPEs one after the
+        other). ``STARVED_SILENCE`` bounds the wait for a DPE that spins without beating."""
+        return (dpe.cpu_moved_at is not None and now - dpe.cpu_moved_at <= limit
+                and self.host_overloaded())
+
+    def _note_cpu(self, dpe: DpeProcess, now: float) -> None:
+        ticks = procstat.cpu_ticks(dpe.pid) if dpe.pid is not None else None
+        if ticks is not None and ticks != dpe.cpu_ticks:
+            dpe.cpu_ticks, dpe.cpu_moved_at = ticks, now
 
     def _give_up(self, dpe: DpeProcess, stored: StoredDeployable, code: int) -> None:
         """The DPE exited with ``EXIT_CONFIG``: ``failed`` with the reason, no restart."""

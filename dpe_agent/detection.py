@@ -23,7 +23,6 @@ assembly is never kept "alive" by someone else's beats.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from concurrent.futures import Future
 from datetime import datetime
@@ -40,6 +39,7 @@ from pcloud import schemas, xmlsafe
 from pcloud.addresses import format_addresses
 from pcloud.bus import BusError, Message
 from pcloud.events import EventType
+from pcloud.procstat import host_overloaded
 from pcloud.states import AssemblyState as A
 from pcloud.states import DeployableState as D
 from pcloud.wire import parse_time
@@ -50,7 +50,6 @@ from pcloud.wire.results import Report
 RECONNECT_GRACE = 5.0
 IMPOSTOR_EVENT_INTERVAL = 60.0
 NEWS = frozenset({BeatKind.FIRST, BeatKind.RESTARTED})
-OVERLOAD = 2.0          # runnable tasks per core (1-minute load) that mean a starved host
 BOOT_EXTENSION = 2.0    # a boot deadline grows by at most this many boot timeouts
 MASS_LOSS_RECHECK = 0.1 # seconds between checks on returning beats during a mass loss
 PROGRESS_INTERVAL = 1.0 # seconds between looks at the booting machines' signs of life
@@ -417,9 +416,3 @@ def _report_time(text: str, received: float) -> float:
     return received
 
 
-def host_overloaded() -> bool:
-    """The host is visibly starved: its 1-minute load is over ``OVERLOAD`` per core."""
-    try:
-        return os.getloadavg()[0] > OVERLOAD * (os.cpu_count() or 1)
-    except OSError:
-        return False

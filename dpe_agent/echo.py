@@ -43,12 +43,13 @@ class BrokerEcho:
 
     def heard(self, delay: float, now: float) -> float:
         """A beat came back ``delay`` seconds after it was sent. Returns the seconds by
-        which every deadline moves out (0 when the delay did not grow beyond the limit).
+        which every deadline moves out (0 when the delay did not grow beyond the limit; at
+        most ``give_up``).
         The delay is measured from the beat's own sending, so a pause of the DPE itself
         (excused by its own rule) is not counted twice."""
         growth = delay - self.delay
         self.waiting_since, self.delay = None, max(0.0, delay)
-        return growth if growth > self.limit else 0.0
+        return min(growth, self.give_up) if growth > self.limit else 0.0
 
     def behind(self, now: float) -> bool:
         """Is a beat overdue enough to excuse silence, and not yet given up on?"""

@@ -99,3 +99,9 @@ def test_transition_alive_stays_alive_through_a_broker_stall():
         echo.heard(0.05, s + 0.05)
         tick(s + 0.5)
     assert lost == ["dead"]
+
+
+def test_the_excuse_of_one_late_echo_is_bounded():
+    echo = BrokerEcho(give_up=30.0)
+    echo.heard(0.01, 10.0)
+    assert echo.heard(500.0, 510.0) == 30.0
