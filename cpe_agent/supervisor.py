@@ -438,7 +438,11 @@ class Supervisor:
             return False
         limit = max(dpe.heartbeat_interval * HEARTBEAT_MISSES + 0.5, OUTAGE_DETECTION)
         if dpe.last_heartbeat is None:
-            return now - max(dpe.since, self._heartbeat_watch_from) > FIRST_HEARTBEAT_GRACE
+            waited = now - max(dpe.since, self._heartbeat_watch_from)
+            if waited <= FIRST_HEARTBEAT_GRACE:
+                return False
+            return not (waited <= FIRST_HEARTBEAT_GRACE + STARVED_SILENCE
+                        and self._starved(dpe, now, limit))
         silent = now - dpe.last_heartbeat
         if silent <= limit or now - self._heartbeat_watch_from <= limit:
             return False

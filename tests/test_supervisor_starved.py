@@ -96,3 +96,18 @@ def test_a_silent_dpe_on_a_host_not_overloaded_is_killed_on_time(make):
     child = dpe.popen
     silence(supervisor, clock, 10)
     assert child.wait(5) == -9
+
+
+def test_a_starting_dpe_that_computes_on_a_starved_host_is_waited_for(tmp_path: Path):
+    """No first beat within the 20 s grace, but starting (computing) on a starved host."""
+    supervisor, clock, dpe, store = watch(tmp_path, BUSY, overloaded=True)
+    child = dpe.popen
+    try:
+        silence(supervisor, clock, FIRST_HEARTBEAT_GRACE + 10)
+        assert child.poll() is None and dpe.pid == child.pid, "killed while it started"
+        silence(supervisor, clock, STARVED_SILENCE)
+        assert child.wait(5) == -9
+    finally:
+        child.kill()
+        child.wait()
+        store.close()
