@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from pcloud import procstat
 from pcloud.exitcodes import EXIT_BUS, EXIT_CONFIG, EXIT_FAILED
 from pcloud.wire import NAME
 
@@ -187,15 +188,6 @@ def _dpe_pid(state_dir: Path, name: str) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    """Running and not a zombie (an exited dped its parent has not reaped has stopped)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
 def _wait_stopped(bus, queue: str, ref: str, pid: int | None, timeout: float,
                   name: str) -> int:
     """Until the DPE has exited (its pid, when this host has it) or says ``stopped``."""
@@ -204,7 +196,7 @@ def _wait_stopped(bus, queue: str, ref: str, pid: int | None, timeout: float,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pid is not None:
-            if not _alive(pid):
+            if not procstat.alive(pid):
                 print(f"deployable {name}: stopped")
                 return 0
         else:

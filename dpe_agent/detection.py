@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future
-from datetime import datetime
 from functools import cached_property
 
 from lxml import etree
@@ -408,7 +407,7 @@ def _report_time(text: str, received: float) -> float:
     """The agent's own detection time when plausible (same host clock), else receipt."""
     if text:
         try:
-            when = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+            when = parse_time(text).timestamp()
         except ValueError:
             return received
         if received - 60 <= when <= received + 1:

@@ -40,6 +40,7 @@ from pathlib import Path
 from dpe_agent.drivers import sandbox_mounts
 from dpe_agent.drivers.base import AssemblySpec, DeathReport, DriverError, PowerState
 from dpe_agent.drivers.pidwatch import PidWatch
+from pcloud import procstat
 from pcloud.credentials import format_credentials, scrubbed_environ, without_credentials
 from pcloud.fsutil import private_dir, write_private
 
@@ -58,23 +59,14 @@ PERSISTENT_VAR = "PCLOUD_PERSISTENT_DIR"
 VOLATILE_DIRS = ("rsctmp",)
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state is [0], ppid [1])."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-
 def _start_time(pid: int) -> int | None:
-    fields = _stat(pid)
+    fields = procstat.fields(pid)
     return int(fields[19]) if fields else None
 
 
 def _alive(pid: int, start: int | None) -> bool:
     """The process exists, is not a zombie, and is the one started at ``start``."""
-    fields = _stat(pid)
+    fields = procstat.fields(pid)
     if fields is None or fields[0] in ("Z", "X"):
         return False
     return start is None or int(fields[19]) == start
@@ -93,7 +85,7 @@ def _descendants(root: int) -> list[int]:
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            fields = _stat(int(entry))
+            fields = procstat.fields(int(entry))
             if fields:
                 parents.setdefault(int(fields[1]), []).append(int(entry))
     found, todo = [], [root]
@@ -250,9 +242,9 @@ class ProcessDriver:
         ticks, stack = 0, [root]
         while stack:
             pid = stack.pop()
-            fields = _stat(pid)
-            if fields is not None:
-                ticks += int(fields[11]) + int(fields[12])
+            used = procstat.cpu_ticks(pid)
+            if used is not None:
+                ticks += used
                 stack.extend(_children(pid))
         return ticks
 
@@ -395,7 +387,7 @@ class ProcessDriver:
         Descendants that left the group (``setsid``) still carry the sandbox's token in their
         environment.
         """
-        if _stat(pgid) is None:
+        if procstat.fields(pgid) is None:
             _killpg(pgid, signal.SIGKILL)
         if token:
             for pid in _with_token(token):
