@@ -24,7 +24,7 @@ from guest_agent import __version__
 from guest_agent import reaper as reaping
 from guest_agent.config import AgentConfig
 from guest_agent.monitors import Job, ProbeState, Scheduler, check_probe
-from guest_agent.requests import iso_now, op_result, parse_op, report
+from guest_agent.requests import op_result, parse_op, report
 from guest_agent.resources import make_resource
 from guest_agent.resources.base import (
     OCF_NOT_RUNNING,
@@ -36,6 +36,7 @@ from guest_agent.resources.base import (
     ResourceSpec,
 )
 from guest_agent.resources.ocf import clear_rsctmp_after_reboot
+from pcloud import wire
 from pcloud.bus import BusError, Message, MethodError
 from pcloud.wire.agent_info import AgentInfo
 
@@ -53,7 +54,7 @@ class Entry:
         self.state = "pending"
         self.rc = OCF_NOT_RUNNING
         self.reason = ""
-        self.last_change = iso_now()
+        self.last_change = wire.now()
         self.monitors: dict[int, tuple[Job, float]] = {}
         self.probes: list[tuple[ProbeState, Job]] = []
 
@@ -71,7 +72,7 @@ class Agent:
     def __init__(self, config: AgentConfig, publish: Publisher | None = None) -> None:
         self.config = config
         self.publish_fn = publish
-        self.started = iso_now()
+        self.started = wire.now()
         self.reaper = reaping.shared()
         self.scheduler = Scheduler()
         self._entries: dict[str, Entry] = {}
@@ -297,7 +298,7 @@ class Agent:
     def _set_state_locked(entry: Entry, state: str) -> None:
         if entry.state != state:
             entry.state = state
-            entry.last_change = iso_now()
+            entry.last_change = wire.now()
 
     def _report(self, entry: Entry, result: OpResult, interval: int | None = None) -> None:
         c = self.config

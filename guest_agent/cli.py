@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from guest_agent import __version__
 from guest_agent.config import DEFAULT_CONFIG, AgentConfig, ConfigError, load
 from guest_agent.reaper import become_subreaper
+from pcloud import wire
 from pcloud.credentials import SECRET_VARIABLES
 
 log = logging.getLogger("guest_agent")
@@ -115,11 +116,9 @@ def run(config: AgentConfig) -> int:
     agent.publish_fn = bus.publish
     attrs = {"deployable": config.deployable, "assembly": config.assembly, "uuid": config.uuid,
              "started": agent.started, "pid": str(os.getpid())}
-    from guest_agent.requests import iso_now
-
     addresses = AddressTracker()
     beats = Heartbeater(bus.publish, config.heartbeat_key, attrs, config.heartbeat_interval,
-                        agent.states, iso_now, scheduler=agent.scheduler,
+                        agent.states, wire.now, scheduler=agent.scheduler,
                         addresses=addresses.for_beat)
     server = AgentServer(bus, config.agent_queue, agent.handle, controller=config.controller)
     bus.on_reconnect(agent.on_reconnect)

@@ -11,12 +11,12 @@ runs both on the same documents): compiling the RelaxNG grammar cost the agent 1
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 
 from lxml import etree
 
 from guest_agent.config import AgentConfig
 from guest_agent.resources.base import OpResult, ProbeSpec, ResourceSpec, xml_text
+from pcloud import wire
 from pcloud.bus import MethodError
 from pcloud.wire import results
 from pcloud.wire.check import WireError
@@ -24,11 +24,6 @@ from pcloud.wire.resource_op import ResourceDef, ResourceOp
 
 DEFAULT_TIMEOUT_MS = 20000
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
-
-
-def iso_now() -> str:
-    """UTC time with milliseconds, as every pcloud document writes it."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_op(root: etree._Element, operation: str) -> tuple[ResourceSpec, int, float]:
@@ -80,7 +75,7 @@ def parse_probe(attrs: Mapping[str, str]) -> ProbeSpec:
 
 def op_result(name: str, operation: str, interval: int, result: OpResult) -> etree._Element:
     """``<op_result>``: the answer to a resource operation."""
-    return results.OpResult(name, operation, result.rc, iso_now(), result.status, interval,
+    return results.OpResult(name, operation, result.rc, wire.now(), result.status, interval,
                             max(0, result.duration_ms), xml_text(result.reason) or None,
                             xml_text(result.output) or None).to_xml()
 
@@ -88,6 +83,6 @@ def op_result(name: str, operation: str, interval: int, result: OpResult) -> etr
 def report(config: AgentConfig, name: str, interval: int, result: OpResult,
            operation: str = "monitor") -> etree._Element:
     """``<report>``: a resource's state changed without anyone asking."""
-    return results.Report(config.deployable, config.assembly, name, result.rc, iso_now(),
+    return results.Report(config.deployable, config.assembly, name, result.rc, wire.now(),
                           operation, interval, config.uuid, xml_text(result.reason) or None,
                           xml_text(result.output) or None).to_xml()
