@@ -60,7 +60,7 @@ from lxml import etree  # noqa: E402
 from proton.handlers import MessagingHandler  # noqa: E402
 from proton.reactor import Container  # noqa: E402
 
-from pcloud import broker, wire  # noqa: E402
+from pcloud import broker, procstat, wire  # noqa: E402
 from pcloud.bus import Bus, BusError, Message  # noqa: E402
 from pcloud.infrastructures import SIMULATOR_SWITCH  # noqa: E402
 from pcloud.wire.heartbeat import HeartbeatText  # noqa: E402
@@ -449,11 +449,7 @@ class _ControlHandler(socketserver.StreamRequestHandler):
 # ---- processes ---------------------------------------------------------------------------
 
 def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK
+    return (procstat.cpu_ticks(pid) or 0) / CLK
 
 
 def rss_mib(pid: int) -> float:
